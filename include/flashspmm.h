@@ -1,0 +1,157 @@
+/*
+ * flashspmm — unstructured-sparse weights on NVIDIA Tensor Cores.
+ *
+ * The whole public C API. C99 and C++ compatible; needs no CUDA header (CUDA streams are passed as
+ * `void*`, i.e. a `cudaStream_t` cast to a pointer; NULL is the legacy default stream).
+ *
+ * Conventions
+ *  - Every function returns an fspmm_status_t. On failure, fspmm_last_error() gives a message (thread-local)
+ *    that says what went wrong and what to fix, and no output buffer has been written.
+ *  - Sizes and leading dimensions are 64-bit and counted in elements unless the name says bytes.
+ *  - W is a weight matrix [M, K] (row-major, PyTorch nn.Linear layout: M = out features, K = in features).
+ *    x is [N, K] row-major with leading dimension ldx, y is [N, M] row-major with leading dimension ldy.
+ *    linear computes  y = alpha * x * W^T + beta * y (+ bias[M]),  fp32 accumulation, x/y/bias in W's dtype.
+ *    With beta == 0 the old contents of y are never read (they may be NaN).
+ *  - A compressed matrix is one contiguous, self-describing buffer (a "blob"): a 128-byte header, a tile offset
+ *    table and the tile data. docs/FORMATS.md specifies it byte for byte. Blobs are little-endian.
+ *  - The library never prints, exits or aborts, and no C++ exception crosses this boundary.
+ */
+#ifndef FLASHSPMM_H
+#define FLASHSPMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FSPMM_VERSION_MAJOR 0
+#define FSPMM_VERSION_MINOR 1
+#define FSPMM_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH; fspmm_version() returns the value the library was built with. */
+#define FSPMM_VERSION (FSPMM_VERSION_MAJOR * 10000 + FSPMM_VERSION_MINOR * 100 + FSPMM_VERSION_PATCH)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The part between the two markers below is read by the Python bindings (cffi): keep it free of
+ * preprocessor directives and of expressions in enum values. */
+/* FSPMM_CDEF_BEGIN */
+
+typedef enum {
+    FSPMM_OK = 0,
+    FSPMM_ERR_INVALID_ARGUMENT = 1, /* a bad pointer, size, dtype, format, shape or leading dimension      */
+    FSPMM_ERR_NOT_SUPPORTED = 2,    /* valid request this build or device cannot do                        */
+    FSPMM_ERR_CORRUPT_BUFFER = 3,   /* a blob that is truncated, corrupted or not a flashspmm blob          */
+    FSPMM_ERR_CUDA = 4,             /* a CUDA runtime call or kernel launch failed                         */
+    FSPMM_ERR_NO_DEVICE = 5,        /* no CUDA device or driver is available                               */
+    FSPMM_ERR_OUT_OF_MEMORY = 6,    /* host memory could not be allocated                                  */
+    FSPMM_ERR_INTERNAL = 7          /* a bug in flashspmm: please report it with the message               */
+} fspmm_status_t;
+
+typedef enum {
+    FSPMM_DTYPE_FLOAT16 = 1,
+    FSPMM_DTYPE_BFLOAT16 = 2
+} fspmm_dtype_t;
+
+typedef enum {
+    FSPMM_FORMAT_AUTO = 0,      /* compress only: whichever format gives the smaller blob (ties: bitmap) */
+    FSPMM_FORMAT_TILED_CSL = 1, /* 64x64 tiles, 32-bit (value, position) entries                          */
+    FSPMM_FORMAT_BITMAP = 2     /* 8x8 blocks, a 64-bit occupancy mask each, packed values                */
+} fspmm_format_t;
+
+/* The 128-byte blob header, exactly as stored at the start of every blob (see docs/FORMATS.md). */
+typedef struct {
+    uint32_t magic;           /* 0x4D505346, the bytes "FSPM"                                    */
+    uint16_t version;         /* blob layout version, 1                                          */
+    uint8_t format;           /* fspmm_format_t (never AUTO)                                     */
+    uint8_t dtype;            /* fspmm_dtype_t                                                   */
+    int64_t M;                /* rows of W (out features), >= 1                                  */
+    int64_t K;                /* columns of W (in features), >= 1                                */
+    int64_t nnz;              /* stored nonzeros                                                 */
+    uint32_t tile_m;          /* tile rows, 64                                                   */
+    uint32_t tile_k;          /* tile columns, 64                                                */
+    int64_t tiles_m;          /* ceil(M / tile_m)                                                */
+    int64_t tiles_k;          /* ceil(K / tile_k)                                                */
+    uint64_t offsets_offset;  /* byte offset of the tile offset table (128)                      */
+    uint64_t offsets_bytes;   /* (tiles_m * tiles_k + 1) * 8                                     */
+    uint64_t data_offset;     /* byte offset of the tile data (16-byte aligned)                  */
+    uint64_t data_bytes;      /* bytes of tile data (a multiple of 16)                           */
+    uint64_t total_bytes;     /* data_offset + data_bytes: the size of the whole blob            */
+    uint64_t payload_checksum;/* fspmm checksum of bytes [128, total_bytes)                      */
+    uint32_t max_tile_bytes;  /* largest tile in the data section, bytes                         */
+    uint8_t reserved[12];     /* zero                                                            */
+    uint64_t header_checksum; /* fspmm checksum of bytes [0, 120) of the header                  */
+} fspmm_header_t;
+
+/* ---- status, version, build ---------------------------------------------------------------------- */
+const char* fspmm_status_string(fspmm_status_t status);    /* "FSPMM_OK", ... never NULL            */
+const char* fspmm_last_error(void);  /* detail of the last failure on this thread ("" if none)       */
+int fspmm_version(void);             /* FSPMM_VERSION of the built library                            */
+const char* fspmm_build_info(void);  /* version, CUDA version, compiled architectures                  */
+/* Number of CUDA devices usable by this library (0 and FSPMM_OK when there is no driver or device). */
+fspmm_status_t fspmm_device_count(int* count);
+/* Threads used by the host (CPU) functions; 0 = all hardware threads (the default). */
+fspmm_status_t fspmm_set_host_threads(int threads);
+
+/* ---- header --------------------------------------------------------------------------------------- */
+/* Decode and validate the header at the start of a blob. `bytes` is how many bytes of the blob
+ * `prefix` holds (>= 128); the header must be consistent with itself (checksum, sizes, shapes). */
+fspmm_status_t fspmm_header_read(const void* prefix, size_t bytes, fspmm_header_t* out);
+/* Validate a whole blob in host memory: header, tile offset table, every tile's structure and the payload
+ * checksum. `bytes` is the size of the buffer (it may be larger than the blob). out may be NULL. */
+fspmm_status_t fspmm_validate_host(const void* blob, size_t bytes, fspmm_header_t* out);
+/* Bytes a blob of this format would take for a matrix of this shape with this many nonzeros. */
+fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format, size_t* bytes);
+
+/* ---- host (CPU) conversion --------------------------------------------------------------------------- */
+/* dense: M x K elements of dtype, row-major with leading dimension ld >= K (elements).
+ * Exact size of the blob, and (if `chosen` is not NULL) the format AUTO resolves to. */
+fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld,
+                                        fspmm_dtype_t dtype, fspmm_format_t format,
+                                        size_t* bytes, fspmm_format_t* chosen);
+/* Write the blob into out[0, out_bytes); out_bytes must be at least the size reported above.
+ * `written` (may be NULL) receives the blob size. */
+fspmm_status_t fspmm_compress_host(const void* dense, int64_t M, int64_t K, int64_t ld,
+                                   fspmm_dtype_t dtype, fspmm_format_t format,
+                                   void* out, size_t out_bytes, size_t* written);
+/* Blob (validated) -> dense M x K with leading dimension ld >= K. */
+fspmm_status_t fspmm_decompress_host(const void* blob, size_t bytes, void* dense, int64_t ld);
+/* CPU reference linear from a host blob (validated); fp32 accumulation. bias may be NULL. */
+fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, int64_t N, int64_t ldx,
+                                 const void* bias, void* y, int64_t ldy, float alpha, float beta);
+
+/* ---- device (GPU) multiply ------------------------------------------------------------------------- */
+/* Workspace bytes fspmm_linear needs for this matrix, N and split_k (0 = automatic, as fspmm_linear
+ * chooses it on the current device). */
+fspmm_status_t fspmm_linear_workspace_size(const fspmm_header_t* header, int64_t N, int split_k,
+                                           size_t* bytes);
+/* y = alpha * x * W^T + beta * y (+ bias) on the current CUDA device, ordered on `stream`.
+ * header: the blob's header, in host memory (from fspmm_header_read); blob: the whole blob in device
+ * memory (validate it with fspmm_validate_host before uploading it). x, bias, y: device pointers.
+ * split_k: 0 = automatic, else the number of K slices (1 = none). workspace: device memory of at least
+ * fspmm_linear_workspace_size bytes (may be NULL when that is 0). No allocation and no host
+ * synchronisation: the call can be captured in a CUDA graph. */
+fspmm_status_t fspmm_linear(const fspmm_header_t* header, const void* blob, const void* x, int64_t N,
+                            int64_t ldx, const void* bias, void* y, int64_t ldy, float alpha, float beta,
+                            int split_k, void* workspace, size_t workspace_bytes, void* stream);
+
+/* ---- device memory helpers (for callers without an array library; all act on the current device) ---- */
+typedef enum {
+    FSPMM_COPY_HOST_TO_DEVICE = 1,
+    FSPMM_COPY_DEVICE_TO_HOST = 2,
+    FSPMM_COPY_DEVICE_TO_DEVICE = 3
+} fspmm_copy_kind_t;
+fspmm_status_t fspmm_get_device(int* device);
+fspmm_status_t fspmm_set_device(int device);
+fspmm_status_t fspmm_device_malloc(void** ptr, size_t bytes);   /* cudaMalloc; *ptr = NULL if bytes == 0 */
+fspmm_status_t fspmm_device_free(void* ptr);                    /* cudaFree; NULL is a no-op            */
+/* Copy ordered on `stream`, then wait for the stream to finish it (the host buffer may be reused). */
+fspmm_status_t fspmm_memcpy(void* dst, const void* src, size_t bytes, fspmm_copy_kind_t kind, void* stream);
+fspmm_status_t fspmm_stream_synchronize(void* stream);
+
+/* FSPMM_CDEF_END */
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FLASHSPMM_H */

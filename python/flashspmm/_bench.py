@@ -1,0 +1,255 @@
+"""`python -m flashspmm bench`: flashspmm's GPU kernels against dense cuBLAS (torch.matmul) in the same run.
+
+Per point: median time (CUDA events around CUDA-graph replays that rotate over enough copies of the
+weights that they are never L2-resident), speedup over cuBLAS, effective bandwidth of the bytes moved
+(compressed W + x + y) and its fraction of the measured device-to-device copy bandwidth.
+Needs PyTorch with CUDA. Writes a CSV and, with matplotlib, a PNG (speedup vs sparsity, one line per N).
+"""
+import argparse
+import contextlib
+import csv
+import math
+import os
+import statistics
+import sys
+
+import numpy as np
+
+import flashspmm
+
+SUITE = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192), (4096, 4096), (11008, 4096),
+         (4096, 11008), (8192, 8192), (8192, 28672)]
+TARGET_SHAPES = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192)]
+# Issue targets: geometric-mean speedup over cuBLAS on TARGET_SHAPES, fp16.
+TARGETS = {50: (1.3, 1.2, 1.0), 70: (1.9, 1.7, 1.3), 80: (2.5, 2.2, 1.5), 90: (3.5, 2.8, 1.7)}
+
+
+@contextlib.contextmanager
+def _bitmap_decoder(name):
+    """Force the bitmap decoder (FSPMM_BITMAP_DECODER) while a timing is captured."""
+    old = os.environ.get("FSPMM_BITMAP_DECODER")
+    if name:
+        os.environ["FSPMM_BITMAP_DECODER"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FSPMM_BITMAP_DECODER", None)
+        else:
+            os.environ["FSPMM_BITMAP_DECODER"] = old
+
+
+def _bf16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+def _parse_list(text, cast=int):
+    return [cast(v) for v in text.split(",") if v]
+
+
+def _parse_shapes(text):
+    return [tuple(int(d) for d in s.lower().split("x")) for s in text.split(",") if s]
+
+
+def copy_bandwidth(torch, nbytes=1 << 30, reps=10):
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    a.random_(0, 255)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e-3)
+    return 2 * nbytes / statistics.median(times)
+
+
+def time_rotation(torch, calls, reps):
+    """Median seconds per call of `calls` (closures over distinct buffers), run as one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in calls:  # warm-up (plans, caches) outside the capture
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in calls:
+            f()
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e-3 / len(calls))
+    return statistics.median(times)
+
+
+def copies_for(nbytes, l2_bytes, cap=64):
+    """How many copies to rotate over so the working set is 3x the L2 cache."""
+    return int(min(cap, max(1, math.ceil(3 * l2_bytes / max(nbytes, 1)))))
+
+
+def prune_random(torch, w, sparsity, gen):
+    """Uniform random pruning: zero round(sparsity * numel) entries chosen at random."""
+    if sparsity <= 0:
+        return w
+    mask = torch.rand(w.shape, device=w.device, generator=gen) < sparsity
+    return w.masked_fill_(mask, 0)
+
+
+def run(args):
+    try:
+        import torch
+    except ImportError:
+        print("flashspmm bench needs PyTorch with CUDA (pip install torch)", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("flashspmm bench needs a CUDA device", file=sys.stderr)
+        return 2
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    card = torch.cuda.get_device_name(0)
+    tdtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    bw = copy_bandwidth(torch)
+    print(f"# card: {card}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MB; "
+          f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    rows = []
+    header = (f"{'M':>6} {'K':>6} {'sp%':>4} {'N':>4} {'format':>14} {'MB':>8} {'us':>9} {'cublas_us':>9} "
+              f"{'speedup':>7} {'TB/s':>6} {'%copy':>6}")
+    print(header)
+    for (M, K) in args.shapes:
+        dense_bytes = M * K * 2
+        w_master = torch.randn(M, K, device="cuda", generator=gen).to(tdtype)
+        for sp in args.sparsity:
+            w = prune_random(torch, w_master.clone(), sp / 100.0, gen)
+            w_host = w.cpu()
+            w_np = w_host.view(torch.int16).numpy().view(np.float16 if args.dtype == "float16" else _bf16())
+            mats = {}
+            for fmt in ("bitmap", "tiled_csl"):
+                host = flashspmm.compress(w_np, format=fmt)
+                n_copies = copies_for(host.nbytes, l2)
+                mats[fmt] = [host.to("cuda") for _ in range(n_copies)]
+            auto = min(("bitmap", "tiled_csl"), key=lambda f: mats[f][0].nbytes)
+            dense_copies = [w] + [w.clone() for _ in range(copies_for(dense_bytes, l2) - 1)]
+            for N in args.n:
+                x = torch.randn(N, K, device="cuda", generator=gen).to(tdtype)
+                y = torch.empty(N, M, device="cuda", dtype=tdtype)
+                t_cublas = time_rotation(
+                    torch, [lambda d=d: torch.matmul(x, d.t(), out=y) for d in dense_copies], args.reps)
+                io_bytes = N * K * 2 + N * M * 2
+                for fmt in args.formats:
+                    # "bitmap:direct" / "bitmap:scatter" force one of the two bitmap decoders.
+                    base, _, decoder = fmt.partition(":")
+                    real = auto if base == "auto" else base
+                    blobs = mats[real]
+                    with _bitmap_decoder(decoder):
+                        t = time_rotation(torch, [lambda W=W: flashspmm.linear(x, W, out=y) for W in blobs],
+                                          args.reps)
+                    nbytes = blobs[0].nbytes + io_bytes
+                    row = dict(card=card, M=M, K=K, sparsity=sp, N=N, format=fmt, resolved=real,
+                               blob_bytes=blobs[0].nbytes, dense_bytes=dense_bytes, us=t * 1e6,
+                               cublas_us=t_cublas * 1e6, speedup=t_cublas / t, tbps=nbytes / t / 1e12,
+                               frac_copy=nbytes / t / bw, cublas_frac_copy=(dense_bytes + io_bytes) / t_cublas / bw,
+                               copy_tbps=bw / 1e12)
+                    rows.append(row)
+                    print(f"{M:>6} {K:>6} {sp:>4} {N:>4} {fmt:>14} {blobs[0].nbytes / 1e6:>8.1f} {t * 1e6:>9.1f} "
+                          f"{t_cublas * 1e6:>9.1f} {t_cublas / t:>7.2f} {nbytes / t / 1e12:>6.2f} "
+                          f"{100 * nbytes / t / bw:>6.1f}", flush=True)
+            del mats, dense_copies, w, w_host
+        del w_master
+        torch.cuda.empty_cache()
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
+    summarize(rows, card)
+    if args.png:
+        plot(rows, args.png, card)
+    return 0
+
+
+def _geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summarize(rows, card):
+    """Geometric-mean speedup on the target shapes, per format, sparsity and N bucket, vs the targets."""
+    print(f"\n# geometric-mean speedup over cuBLAS on {', '.join(f'{m}x{k}' for m, k in TARGET_SHAPES)} ({card})")
+    buckets = [("N<=16", lambda n: n <= 16, 0), ("N=32", lambda n: n == 32, 1), ("N=64", lambda n: n == 64, 2)]
+    for fmt in sorted({r["format"] for r in rows}):
+        print(f"{fmt:>9}  sp%  " + "  ".join(f"{b[0]:>14}" for b in buckets))
+        for sp in sorted({r["sparsity"] for r in rows}):
+            cells = []
+            for name, pred, idx in buckets:
+                sel = [r["speedup"] for r in rows if r["format"] == fmt and r["sparsity"] == sp and pred(r["N"])
+                       and (r["M"], r["K"]) in TARGET_SHAPES]
+                g = _geomean(sel)
+                tgt = TARGETS.get(sp, (None, None, None))[idx]
+                mark = "" if tgt is None or not sel else (" ok" if g >= tgt else f" <{tgt}")
+                cells.append(f"{g:>8.2f}{mark:<6}" if sel else f"{'-':>14}")
+            print(f"{'':>9}  {sp:>3}  " + "  ".join(cells))
+
+
+def plot(rows, path, card):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot written")
+        return
+    fmts = sorted({r["format"] for r in rows})
+    fig, axes = plt.subplots(1, len(fmts), figsize=(5 * len(fmts), 4), squeeze=False)
+    for ax, fmt in zip(axes[0], fmts):
+        for N in sorted({r["N"] for r in rows}):
+            sps = sorted({r["sparsity"] for r in rows})
+            ys = [_geomean([r["speedup"] for r in rows if r["format"] == fmt and r["N"] == N and r["sparsity"] == sp])
+                  for sp in sps]
+            ax.plot(sps, ys, marker="o", label=f"N={N}")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_title(f"{fmt} (geomean over shapes)")
+        ax.set_xlabel("sparsity %")
+        ax.set_ylabel("speedup over cuBLAS")
+        ax.legend()
+    fig.suptitle(f"flashspmm vs cuBLAS, {card}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m flashspmm bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", type=_parse_shapes, default=SUITE, help="MxK list, e.g. 9216x9216,4096x4096")
+    ap.add_argument("--n", type=_parse_list, default=[1, 8, 16, 32, 64], help="token counts, e.g. 1,8,16")
+    ap.add_argument("--sparsity", type=_parse_list, default=[50, 60, 70, 80, 90, 95], help="percent list")
+    ap.add_argument("--formats", type=lambda s: s.split(","), default=["bitmap", "tiled_csl", "auto"],
+                    help="bitmap, tiled_csl, auto; bitmap:direct or bitmap:scatter force a bitmap decoder")
+    ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="the four target shapes, N 1,16,32,64, sparsity 50-90")
+    ap.add_argument("--csv", default="bench.csv")
+    ap.add_argument("--png", default="bench.png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 16, 32, 64], [50, 70, 80, 90]
+        args.formats = ["bitmap:direct", "bitmap:scatter", "tiled_csl", "auto"]
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+// Tiny inline-PTX wrappers used by the kernels. One comment each; fragment layouts follow the PTX ISA
+// (mma.m16n8k16 with .row.col, ldmatrix .x2/.x4, cp.async.cg with zero fill).
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace fspmm {
+namespace ptx {
+
+// A operand of m16n8k16: four 8x8 quarters (a0 rows 0-7/k 0-7, a1 rows 8-15/k 0-7, a2 rows 0-7/k 8-15,
+// a3 rows 8-15/k 8-15); lane L holds row-major elements 2L, 2L+1 of each quarter, two 16-bit values a register.
+struct FragA {
+    uint32_t x[4];
+};
+// B operand (k16 x n8, "col" layout = x[n][k] row-major): b0 k 0-7, b1 k 8-15; lane L holds n = L/4, k = 2(L%4), +1.
+struct FragB {
+    uint32_t x[2];
+};
+// Accumulator (m16 x n8, fp32): c0,c1 at (row L/4, col 2(L%4), +1), c2,c3 at row L/4 + 8.
+struct FragC {
+    float x[4] = {0.f, 0.f, 0.f, 0.f};
+};
+
+// 32-bit shared-state-space address of a generic pointer to shared memory.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// D = A*B + D on Tensor Cores, fp16 inputs, fp32 accumulate.
+__device__ __forceinline__ void mma_f16(FragC& d, const FragA& a, const FragB& b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d.x[0]), "+f"(d.x[1]), "+f"(d.x[2]), "+f"(d.x[3])
+        : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+
+// D = A*B + D on Tensor Cores, bf16 inputs, fp32 accumulate.
+__device__ __forceinline__ void mma_bf16(FragC& d, const FragA& a, const FragB& b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d.x[0]), "+f"(d.x[1]), "+f"(d.x[2]), "+f"(d.x[3])
+        : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+
+// Four 8x8 b16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Two 8x8 b16 matrices from shared memory; lanes 0-15 give the row addresses.
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(addr));
+}
+
+// Asynchronous 16-byte global->shared copy bypassing L1; copies src_bytes (0 or 16) and zero-fills the rest.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+
+// Close the group of cp.async issued so far by this thread.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Wait until at most N of this thread's cp.async groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 16-byte store of zeros to shared memory.
+__device__ __forceinline__ void st_shared_zero16(uint32_t addr) {
+    asm volatile("st.shared.v4.u32 [%0], {%1,%1,%1,%1};\n" ::"r"(addr), "r"(0));
+}
+
+// 16-bit store to shared memory (the low half of v).
+__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
+    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)));
+}
+
+}  // namespace ptx
+}  // namespace fspmm

@@ -1,0 +1,386 @@
+// The SpMM kernel: y[N, M] = alpha * x[N, K] * W^T + bias + beta * y, W compressed ("Load-as-Sparse,
+// Compute-as-Dense").
+//
+// A CTA owns 128 rows of W (two 64-row tile stripes, 8 warps of 16 rows) and a slice of the K tiles
+// (split-K), for one block of kNTile tokens. Per K tile:
+//   1. cp.async brings the compressed tiles (their exact bytes) and the x tile into a ring of kStages
+//      shared-memory stages;
+//   2. the format's decoder scatters the nonzeros into a zeroed, swizzled 64x64 dense tile per stripe;
+//   3. each warp reads its 16x64 A fragments with ldmatrix, the x fragments with ldmatrix, and runs
+//      mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate;
+//   4. each warp zeroes the rows it read, ready for the next tile.
+// With split-K, every CTA writes fp32 partial sums; the last CTA of an output tile to arrive (arrival
+// counter) adds them in split order, so the result is deterministic, and applies the epilogue.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "format/layout.h"
+#include "ptx/ptx.cuh"
+#include "spmm/params.h"
+
+namespace fspmm {
+
+template <typename T>
+__device__ __forceinline__ T imin(T a, T b) {
+    return a < b ? a : b;
+}
+
+// ---- dtypes -----------------------------------------------------------------------------------------
+struct Fp16 {
+    static __device__ __forceinline__ void mma(ptx::FragC& c, const ptx::FragA& a, const ptx::FragB& b) {
+        ptx::mma_f16(c, a, b);
+    }
+    static __device__ __forceinline__ float to_float(uint16_t v) { return __half2float(__ushort_as_half(v)); }
+    static __device__ __forceinline__ uint16_t from_float(float v) {
+        return __half_as_ushort(__float2half_rn(v));
+    }
+};
+struct Bf16 {
+    static __device__ __forceinline__ void mma(ptx::FragC& c, const ptx::FragA& a, const ptx::FragB& b) {
+        ptx::mma_bf16(c, a, b);
+    }
+    static __device__ __forceinline__ float to_float(uint16_t v) {
+        return __bfloat162float(__ushort_as_bfloat16(v));
+    }
+    static __device__ __forceinline__ uint16_t from_float(float v) {
+        return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    }
+};
+
+// ---- decoders: compressed tile in shared memory -> dense swizzled tile ---------------------------------
+// Tiled-CSL: each 32-bit entry is (value << 16) | swizzled position; padding entries point past the tile.
+struct CslDecoder {
+    static constexpr bool kDirect = false;
+    static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
+                                                   int tid_in_stripe) {
+        const uint4* entries = reinterpret_cast<const uint4*>(tile);
+        const int n16 = bytes / 16;
+        for (int i = tid_in_stripe; i < n16; i += kThreads / kStripes) {
+            const uint4 e = entries[i];
+            ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
+            ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
+            ptx::st_shared_u16(dense + (e.z & 0xFFFFu) * 2, e.z >> 16);
+            ptx::st_shared_u16(dense + (e.w & 0xFFFFu) * 2, e.w >> 16);
+        }
+    }
+};
+
+// Bitmap: 64 masks (one per 8x8 block, mma block order), then packed values. Two threads per block, one
+// per 32-bit half (rows 0-3 / 4-7 of the block); a warp covers 16 consecutive blocks.
+struct BitmapDecoder {
+    static constexpr bool kDirect = false;
+    static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
+                                                   int tid_in_stripe) {
+        const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
+        const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
+        const int lane = tid_in_stripe & 31;
+        const int j = tid_in_stripe >> 1;  // block of this thread
+        const int half = tid_in_stripe & 1;
+        const int j0 = j & ~15;            // first block of this warp
+        const uint64_t m = masks[j];
+        uint32_t bits = half ? uint32_t(m >> 32) : uint32_t(m);
+        const uint32_t count = __popc(bits);
+        // Values before this warp's blocks: popcounts of blocks [0, j0), summed over the warp.
+        uint32_t before = 0;
+        if (lane < j0) before += __popcll(masks[lane]);
+        if (lane + 32 < j0) before += __popcll(masks[lane + 32]);
+        // Inclusive scan of the per-thread counts inside the warp.
+        uint32_t incl = count;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const uint32_t v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
+            if (lane >= d) incl += v;
+            before += __shfl_xor_sync(0xFFFFFFFFu, before, d);
+        }
+        // Walk the set bits from the top; the value of bit b is at start + (set bits below b).
+        int v = int(before + incl) - 1;
+        const uint32_t row_base = bitmap_block_row(j) * 8 * 64;
+        const uint32_t bc8 = bitmap_block_col(j) << 3;
+        const uint32_t e_hi = uint32_t(half) << 5;
+        while (bits) {
+            const uint32_t b = 31 - __clz(bits);
+            bits ^= 1u << b;
+            const uint32_t e = b | e_hi;  // element in the block: row e / 8, column e % 8
+            const uint32_t pos = row_base + ((e & 0x38u) << 3) + ((e ^ bc8) & 0x3Fu);
+            ptx::st_shared_u16(dense + pos * 2, values[v--]);
+        }
+    }
+};
+
+// Bitmap, decoded straight into mma A fragments (no dense tile): lane L of a warp owns bits 2L, 2L+1 of
+// each block's mask, so its two values sit at (block's first value) + popcount(mask bits below 2L).
+struct BitmapDirectDecoder {
+    static constexpr bool kDirect = true;
+    // First value index of blocks 2L and 2L+1 of the tile, held by lane L.
+    struct Prefix {
+        uint32_t even, odd;
+    };
+    static __device__ __forceinline__ Prefix prepare(const uint8_t* tile, int lane) {
+        const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];  // masks of blocks 2L and 2L+1
+        const uint32_t c0 = __popc(m.x) + __popc(m.y), c1 = __popc(m.z) + __popc(m.w);
+        uint32_t incl = c0 + c1;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const uint32_t v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
+            if (lane >= d) incl += v;
+        }
+        const uint32_t excl = incl - c0 - c1;
+        return {excl, excl + c0};
+    }
+    // The A fragment of rows 16*wr.., columns 16*kc.. of the tile (blocks 16*wr + 4*kc + q, q = 0..3).
+    static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, int wr, int kc,
+                                                          int lane) {
+        const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
+        const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
+        const int j0 = 16 * wr + 4 * kc;
+        const int src = j0 >> 1;  // lane holding the prefixes of blocks j0, j0 + 1 (and src + 1: j0 + 2, j0 + 3)
+        const bool upper = lane >= 16;
+        const uint32_t shift = 2 * (lane & 15);
+        ptx::FragA a;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const uint32_t first = __shfl_sync(0xFFFFFFFFu, (q & 1) ? pre.odd : pre.even, src + (q >> 1));
+            const uint64_t m = masks[j0 + q];
+            const uint32_t lo = uint32_t(m), word = upper ? uint32_t(m >> 32) : lo;
+            const uint32_t two = (word >> shift) & 3u;
+            const uint32_t idx = first + __popc(word & ((1u << shift) - 1u)) + (upper ? __popc(lo) : 0u);
+            const uint32_t v0 = (two & 1u) ? values[idx] : 0u;
+            const uint32_t v1 = (two & 2u) ? values[idx + (two & 1u)] : 0u;
+            a.x[q] = v0 | (v1 << 16);
+        }
+        return a;
+    }
+};
+
+// ---- the kernel ----------------------------------------------------------------------------------------
+template <class Decoder, class Dtype, int kNTile>
+__global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    __shared__ uint32_t s_tile_bytes[kStages][kStripes];
+    __shared__ int s_is_last;
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int stripe = warp / 4;  // which 64-row tile this warp multiplies
+    const int wr = warp % 4;      // its 16-row group in that tile
+    const int64_t mt0 = int64_t(blockIdx.x) * kStripes;
+    const int split = blockIdx.y;
+    const int64_t n0 = int64_t(blockIdx.z) * kNTile;
+    const int64_t kt_begin = int64_t(split) * p.k_tiles_per_split;
+    const int64_t kt_end = imin(p.tiles_k, kt_begin + p.k_tiles_per_split);
+    const int nk = int(kt_end - kt_begin);
+
+    const size_t stage_bytes = size_t(kStripes) * p.slot_bytes + kNTile * 64 * 2;
+    uint8_t* dense_ptr = smem + kStages * stage_bytes;
+    const uint32_t smem0 = ptx::smem_addr(smem);
+    const uint32_t dense0 = ptx::smem_addr(dense_ptr);
+    auto w_slot = [&](int stage, int s) { return smem + stage * stage_bytes + size_t(s) * p.slot_bytes; };
+    auto x_slot = [&](int stage) { return smem0 + uint32_t(stage * stage_bytes + kStripes * p.slot_bytes); };
+
+    // Tile byte ranges of the next K tile to load, fetched one iteration ahead to hide their latency.
+    uint64_t next_off[kStripes], next_end[kStripes];
+    auto fetch_offsets = [&](int i) {
+#pragma unroll
+        for (int s = 0; s < kStripes; ++s) {
+            next_off[s] = next_end[s] = 0;
+            if (i < nk && mt0 + s < p.tiles_m) {
+                const int64_t t = (mt0 + s) * p.tiles_k + kt_begin + i;
+                next_off[s] = __ldg(p.offsets + t);
+                next_end[s] = __ldg(p.offsets + t + 1);
+            }
+        }
+    };
+    // Issue the copies of K tile i (offsets already in next_off/next_end) into its stage.
+    auto load_stage = [&](int i) {
+        const int stage = i % kStages;
+        if (i < nk) {
+#pragma unroll
+            for (int s = 0; s < kStripes; ++s) {
+                const uint32_t bytes = uint32_t(imin<uint64_t>(next_end[s] - next_off[s], p.slot_bytes));
+                if (tid == 0) s_tile_bytes[stage][s] = bytes;
+                const uint8_t* src = p.data + next_off[s];
+                const uint32_t dst = ptx::smem_addr(w_slot(stage, s));
+                for (uint32_t c = tid * 16; c < bytes; c += kThreads * 16) ptx::cp_async_16(dst + c, src + c, 16);
+            }
+            // x tile: kNTile rows of 64 values, 16-byte chunks swizzled like the dense W tile.
+            const int64_t k0 = (kt_begin + i) * 64;
+            const uint32_t xs = x_slot(stage);
+            for (int c = tid; c < kNTile * 8; c += kThreads) {
+                const int n = c >> 3, ck = c & 7;
+                const uint32_t dst = xs + (n * 64 + ((ck ^ (n & 7)) << 3)) * 2;
+                const int64_t row = n0 + n, k = k0 + ck * 8;
+                if (p.x_vec) {
+                    const bool ok = row < p.N && k < p.K;
+                    ptx::cp_async_16(dst, ok ? p.x + row * p.ldx + k : p.x, ok ? 16 : 0);
+                } else {
+                    uint32_t w[4] = {0, 0, 0, 0};
+                    if (row < p.N) {
+                        const uint16_t* src = p.x + row * p.ldx;
+#pragma unroll
+                        for (int e = 0; e < 8; ++e)
+                            if (k + e < p.K) w[e / 2] |= uint32_t(src[k + e]) << (16 * (e & 1));
+                    }
+                    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(dst), "r"(w[0]), "r"(w[1]),
+                                 "r"(w[2]), "r"(w[3]));
+                }
+            }
+        }
+        ptx::cp_async_commit();  // always commit, so group counting stays aligned with tiles
+    };
+
+    // Zero the dense tiles once; afterwards each warp re-zeroes what it read.
+    if constexpr (!Decoder::kDirect)
+        for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
+
+    // Prologue: kStages - 1 tiles in flight.
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i) {
+        fetch_offsets(i);
+        load_stage(i);
+    }
+    fetch_offsets(kStages - 1);
+
+    ptx::FragC acc[kNTile / 8];
+    const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;
+
+    for (int i = 0; i < nk; ++i) {
+        const int stage = i % kStages;
+        ptx::cp_async_wait<kStages - 2>();
+        __syncthreads();  // tile i landed for every thread; stage (i - 1) % kStages is free again
+        load_stage(i + kStages - 1);
+        fetch_offsets(i + kStages);
+
+        const uint32_t xs = x_slot(stage);
+        // x fragments for chunk kc, multiplied into every accumulator with the W fragment a.
+        auto mma_chunk = [&](const ptx::FragA& a, int kc) {
+            if constexpr (kNTile == 8) {
+                const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
+                ptx::FragB b;
+                ptx::ldmatrix_x2(b.x, xs + (n * 64 + ((chunk ^ (n & 7)) << 3)) * 2);
+                Dtype::mma(acc[0], a, b);
+            } else {
+#pragma unroll
+                for (int j = 0; j < kNTile / 8; j += 2) {
+                    const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
+                    uint32_t r[4];
+                    ptx::ldmatrix_x4(r, xs + (n * 64 + ((chunk ^ (n & 7)) << 3)) * 2);
+                    const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
+                    Dtype::mma(acc[j], a, b0);
+                    Dtype::mma(acc[j + 1], a, b1);
+                }
+            }
+        };
+
+        if constexpr (Decoder::kDirect) {
+            // Each warp builds its A fragments straight from the compressed tile in registers.
+            if (mt0 + stripe < p.tiles_m) {
+                const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
+#pragma unroll
+                for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, wr, kc, lane), kc);
+            }
+        } else {
+            // The threads of each stripe scatter that stripe's tile into its dense tile.
+            {
+                const int s = tid / (kThreads / kStripes);
+                if (mt0 + s < p.tiles_m)
+                    Decoder::scatter(w_slot(stage, s), s_tile_bytes[stage][s], dense0 + s * kDenseHalves * 2,
+                                     tid % (kThreads / kStripes));
+            }
+            __syncthreads();  // dense tiles complete
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                ptx::FragA a;
+                const int row = wr * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                ptx::ldmatrix_x4(a.x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                mma_chunk(a, kc);
+            }
+            // Re-zero this warp's 16 rows (2 KB) for the next tile; the next __syncthreads orders it.
+            __syncwarp();
+#pragma unroll
+            for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+        }
+    }
+    ptx::cp_async_wait<0>();
+    __syncthreads();  // shared memory is reused for the epilogue
+
+    // Stage the fp32 tile [kNTile][128 rows] in shared memory so global accesses are coalesced along M.
+    float* cs = reinterpret_cast<float*>(smem);
+    {
+        const int g = lane >> 2, t = lane & 3;
+        const int r0 = stripe * 64 + wr * 16 + g;
+#pragma unroll
+        for (int j = 0; j < kNTile / 8; ++j) {
+            const int n = 8 * j + 2 * t;
+            cs[n * kCStride + r0] = acc[j].x[0];
+            cs[(n + 1) * kCStride + r0] = acc[j].x[1];
+            cs[n * kCStride + r0 + 8] = acc[j].x[2];
+            cs[(n + 1) * kCStride + r0 + 8] = acc[j].x[3];
+        }
+    }
+    __syncthreads();
+
+    const int64_t m0 = mt0 * 64;
+    const int64_t rows = imin<int64_t>(kCtaRows, p.M - m0);
+    const int64_t cols = imin<int64_t>(kNTile, p.N - n0);
+    if (p.splits > 1) {
+        // Publish this split's partial sums, then let the last CTA to arrive reduce in split order.
+        for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
+            const int n = idx / kCtaRows, r = idx % kCtaRows;
+            if (n < cols && r < rows) p.partial[(int64_t(split) * p.N + n0 + n) * p.M + m0 + r] = cs[n * kCStride + r];
+        }
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            const unsigned int prev = atomicAdd(p.counters + blockIdx.z * gridDim.x + blockIdx.x, 1u);
+            s_is_last = prev == unsigned(p.splits - 1);
+        }
+        __syncthreads();
+        if (!s_is_last) return;
+        __threadfence();
+    }
+    for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
+        const int n = idx / kCtaRows, r = idx % kCtaRows;
+        if (n >= cols || r >= rows) continue;
+        const int64_t m = m0 + r, nn = n0 + n;
+        float sum;
+        if (p.splits > 1) {
+            sum = 0.f;
+            for (int s = 0; s < p.splits; ++s) sum += __ldcg(p.partial + (int64_t(s) * p.N + nn) * p.M + m);
+        } else {
+            sum = cs[n * kCStride + r];
+        }
+        float out = p.alpha * sum;
+        if (p.bias) out += Dtype::to_float(p.bias[m]);
+        uint16_t* yp = p.y + nn * p.ldy + m;
+        if (p.beta != 0.f) out += p.beta * Dtype::to_float(*yp);
+        *yp = Dtype::from_float(out);
+    }
+}
+
+// Launch helper used by the explicit instantiations.
+template <class Decoder, class Dtype, int kNTile>
+cudaError_t launch_spmm(const LinearParams& p, dim3 grid, size_t smem, cudaStream_t stream) {
+    spmm_kernel<Decoder, Dtype, kNTile><<<grid, kThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+}  // namespace fspmm
+
+// Explicit instantiations of one (format, dtype) for every N tile; used once per spmm_<format>_<dtype>.cu
+// so the four combinations compile in parallel.
+#define FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, NT)                                            \
+    template <>                                                                                      \
+    KernelHandle kernel_handle<FMT, DT, NT>() {                                                      \
+        return {reinterpret_cast<const void*>(&spmm_kernel<DECODER, DTYPE, NT>),                     \
+                &launch_spmm<DECODER, DTYPE, NT>};                                                   \
+    }
+#define FSPMM_INSTANTIATE(FMT, DT, DECODER, DTYPE)                                                    \
+    namespace fspmm {                                                                                \
+    FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, 8)                                                \
+    FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, 16)                                               \
+    FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, 32)                                               \
+    FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, 64)                                               \
+    }

@@ -1,0 +1,186 @@
+// Tile configuration, split-K heuristic and kernel dispatch for fspmm_linear.
+#include "spmm/launch.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "common/error.h"
+#include "format/layout.h"
+#include "spmm/params.h"
+
+namespace fspmm {
+
+void check_cuda(cudaError_t err, const char* what) {
+    if (err == cudaSuccess) return;
+    const std::string msg = std::string(what) + " failed: " + cudaGetErrorName(err) + " (" +
+                            cudaGetErrorString(err) + ")";
+    if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver)
+        raise(FSPMM_ERR_NO_DEVICE, msg + "; a CUDA device and driver are needed for this function");
+    raise(FSPMM_ERR_CUDA, msg);
+}
+
+int current_device() {
+    int device = -1;
+    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    int count = 0;
+    check_cuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    if (count == 0) raise(FSPMM_ERR_NO_DEVICE, "no CUDA device is visible");
+    return device;
+}
+
+namespace {
+
+// Bitmap density above which the direct decoder is used (see kernel_id).
+constexpr double kDirectDensity = 0.35;
+
+// The kernel for (kernel id, dtype, n_tile).
+KernelHandle select_kernel(int format, int dtype, int n_tile) {
+#define FSPMM_CASE(F, D)                                                  \
+    if (format == F && dtype == D) switch (n_tile) {                      \
+            case 8: return kernel_handle<F, D, 8>();                      \
+            case 16: return kernel_handle<F, D, 16>();                    \
+            case 32: return kernel_handle<F, D, 32>();                    \
+            default: return kernel_handle<F, D, 64>();                    \
+        }
+    FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16)
+    FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16)
+    FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_FLOAT16)
+    FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_BFLOAT16)
+    FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16)
+    FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16)
+#undef FSPMM_CASE
+    raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
+}
+
+// CTAs of `func` with `smem` bytes that fit on one SM; also raises the kernel's shared-memory limit.
+// Cached per (device, kernel, smem): both CUDA calls cost more than the launch itself.
+int ctas_per_sm(int device, const void* func, size_t smem) {
+    static std::mutex mutex;
+    static std::map<std::tuple<int, const void*, size_t>, int> cache;
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto key = std::make_tuple(device, func, smem);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    int blocks = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, kThreads, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (blocks < 1) raise(FSPMM_ERR_NOT_SUPPORTED, "the kernel does not fit on this device's multiprocessors");
+    cache.emplace(key, blocks);
+    return blocks;
+}
+
+// Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`, and each costs
+// its K tiles plus a fixed overhead (prologue, epilogue, reduction) worth about two tiles.
+int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
+    int best = 1;
+    double best_cost = 0;
+    const int64_t max_splits = tiles_k < 64 ? tiles_k : 64;
+    for (int s = 1; s <= max_splits; ++s) {
+        const int64_t per = ceil_div(tiles_k, s);
+        const int64_t used = ceil_div(tiles_k, per);
+        if (used != s) continue;  // same slicing as a smaller split count
+        const int64_t waves = ceil_div(ctas * s, slots);
+        const double cost = double(waves) * double(per + 2) + (s > 1 ? 0.5 : 0.0);
+        if (s == 1 || cost < best_cost) {
+            best = s;
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
+// Which kernel runs a blob. Bitmap blobs have two decoders: straight into mma fragments (few instructions
+// per element, so best when most elements are nonzero) and a scatter into a shared-memory tile (work per
+// nonzero, best when few are). FSPMM_BITMAP_DECODER=direct|scatter overrides the density rule.
+int kernel_id(const fspmm_header_t& h) {
+    if (h.format != FSPMM_FORMAT_BITMAP) return h.format;
+    const char* env = std::getenv("FSPMM_BITMAP_DECODER");
+    if (env && std::strcmp(env, "direct") == 0) return kBitmapDirect;
+    if (env && std::strcmp(env, "scatter") == 0) return FSPMM_FORMAT_BITMAP;
+    const double density = double(h.nnz) / (double(h.M) * double(h.K));
+    return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
+}
+
+}  // namespace
+
+LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device) {
+    FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
+    FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
+    LinearPlan plan{};
+    plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
+    plan.m_blocks = ceil_div(h.tiles_m, kStripes);
+    plan.n_blocks = ceil_div(N, plan.n_tile);
+    FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call (at most 65535 * 64 tokens); split x");
+    FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
+    plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
+    plan.kernel = kernel_id(h);
+    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, plan.kernel != kBitmapDirect);
+
+    int max_smem = 0, sms = 0, major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    if (major < 8)
+        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
+    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    if (plan.smem > size_t(max_smem))
+        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(plan.smem) +
+                                           " bytes of shared memory per block; the device allows " +
+                                           std::to_string(max_smem));
+
+    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
+    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, plan.smem);
+    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    if (splits > h.tiles_k) splits = int(h.tiles_k);
+    if (splits > 65535) splits = 65535;
+    plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
+    plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
+    plan.workspace = 0;
+    if (plan.splits > 1) {
+        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
+        plan.workspace = round_up(partial, 256) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
+    }
+    return plan;
+}
+
+void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blob, const void* x, int64_t ldx,
+                int64_t N, const void* bias, void* y, int64_t ldy, float alpha, float beta, void* workspace,
+                cudaStream_t stream) {
+    LinearParams p{};
+    const uint8_t* base = static_cast<const uint8_t*>(blob);
+    p.data = base + h.data_offset;
+    p.offsets = reinterpret_cast<const uint64_t*>(base + h.offsets_offset);
+    p.M = h.M;
+    p.K = h.K;
+    p.N = N;
+    p.tiles_m = h.tiles_m;
+    p.tiles_k = h.tiles_k;
+    p.slot_bytes = plan.slot_bytes;
+    p.x = static_cast<const uint16_t*>(x);
+    p.ldx = ldx;
+    p.x_vec = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ldx % 8 == 0 && h.K % 8 == 0;
+    p.bias = static_cast<const uint16_t*>(bias);
+    p.y = static_cast<uint16_t*>(y);
+    p.ldy = ldy;
+    p.alpha = alpha;
+    p.beta = beta;
+    p.splits = plan.splits;
+    p.k_tiles_per_split = plan.k_tiles_per_split;
+    if (plan.splits > 1) {
+        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
+        p.partial = static_cast<float*>(workspace);
+        p.counters = reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(workspace) + round_up(partial, 256));
+        check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
+                   "cudaMemsetAsync(split-K counters)");
+    }
+    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
+    const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
+    check_cuda(k.launch(p, grid, plan.smem, stream), "SpMM kernel launch");
+}
+
+}  // namespace fspmm

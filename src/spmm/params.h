@@ -1,0 +1,59 @@
+// Parameters of one fspmm_linear launch and the launch entry points (host side of the kernels).
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace fspmm {
+
+// Everything a kernel needs; filled by the launcher from the blob header and the call's arguments.
+struct LinearParams {
+    const uint8_t* data;       // tile data section of the blob (device)
+    const uint64_t* offsets;   // tile offset table (device), tiles_m * tiles_k + 1 entries
+    int64_t M, K, N;
+    int64_t tiles_m, tiles_k;
+    uint32_t slot_bytes;       // shared-memory bytes reserved per compressed tile (>= max_tile_bytes)
+    const uint16_t* x;         // [N, K], leading dimension ldx (fp16/bf16 bits)
+    int64_t ldx;
+    bool x_vec;                // x rows can be read with 16-byte copies (aligned, ldx % 8 == 0, K % 8 == 0)
+    const uint16_t* bias;      // [M] or nullptr
+    uint16_t* y;               // [N, M], leading dimension ldy
+    int64_t ldy;
+    float alpha, beta;
+    int splits;                // K slices (grid.y)
+    int k_tiles_per_split;
+    float* partial;            // [splits, N, M] fp32 partial sums (splits > 1)
+    unsigned int* counters;    // one arrival counter per output tile (splits > 1), zeroed before launch
+};
+
+// Launch configuration shared by every kernel instantiation.
+constexpr int kStripes = 2;                 // 64-row tiles per CTA: a CTA owns 128 rows of W
+constexpr int kCtaRows = 64 * kStripes;
+constexpr int kWarps = 4 * kStripes;        // each warp owns 16 rows
+constexpr int kThreads = 32 * kWarps;
+constexpr int kStages = 4;                  // cp.async pipeline depth (tiles in flight + 1)
+constexpr int kDenseHalves = 64 * 64 + 8;   // dense tile + 8 slots that Tiled-CSL padding entries write to
+constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
+
+// Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
+inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense) {
+    size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * 64 * 2;
+    size_t main = kStages * stage + (dense ? size_t(kStripes) * kDenseHalves * 2 : 0);
+    size_t epilogue = size_t(n_tile) * kCStride * 4;
+    return main > epilogue ? main : epilogue;
+}
+
+// Kernel variants beyond the blob formats: the bitmap format has two decoders.
+constexpr int kBitmapDirect = 3;  // bitmap decoded straight into mma fragments (kernel id, not a blob format)
+
+// One kernel instantiation per (kernel id = format or kBitmapDirect, dtype, N tile); defined in
+// spmm_<variant>_<dtype>.cu.
+// Returns the kernel function pointer (for attributes and occupancy) and launches it.
+struct KernelHandle {
+    const void* func;
+    cudaError_t (*launch)(const LinearParams& p, dim3 grid, size_t smem, cudaStream_t stream);
+};
+
+template <int kFormat, int kDtype, int kNTile>
+KernelHandle kernel_handle();
+
+}  // namespace fspmm

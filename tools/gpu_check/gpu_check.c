@@ -1,0 +1,124 @@
+/* GPU check through the public C API alone: fspmm_linear vs the library's CPU reference (fspmm_linear_host)
+ * on a few shapes, both formats, with and without split-K. Small on purpose: tools/device-check runs it under
+ * compute-sanitizer (memcheck, racecheck, synccheck). Exit status 0 when every case passes. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flashspmm.h"
+
+#define CHECK(call)                                                                                   \
+    do {                                                                                              \
+        fspmm_status_t s_ = (call);                                                                   \
+        if (s_ != FSPMM_OK) {                                                                         \
+            fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__, #call, fspmm_status_string(s_), \
+                    fspmm_last_error());                                                              \
+            return 1;                                                                                 \
+        }                                                                                             \
+    } while (0)
+
+static uint64_t rng_state = 0x1234567887654321ull;
+static double uniform(void) { /* xorshift64*, in [0, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+}
+
+/* float -> IEEE half bits, round to nearest even (normal range and zero are enough here). */
+static uint16_t to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t exp = (int32_t)((x >> 23) & 0xFF) - 127 + 15;
+    uint32_t mant = x & 0x7FFFFFu;
+    if (exp <= 0) return (uint16_t)sign;
+    uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1FFFu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)h;
+}
+static float from_half(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FFu, x;
+    if (exp == 0) return sign ? -0.0f : 0.0f; /* inputs here are never subnormal */
+    if (exp == 31) x = sign | 0x7F800000u | (mant << 13);
+    else x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_format_t format, int split_k) {
+    uint16_t* w = malloc(sizeof(uint16_t) * M * K);
+    uint16_t* x = malloc(sizeof(uint16_t) * N * K);
+    uint16_t* bias = malloc(sizeof(uint16_t) * M);
+    uint16_t* y_ref = malloc(sizeof(uint16_t) * N * M);
+    uint16_t* y_gpu = malloc(sizeof(uint16_t) * N * M);
+    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_half((float)(uniform() * 2 - 1));
+    for (int64_t i = 0; i < N * K; ++i) x[i] = to_half((float)(uniform() * 2 - 1));
+    for (int64_t i = 0; i < M; ++i) bias[i] = to_half((float)(uniform() - 0.5));
+
+    size_t bytes = 0;
+    CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
+    void* blob = malloc(bytes);
+    CHECK(fspmm_compress_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, blob, bytes, NULL));
+    fspmm_header_t h;
+    CHECK(fspmm_header_read(blob, bytes, &h));
+    CHECK(fspmm_linear_host(blob, bytes, x, N, K, bias, y_ref, M, 1.0f, 0.0f));
+
+    void *d_blob, *d_x, *d_bias, *d_y, *d_ws = NULL;
+    size_t ws = 0;
+    CHECK(fspmm_linear_workspace_size(&h, N, split_k, &ws));
+    CHECK(fspmm_device_malloc(&d_blob, bytes));
+    CHECK(fspmm_device_malloc(&d_x, sizeof(uint16_t) * N * K));
+    CHECK(fspmm_device_malloc(&d_bias, sizeof(uint16_t) * M));
+    CHECK(fspmm_device_malloc(&d_y, sizeof(uint16_t) * N * M));
+    CHECK(fspmm_device_malloc(&d_ws, ws));
+    CHECK(fspmm_memcpy(d_blob, blob, bytes, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_memcpy(d_x, x, sizeof(uint16_t) * N * K, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_memcpy(d_bias, bias, sizeof(uint16_t) * M, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_linear(&h, d_blob, d_x, N, K, d_bias, d_y, M, 1.0f, 0.0f, split_k, d_ws, ws, NULL));
+    CHECK(fspmm_memcpy(y_gpu, d_y, sizeof(uint16_t) * N * M, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+
+    double err = 0, ref = 0;
+    for (int64_t i = 0; i < N * M; ++i) {
+        double a = from_half(y_gpu[i]), b = from_half(y_ref[i]);
+        err += (a - b) * (a - b);
+        ref += b * b;
+    }
+    double rel = ref > 0 ? sqrt(err / ref) : sqrt(err);
+    int ok = rel <= 2e-3 && !isnan(rel);
+    printf("%-9s M=%-5lld K=%-5lld N=%-3lld sparsity=%.2f split_k=%d workspace=%zu rel_err=%.2e %s\n",
+           format == FSPMM_FORMAT_BITMAP ? "bitmap" : "tiled_csl", (long long)M, (long long)K, (long long)N,
+           sparsity, split_k, ws, rel, ok ? "ok" : "FAIL");
+    CHECK(fspmm_device_free(d_blob));
+    CHECK(fspmm_device_free(d_x));
+    CHECK(fspmm_device_free(d_bias));
+    CHECK(fspmm_device_free(d_y));
+    CHECK(fspmm_device_free(d_ws));
+    free(w), free(x), free(bias), free(y_ref), free(y_gpu), free(blob);
+    return ok ? 0 : 1;
+}
+
+int main(void) {
+    int count = 0;
+    CHECK(fspmm_device_count(&count));
+    if (count == 0) {
+        printf("gpu_check: no CUDA device\n");
+        return 1;
+    }
+    const fspmm_format_t formats[2] = {FSPMM_FORMAT_BITMAP, FSPMM_FORMAT_TILED_CSL};
+    int failed = 0, passed = 0;
+    for (int f = 0; f < 2; ++f) {
+        int r[5];
+        r[0] = run_case(300, 700, 9, 0.7, formats[f], 1);
+        r[1] = run_case(300, 700, 33, 0.5, formats[f], 3);
+        r[2] = run_case(129, 1000, 1, 0.9, formats[f], 0);
+        r[3] = run_case(70, 65, 70, 0.0, formats[f], 2);
+        r[4] = run_case(64, 4096, 16, 0.99, formats[f], 0);
+        for (int i = 0; i < 5; ++i) r[i] ? ++failed : ++passed;
+    }
+    printf("gpu_check: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
