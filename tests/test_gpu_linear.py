@@ -16,8 +16,8 @@ pytestmark = pytest.mark.gpu
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}
 TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# "bitmap:direct" and "bitmap:scatter" force each of the two bitmap decoders (FSPMM_BITMAP_DECODER).
-FORMATS = ["bitmap:direct", "bitmap:scatter", "tiled_csl"]
+# "bitmap:<decoder>" forces one of the bitmap decoders (FSPMM_BITMAP_DECODER).
+FORMATS = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl"]
 
 
 @pytest.fixture(autouse=True)

@@ -247,7 +247,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 16, 32, 64], [50, 70, 80, 90]
-        args.formats = ["bitmap:direct", "bitmap:scatter", "tiled_csl", "auto"]
+        args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
     return run(args)
 
 

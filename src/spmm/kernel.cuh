@@ -53,6 +53,7 @@ struct Bf16 {
 // Tiled-CSL: each 32-bit entry is (value << 16) | swizzled position; padding entries point past the tile.
 struct CslDecoder {
     static constexpr bool kDirect = false;
+    static constexpr bool kNeedsZero = true;
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint4* entries = reinterpret_cast<const uint4*>(tile);
@@ -67,10 +68,15 @@ struct CslDecoder {
     }
 };
 
-// Bitmap: 64 masks (one per 8x8 block, mma block order), then packed values. Two threads per block, one
-// per 32-bit half (rows 0-3 / 4-7 of the block); a warp covers 16 consecutive blocks.
-struct BitmapDecoder {
+// Bitmap into the dense tile: 64 masks (one per 8x8 block, mma block order), then packed values. Two threads
+// per block, one per 32-bit half (rows 0-3 / 4-7 of the block); a warp covers 16 consecutive blocks, so a
+// warp scan of the per-thread popcounts gives each thread its first value.
+//   kRows = false: walk the set bits and store each nonzero (work per nonzero; needs a zeroed tile);
+//   kRows = true:  build every 8-element row in registers and store it whole (work per element, no zeroing).
+template <bool kRows>
+struct BitmapTileDecoder {
     static constexpr bool kDirect = false;
+    static constexpr bool kNeedsZero = !kRows;
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
@@ -94,25 +100,48 @@ struct BitmapDecoder {
             if (lane >= d) incl += v;
             before += __shfl_xor_sync(0xFFFFFFFFu, before, d);
         }
-        // Walk the set bits from the top; the value of bit b is at start + (set bits below b).
-        int v = int(before + incl) - 1;
-        const uint32_t row_base = bitmap_block_row(j) * 8 * 64;
-        const uint32_t bc8 = bitmap_block_col(j) << 3;
-        const uint32_t e_hi = uint32_t(half) << 5;
-        while (bits) {
-            const uint32_t b = 31 - __clz(bits);
-            bits ^= 1u << b;
-            const uint32_t e = b | e_hi;  // element in the block: row e / 8, column e % 8
-            const uint32_t pos = row_base + ((e & 0x38u) << 3) + ((e ^ bc8) & 0x3Fu);
-            ptx::st_shared_u16(dense + pos * 2, values[v--]);
+        const uint32_t first = before + incl - count;  // value index of this thread's first nonzero
+        const uint32_t bc = bitmap_block_col(j);
+        if constexpr (kRows) {
+            // Row rr of this half is tile row 8*br + 4*half + rr, whose swizzle key is 4*half + rr.
+            const uint16_t* v = values + first;
+            const uint32_t row0 = dense + (bitmap_block_row(j) * 8 + half * 4) * 128;
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) {
+                uint32_t out[4];
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const uint32_t bit = (bits >> (8 * rr + k)) & 1u;
+                    const uint32_t x = bit ? uint32_t(*v) : 0u;
+                    v += bit;
+                    out[k >> 1] = (k & 1) ? out[k >> 1] | (x << 16) : x;
+                }
+                ptx::st_shared_v4(row0 + rr * 128 + ((bc ^ uint32_t(4 * half + rr)) << 4), out);
+            }
+        } else {
+            // Walk the set bits from the top; the value of bit b is at first + (set bits below b).
+            int v = int(first + count) - 1;
+            const uint32_t row_base = bitmap_block_row(j) * 8 * 64;
+            const uint32_t bc8 = bc << 3;
+            const uint32_t e_hi = uint32_t(half) << 5;
+            while (bits) {
+                const uint32_t b = 31 - __clz(bits);
+                bits ^= 1u << b;
+                const uint32_t e = b | e_hi;  // element in the block: row e / 8, column e % 8
+                const uint32_t pos = row_base + ((e & 0x38u) << 3) + ((e ^ bc8) & 0x3Fu);
+                ptx::st_shared_u16(dense + pos * 2, values[v--]);
+            }
         }
     }
 };
+using BitmapScatterDecoder = BitmapTileDecoder<false>;
+using BitmapRowsDecoder = BitmapTileDecoder<true>;
 
 // Bitmap, decoded straight into mma A fragments (no dense tile): lane L of a warp owns bits 2L, 2L+1 of
 // each block's mask, so its two values sit at (block's first value) + popcount(mask bits below 2L).
 struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
+    static constexpr bool kNeedsZero = false;
     // First value index of blocks 2L and 2L+1 of the tile, held by lane L.
     struct Prefix {
         uint32_t even, odd;
@@ -223,8 +252,7 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
                         for (int e = 0; e < 8; ++e)
                             if (k + e < p.K) w[e / 2] |= uint32_t(src[k + e]) << (16 * (e & 1));
                     }
-                    asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(dst), "r"(w[0]), "r"(w[1]),
-                                 "r"(w[2]), "r"(w[3]));
+                    ptx::st_shared_v4(dst, w);
                 }
             }
         }
@@ -232,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
     };
 
     // Zero the dense tiles once; afterwards each warp re-zeroes what it read.
-    if constexpr (!Decoder::kDirect)
+    if constexpr (Decoder::kNeedsZero)
         for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
 
     // Prologue: kStages - 1 tiles in flight.
@@ -297,10 +325,12 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
                 ptx::ldmatrix_x4(a.x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
                 mma_chunk(a, kc);
             }
-            // Re-zero this warp's 16 rows (2 KB) for the next tile; the next __syncthreads orders it.
-            __syncwarp();
+            if constexpr (Decoder::kNeedsZero) {
+                // Re-zero this warp's 16 rows (2 KB) for the next tile; the next __syncthreads orders it.
+                __syncwarp();
 #pragma unroll
-            for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+            }
         }
     }
     ptx::cp_async_wait<0>();

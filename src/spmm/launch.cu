@@ -33,8 +33,8 @@ int current_device() {
 
 namespace {
 
-// Bitmap density above which the direct decoder is used (see kernel_id).
-constexpr double kDirectDensity = 0.35;
+// Bitmap density above which the rows decoder is used (see kernel_id).
+constexpr double kRowsDensity = 0.15;
 
 // The kernel for (kernel id, dtype, n_tile).
 KernelHandle select_kernel(int format, int dtype, int n_tile) {
@@ -49,23 +49,30 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
     FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16)
     FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_FLOAT16)
     FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_BFLOAT16)
+    FSPMM_CASE(kBitmapRows, FSPMM_DTYPE_FLOAT16)
+    FSPMM_CASE(kBitmapRows, FSPMM_DTYPE_BFLOAT16)
     FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16)
     FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16)
 #undef FSPMM_CASE
     raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
 }
 
-// CTAs of `func` with `smem` bytes that fit on one SM; also raises the kernel's shared-memory limit.
-// Cached per (device, kernel, smem): both CUDA calls cost more than the launch itself.
-int ctas_per_sm(int device, const void* func, size_t smem) {
+// CTAs of `func` with `smem` bytes that fit on one SM. The first time a kernel is seen on a device, its
+// dynamic shared-memory limit is raised to the device's maximum (max_smem), so any later plan fits.
+// Cached: both CUDA calls cost more than the launch itself.
+int ctas_per_sm(int device, const void* func, size_t smem, int max_smem) {
     static std::mutex mutex;
     static std::map<std::tuple<int, const void*, size_t>, int> cache;
+    static std::map<std::pair<int, const void*>, bool> raised;
     std::lock_guard<std::mutex> lock(mutex);
     const auto key = std::make_tuple(device, func, smem);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
-    check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    if (!raised[{device, func}]) {
+        check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem),
+                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+        raised[{device, func}] = true;
+    }
     int blocks = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, kThreads, smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -94,16 +101,18 @@ int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
     return best;
 }
 
-// Which kernel runs a blob. Bitmap blobs have two decoders: straight into mma fragments (few instructions
-// per element, so best when most elements are nonzero) and a scatter into a shared-memory tile (work per
-// nonzero, best when few are). FSPMM_BITMAP_DECODER=direct|scatter overrides the density rule.
+// Which kernel runs a blob. Bitmap blobs have three decoders: "rows" expands every 8-element row in
+// registers and stores it whole (work per element), "scatter" stores each nonzero into a zeroed tile (work
+// per nonzero, best when few are), "direct" builds the mma fragments in registers without a shared tile.
+// FSPMM_BITMAP_DECODER=rows|scatter|direct overrides the density rule (for benchmarks and tests).
 int kernel_id(const fspmm_header_t& h) {
     if (h.format != FSPMM_FORMAT_BITMAP) return h.format;
     const char* env = std::getenv("FSPMM_BITMAP_DECODER");
     if (env && std::strcmp(env, "direct") == 0) return kBitmapDirect;
+    if (env && std::strcmp(env, "rows") == 0) return kBitmapRows;
     if (env && std::strcmp(env, "scatter") == 0) return FSPMM_FORMAT_BITMAP;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
-    return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
+    return density > kRowsDensity ? kBitmapRows : FSPMM_FORMAT_BITMAP;
 }
 
 }  // namespace
@@ -128,13 +137,16 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                "cudaDeviceGetAttribute");
     check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    cudaFuncAttributes attr{};
+    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
+    check_cuda(cudaFuncGetAttributes(&attr, k.func), "cudaFuncGetAttributes");
+    max_smem -= int(attr.sharedSizeBytes);  // the kernel's static shared memory counts against the limit
     if (plan.smem > size_t(max_smem))
         raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(plan.smem) +
                                            " bytes of shared memory per block; the device allows " +
                                            std::to_string(max_smem));
 
-    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
-    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, plan.smem);
+    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, plan.smem, max_smem);
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
     if (splits > 65535) splits = 65535;
@@ -180,7 +192,14 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     }
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    check_cuda(k.launch(p, grid, plan.smem, stream), "SpMM kernel launch");
+    const cudaError_t err = k.launch(p, grid, plan.smem, stream);
+    if (err != cudaSuccess) {
+        const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +
+                                 std::to_string(plan.n_tile) + ", grid " + std::to_string(grid.x) + "x" +
+                                 std::to_string(grid.y) + "x" + std::to_string(grid.z) + ", " +
+                                 std::to_string(plan.smem) + " B shared memory)";
+        check_cuda(err, what.c_str());
+    }
 }
 
 }  // namespace fspmm

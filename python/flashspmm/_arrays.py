@@ -1,0 +1,334 @@
+"""Minimal adapters between array libraries and the C API.
+
+:func:`describe` turns an array (numpy; a torch tensor; a cupy array; any object with
+``__cuda_array_interface__``) into an :class:`ArrayInfo`: address, shape, strides in elements, dtype name,
+device and stream. :func:`empty_like_framework` allocates an output in the same library, on the same device.
+torch and cupy are imported only when an object of theirs is passed in.
+"""
+
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from . import _native
+from ._native import ffi, lib
+
+__all__ = ["ArrayInfo", "describe", "empty_like_framework", "DeviceBuffer", "resolve_stream", "numpy_dtype"]
+
+Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
+
+_HALF = ("float16", "bfloat16")
+
+
+@dataclass
+class ArrayInfo:
+    """What the C API needs to know about one array.
+
+    ``strides`` are in elements; ``device`` is ``"cpu"`` or ``("cuda", index)``; ``stream`` is the
+    framework's current CUDA stream as an integer handle (0 = legacy default stream) or None on the CPU;
+    ``framework`` is one of ``"numpy"``, ``"torch"``, ``"cupy"``, ``"cuda_array_interface"``.
+    """
+
+    obj: object
+    ptr: int
+    shape: Tuple[int, ...]
+    strides: Tuple[int, ...]
+    dtype: str
+    device: Device
+    stream: Optional[int]
+    framework: str
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def is_cuda(self):
+        return self.device != "cpu"
+
+    @property
+    def device_index(self):
+        return self.device[1] if self.is_cuda else None
+
+    @property
+    def device_name(self):
+        return "cpu" if self.device == "cpu" else f"cuda:{self.device[1]}"
+
+    def contiguous_hint(self):
+        """How to make this array contiguous, in its own framework's words."""
+        if self.framework == "numpy":
+            return "np.ascontiguousarray(a)"
+        if self.framework == "cupy":
+            return "cupy.ascontiguousarray(a)"
+        return "a.contiguous()"
+
+
+def _module_of(obj):
+    return type(obj).__module__.split(".", 1)[0]
+
+
+def _bfloat16_numpy():
+    """The ml_dtypes bfloat16 numpy dtype, or None if ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_dtype(name):
+    """numpy dtype for "float16" / "bfloat16" (the latter needs ml_dtypes)."""
+    if name == "float16":
+        return np.dtype(np.float16)
+    if name == "bfloat16":
+        dt = _bfloat16_numpy()
+        if dt is None:
+            raise ModuleNotFoundError(
+                "bfloat16 numpy arrays need the ml_dtypes package: pip install ml_dtypes "
+                "(or use to_dense(raw=True) for the raw uint16 bit patterns)")
+        return dt
+    raise ValueError(f"unsupported dtype {name!r}")
+
+
+def _byte_strides_to_elements(strides, itemsize, what):
+    out = []
+    for s in strides:
+        if s % itemsize:
+            raise ValueError(f"{what} has a stride of {s} bytes, not a multiple of its {itemsize}-byte element")
+        out.append(s // itemsize)
+    return tuple(out)
+
+
+def _c_strides(shape):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def _describe_numpy(a):
+    if a.dtype.byteorder == ">":
+        raise TypeError("big-endian arrays are not supported; convert with a.astype(a.dtype.newbyteorder('<'))")
+    return ArrayInfo(
+        obj=a, ptr=int(a.__array_interface__["data"][0]), shape=tuple(a.shape),
+        strides=_byte_strides_to_elements(a.strides, a.itemsize, "the array"),
+        dtype=a.dtype.name, device="cpu", stream=None, framework="numpy")
+
+
+def _describe_torch(t):
+    torch = sys.modules["torch"]
+    dtype = str(t.dtype).replace("torch.", "")
+    if t.device.type == "cuda":
+        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        device = ("cuda", index)
+        stream = int(torch.cuda.current_stream(index).cuda_stream)
+    elif t.device.type == "cpu":
+        device, stream = "cpu", None
+    else:
+        raise ValueError(f"torch tensors on {t.device.type!r} are not supported; use a CUDA or CPU tensor")
+    return ArrayInfo(obj=t, ptr=int(t.data_ptr()), shape=tuple(t.shape), strides=tuple(t.stride()),
+                     dtype=dtype, device=device, stream=stream, framework="torch")
+
+
+def _describe_cupy(a):
+    cupy = sys.modules["cupy"]
+    index = int(a.device.id)
+    with cupy.cuda.Device(index):
+        stream = int(cupy.cuda.get_current_stream().ptr)
+    return ArrayInfo(obj=a, ptr=int(a.data.ptr), shape=tuple(a.shape),
+                     strides=_byte_strides_to_elements(a.strides, a.itemsize, "the array"),
+                     dtype=a.dtype.name, device=("cuda", index), stream=stream, framework="cupy")
+
+
+def _typestr_dtype(obj, typestr):
+    """dtype name from a __cuda_array_interface__ typestr, with the bfloat16 special case."""
+    if typestr[1:] == "V2":  # opaque 2-byte type: bfloat16 in frameworks that know it
+        name = str(getattr(obj, "dtype", ""))
+        if "bfloat16" in name:
+            return "bfloat16"
+        return "void16"
+    try:
+        return np.dtype(typestr).name
+    except TypeError:
+        return typestr
+
+
+def _describe_cai(obj):
+    cai = obj.__cuda_array_interface__
+    shape = tuple(int(n) for n in cai["shape"])
+    dtype = _typestr_dtype(obj, cai["typestr"])
+    itemsize = int(cai["typestr"][2:]) if cai["typestr"][2:].isdigit() else 1
+    if cai.get("strides") is None:
+        strides = _c_strides(shape)
+    else:
+        strides = _byte_strides_to_elements(cai["strides"], itemsize, "the array")
+    ptr = int(cai["data"][0])
+    # The interface does not name the device: the memory belongs to the current one.
+    current = ffi.new("int *")
+    index = int(current[0]) if lib.fspmm_get_device(current) == lib.FSPMM_OK else 0
+    stream = cai.get("stream")
+    return ArrayInfo(obj=obj, ptr=ptr, shape=shape, strides=strides, dtype=dtype, device=("cuda", index),
+                     stream=0 if stream is None else int(stream), framework="cuda_array_interface")
+
+
+def describe(obj, what="array"):
+    """Describe ``obj`` as an :class:`ArrayInfo`; TypeError if it is not an array flashspmm understands."""
+    if isinstance(obj, np.ndarray):
+        return _describe_numpy(obj)
+    module = _module_of(obj)
+    if module == "torch" and hasattr(obj, "data_ptr"):
+        return _describe_torch(obj)
+    if module == "cupy" and hasattr(obj, "__cuda_array_interface__"):
+        return _describe_cupy(obj)
+    if hasattr(obj, "__cuda_array_interface__"):
+        return _describe_cai(obj)
+    raise TypeError(
+        f"{what} must be a numpy array, a torch tensor, a cupy array or an object with "
+        f"__cuda_array_interface__; got {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def require_half(info, what):
+    """TypeError unless the array is float16 or bfloat16."""
+    if info.dtype not in _HALF:
+        raise TypeError(f"{what} has dtype {info.dtype}; flashspmm supports float16 and bfloat16")
+
+
+def matrix_view(info, what):
+    """Check a 2-D array is row-major with unit stride on its last dimension; return (rows, cols, ld)."""
+    if info.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {info.shape}")
+    rows, cols = info.shape
+    if rows == 0 or cols == 0:  # empty: strides carry no meaning
+        return rows, cols, max(cols, 1)
+    if cols > 1 and info.strides[1] != 1:
+        raise ValueError(
+            f"{what} must have unit stride on its last dimension (row-major), got strides {info.strides} "
+            f"(elements); make it contiguous first: {info.contiguous_hint()}")
+    ld = info.strides[0]
+    if rows <= 1:
+        ld = max(cols, 1)
+    elif ld < cols:
+        raise ValueError(
+            f"{what} rows overlap or run backwards (row stride {ld} < {cols} columns); make it contiguous "
+            f"first: {info.contiguous_hint()}")
+    return rows, cols, ld
+
+
+def flatten_leading(info):
+    """Collapse all dimensions but the last into one, without copying; None if the strides do not allow it."""
+    if info.ndim == 2:
+        return info
+    if info.ndim < 2:
+        raise ValueError("flatten_leading needs at least 2 dimensions")
+    shape, strides = info.shape, info.strides
+    rows = 1
+    for n in shape[:-1]:
+        rows *= n
+    for i in range(len(shape) - 2):
+        if shape[i] > 1 and shape[i + 1] > 1 and strides[i] != strides[i + 1] * shape[i + 1]:
+            return None
+    # the row stride: that of the innermost leading dimension with extent > 1 (any if all are 1)
+    row_stride = shape[-1]
+    for i in range(len(shape) - 2, -1, -1):
+        if shape[i] > 1:
+            row_stride = strides[i]
+            break
+    return ArrayInfo(obj=info.obj, ptr=info.ptr, shape=(rows, shape[-1]), strides=(row_stride, strides[-1]),
+                     dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
+
+
+def reshape_copy(info, shape):
+    """A C-contiguous copy of the array reshaped to ``shape``, in its own framework."""
+    obj = info.obj
+    if info.framework == "numpy":
+        return np.ascontiguousarray(obj).reshape(shape)
+    if info.framework == "torch":
+        return obj.contiguous().reshape(shape)
+    if info.framework == "cupy":
+        return sys.modules["cupy"].ascontiguousarray(obj).reshape(shape)
+    raise ValueError("this array's leading dimensions cannot be flattened without a copy; make it contiguous")
+
+
+class DeviceBuffer:
+    """Device memory from fspmm_device_malloc exposing ``__cuda_array_interface__`` (v3).
+
+    Used for outputs and workspaces when the input array comes from a framework flashspmm cannot allocate
+    with (anything that only offers ``__cuda_array_interface__``). Freed when garbage collected.
+    """
+
+    def __init__(self, shape, dtype, device_index, _base=None, _ptr=None):
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = dtype
+        self.device_index = int(device_index)
+        self.itemsize = 1 if dtype == "uint8" else 2
+        count = 1
+        for n in self.shape:
+            count *= n
+        self.nbytes = count * self.itemsize
+        self._base = _base
+        if _ptr is not None:
+            self.ptr = _ptr
+            return
+        p = ffi.new("void **")
+        with _native.on_device(self.device_index):
+            _native.check(lib.fspmm_device_malloc(p, self.nbytes))
+        self.ptr = int(ffi.cast("uintptr_t", p[0]))
+        if self.ptr:
+            fin = weakref.finalize(self, _free_device, self.ptr, self.device_index)
+            fin.atexit = False
+
+    def reshape(self, shape):
+        shape = tuple(int(n) for n in shape)
+        return DeviceBuffer(shape, self.dtype, self.device_index, _base=self, _ptr=self.ptr)
+
+    @property
+    def __cuda_array_interface__(self):
+        typestr = {"float16": "<f2", "bfloat16": "<V2", "uint8": "|u1"}[self.dtype]
+        return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, False), "strides": None,
+                "version": 3, "stream": None}
+
+    def __repr__(self):
+        return f"DeviceBuffer(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_index})"
+
+
+def _free_device(ptr, device_index):
+    try:
+        with _native.on_device(device_index):
+            lib.fspmm_device_free(ffi.cast("void *", ptr))
+    except Exception:  # never raise from a finalizer
+        pass
+
+
+def empty_like_framework(info, shape, dtype=None):
+    """An uninitialised array of ``shape`` in ``info``'s framework and device (dtype defaults to info's)."""
+    dtype = dtype or info.dtype
+    if info.framework == "numpy":
+        return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
+    if info.framework == "torch":
+        torch = sys.modules["torch"]
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=info.obj.device)
+    if info.framework == "cupy":
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(info.device_index):
+            return cupy.empty(shape, dtype=dtype)
+    return DeviceBuffer(shape, dtype, info.device_index)
+
+
+def resolve_stream(stream, info):
+    """Stream handle for a device call: the given one (int, or object with .cuda_stream / .ptr),
+    else the array framework's current stream."""
+    if stream is None:
+        return info.stream or 0
+    if isinstance(stream, int):
+        return stream
+    for attr in ("cuda_stream", "ptr", "handle"):
+        value = getattr(stream, attr, None)
+        if isinstance(value, int):
+            return value
+    raise TypeError(
+        f"stream must be an int handle (cudaStream_t) or an object with .cuda_stream (torch) or .ptr (cupy); "
+        f"got {type(stream).__qualname__}")

@@ -1,0 +1,257 @@
+// The host (CPU) C entry points: header reading, validation, compression, decompression, reference linear.
+#include <stdint.h>
+
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "api/export.h"
+#include "common/error.h"
+#include "common/parallel.h"
+#include "flashspmm.h"
+#include "format/header.h"
+#include "format/host_formats.h"
+#include "format/layout.h"
+
+namespace fspmm {
+namespace {
+
+// Largest number of host threads fspmm_set_host_threads accepts.
+constexpr int kMaxHostThreads = 1 << 16;
+
+// The integer a C caller passed for an enum parameter. Read through memcpy: in C++ an out-of-range value
+// must not be loaded as the enum type itself (undefined behaviour), and C callers can pass any int.
+template <typename E>
+int enum_value(const E& e) {
+    std::underlying_type_t<E> v;
+    memcpy(&v, &e, sizeof v);
+    return static_cast<int>(v);
+}
+
+// Raise INVALID_ARGUMENT unless `p` is non-NULL; `what` says what it must point to.
+void require_pointer(const void* p, const char* name, const char* what) {
+    FSPMM_REQUIRE(p != nullptr, std::string(name) + " is NULL: pass " + what);
+}
+
+// Raise INVALID_ARGUMENT unless a 16-bit element array is 2-byte aligned.
+void require_aligned(const void* p, const char* name) {
+    FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(p) % 2 == 0,
+                  std::string(name) + " is not 2-byte aligned: pass an array of 16-bit elements");
+}
+
+// Raise INVALID_ARGUMENT unless a dimension is within [1, 2^31 - 1].
+void require_dimension(int64_t v, const char* name, const char* meaning) {
+    FSPMM_REQUIRE(v >= 1 && v <= kMaxDim, std::string(name) + " = " + std::to_string(v) + " is invalid: " + name +
+                                              " (" + meaning + ") must be in [1, 2^31-1]");
+}
+
+// Raise INVALID_ARGUMENT unless `ld` >= `cols` and a rows x ld array of 2-byte elements is addressable.
+void require_leading_dim(int64_t rows, int64_t cols, int64_t ld, const char* ld_name, const char* cols_name) {
+    FSPMM_REQUIRE(ld >= cols, std::string(ld_name) + " = " + std::to_string(ld) + " is smaller than " + cols_name +
+                                  " = " + std::to_string(cols) + ": pass " + ld_name + " >= " + cols_name +
+                                  " (elements between the starts of consecutive rows)");
+    int64_t elements = 0, bytes = 0;
+    const bool overflow = __builtin_mul_overflow(rows - 1, ld, &elements) ||
+                          __builtin_add_overflow(elements, cols, &elements) ||
+                          __builtin_mul_overflow(elements, int64_t{kElemBytes}, &bytes) ||
+                          static_cast<uint64_t>(bytes) > SIZE_MAX;
+    FSPMM_REQUIRE(!overflow, std::string(ld_name) + " = " + std::to_string(ld) + " with " +
+                                 std::to_string(rows) + " rows overflows the address space: pass a smaller " + ld_name);
+}
+
+// Raise INVALID_ARGUMENT unless dtype is FLOAT16 or BFLOAT16.
+void require_dtype(int dtype) {
+    FSPMM_REQUIRE(dtype == FSPMM_DTYPE_FLOAT16 || dtype == FSPMM_DTYPE_BFLOAT16,
+                  "dtype = " + std::to_string(dtype) +
+                      " is invalid: pass FSPMM_DTYPE_FLOAT16 (1) or FSPMM_DTYPE_BFLOAT16 (2)");
+}
+
+// Raise INVALID_ARGUMENT unless format is AUTO, TILED_CSL or BITMAP.
+void require_format(int format) {
+    FSPMM_REQUIRE(format == FSPMM_FORMAT_AUTO || format == FSPMM_FORMAT_TILED_CSL || format == FSPMM_FORMAT_BITMAP,
+                  "format = " + std::to_string(format) +
+                      " is invalid: pass FSPMM_FORMAT_AUTO (0), FSPMM_FORMAT_TILED_CSL (1) or FSPMM_FORMAT_BITMAP (2)");
+}
+
+// Check the arguments shared by the compress functions and describe the dense input.
+DenseView dense_input(const void* dense, int64_t M, int64_t K, int64_t ld, int dtype, int format) {
+    require_pointer(dense, "dense", "a pointer to the M x K input matrix");
+    require_aligned(dense, "dense");
+    require_dimension(M, "M", "rows of W, out features");
+    require_dimension(K, "K", "columns of W, in features");
+    require_leading_dim(M, K, ld, "ld", "K");
+    require_dtype(dtype);
+    require_format(format);
+    return DenseView{static_cast<const uint16_t*>(dense), M, K, ld};
+}
+
+// Concrete format of a compression request (AUTO resolved from the counts).
+int resolve_format(const TileCounts& counts, int format) {
+    return format == FSPMM_FORMAT_AUTO ? choose_format(counts) : format;
+}
+
+// Blob size as size_t, or INVALID_ARGUMENT if it cannot be addressed.
+size_t to_size(uint64_t bytes) {
+    FSPMM_REQUIRE(bytes <= SIZE_MAX,
+                  "the blob would be " + std::to_string(bytes) + " bytes, more than this process can address");
+    return static_cast<size_t>(bytes);
+}
+
+// a * b + c, or false on 64-bit overflow.
+bool mul_add(uint64_t a, uint64_t b, uint64_t c, uint64_t* out) {
+    uint64_t p = 0;
+    return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(p, c, out);
+}
+
+// Largest data section of a concrete format: every element of the matrix stored, false on overflow.
+bool max_data_bytes(int64_t M, int64_t K, int format, uint64_t* out) {
+    // Stripes (and column blocks) are either full (64) or the one partial tail.
+    const uint64_t row_count[2] = {static_cast<uint64_t>(M / kTileM), M % kTileM ? 1u : 0u};
+    const uint64_t row_size[2] = {kTileM, static_cast<uint64_t>(M % kTileM)};
+    const uint64_t col_count[2] = {static_cast<uint64_t>(K / kTileK), K % kTileK ? 1u : 0u};
+    const uint64_t col_size[2] = {kTileK, static_cast<uint64_t>(K % kTileK)};
+    uint64_t total = 0;
+    for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+            const uint64_t tiles = row_count[i] * col_count[j];  // <= 2^50
+            if (!mul_add(tiles, tile_bytes(format, row_size[i] * col_size[j]), total, &total)) return false;
+        }
+    }
+    *out = total;
+    return true;
+}
+
+// Largest blob of `format` (AUTO: the smaller of the two) for an M x K matrix.
+uint64_t blob_bound(int64_t M, int64_t K, int format) {
+    const Geometry g = make_geometry(M, K);
+    uint64_t csl = 0, bitmap = 0;
+    const bool csl_ok = max_data_bytes(M, K, FSPMM_FORMAT_TILED_CSL, &csl) && csl <= UINT64_MAX - g.data_offset;
+    const bool bitmap_ok = max_data_bytes(M, K, FSPMM_FORMAT_BITMAP, &bitmap) && bitmap <= UINT64_MAX - g.data_offset;
+    // AUTO can always fall back to bitmap, the smaller one for large matrices.
+    const bool ok = format == FSPMM_FORMAT_TILED_CSL ? csl_ok : bitmap_ok;
+    FSPMM_REQUIRE(ok, "a " + std::to_string(M) + " x " + std::to_string(K) +
+                          " matrix is too large for a blob: its size would overflow 64 bits");
+    if (format == FSPMM_FORMAT_TILED_CSL) return g.data_offset + csl;
+    if (format == FSPMM_FORMAT_BITMAP) return g.data_offset + bitmap;
+    return g.data_offset + (csl_ok ? std::min(csl, bitmap) : bitmap);
+}
+
+}  // namespace
+}  // namespace fspmm
+
+using namespace fspmm;
+
+extern "C" FSPMM_API fspmm_status_t fspmm_set_host_threads(int threads) {
+    return guard("fspmm_set_host_threads", [&] {
+        FSPMM_REQUIRE(threads >= 0 && threads <= kMaxHostThreads,
+                      "threads = " + std::to_string(threads) + " is invalid: pass 0 (all hardware threads) or 1.." +
+                          std::to_string(kMaxHostThreads));
+        set_host_threads(threads);
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_header_read(const void* prefix, size_t bytes, fspmm_header_t* out) {
+    return guard("fspmm_header_read", [&] {
+        require_pointer(prefix, "prefix", "a pointer to the first bytes of a blob");
+        require_pointer(out, "out", "a pointer to an fspmm_header_t to fill");
+        if (bytes < static_cast<size_t>(kHeaderBytes))
+            raise(FSPMM_ERR_CORRUPT_BUFFER, "buffer holds " + std::to_string(bytes) +
+                                                " bytes, fewer than the 128-byte header: the blob is truncated");
+        fspmm_header_t h;
+        memcpy(&h, prefix, sizeof h);
+        check_header(h);
+        *out = h;
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_validate_host(const void* blob, size_t bytes, fspmm_header_t* out) {
+    return guard("fspmm_validate_host", [&] {
+        require_pointer(blob, "blob", "a pointer to a blob in host memory");
+        const fspmm_header_t h = validate_blob(blob, bytes);
+        if (out) *out = h;
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format,
+                                                           size_t* bytes) {
+    return guard("fspmm_blob_bytes_bound", [&] {
+        require_dimension(M, "M", "rows of W, out features");
+        require_dimension(K, "K", "columns of W, in features");
+        const int fmt = enum_value(format);
+        require_format(fmt);
+        require_pointer(bytes, "bytes", "a pointer to a size_t to receive the bound");
+        *bytes = to_size(blob_bound(M, K, fmt));
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld,
+                                                             fspmm_dtype_t dtype, fspmm_format_t format,
+                                                             size_t* bytes, fspmm_format_t* chosen) {
+    return guard("fspmm_compress_size_host", [&] {
+        const int dt = enum_value(dtype), fmt = enum_value(format);
+        const DenseView view = dense_input(dense, M, K, ld, dt, fmt);
+        require_pointer(bytes, "bytes", "a pointer to a size_t to receive the blob size");
+        const TileCounts counts = count_tiles(view);
+        const int resolved = resolve_format(counts, fmt);
+        const size_t size = to_size(blob_bytes(counts, resolved));
+        *bytes = size;
+        if (chosen) *chosen = static_cast<fspmm_format_t>(resolved);
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_compress_host(const void* dense, int64_t M, int64_t K, int64_t ld,
+                                                        fspmm_dtype_t dtype, fspmm_format_t format, void* out,
+                                                        size_t out_bytes, size_t* written) {
+    return guard("fspmm_compress_host", [&] {
+        const int dt = enum_value(dtype), fmt = enum_value(format);
+        const DenseView view = dense_input(dense, M, K, ld, dt, fmt);
+        require_pointer(out, "out", "a buffer of fspmm_compress_size_host bytes for the blob");
+        const TileCounts counts = count_tiles(view);
+        const int resolved = resolve_format(counts, fmt);
+        const size_t size = to_size(blob_bytes(counts, resolved));
+        FSPMM_REQUIRE(out_bytes >= size, "out_bytes = " + std::to_string(out_bytes) +
+                                             " is too small: this blob needs " + std::to_string(size) +
+                                             " bytes (ask fspmm_compress_size_host)");
+        encode_blob(view, counts, resolved, dt, out);
+        if (written) *written = size;
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_decompress_host(const void* blob, size_t bytes, void* dense, int64_t ld) {
+    return guard("fspmm_decompress_host", [&] {
+        require_pointer(blob, "blob", "a pointer to a blob in host memory");
+        require_pointer(dense, "dense", "a pointer to room for the M x K output matrix");
+        require_aligned(dense, "dense");
+        const fspmm_header_t h = validate_blob(blob, bytes);
+        require_leading_dim(h.M, h.K, ld, "ld", "K");
+        decode_blob(static_cast<const uint8_t*>(blob), h, static_cast<uint16_t*>(dense), ld);
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, int64_t N,
+                                                      int64_t ldx, const void* bias, void* y, int64_t ldy,
+                                                      float alpha, float beta) {
+    return guard("fspmm_linear_host", [&] {
+        require_pointer(blob, "blob", "a pointer to a blob in host memory");
+        require_pointer(x, "x", "a pointer to the N x K input");
+        require_pointer(y, "y", "a pointer to the N x M output");
+        require_aligned(x, "x");
+        require_aligned(y, "y");
+        if (bias) require_aligned(bias, "bias");
+        FSPMM_REQUIRE(N >= 1, "N = " + std::to_string(N) + " is invalid: N (rows of x and y) must be >= 1");
+        const fspmm_header_t h = validate_blob(blob, bytes);
+        require_leading_dim(N, h.K, ldx, "ldx", "K");
+        require_leading_dim(N, h.M, ldy, "ldy", "M");
+        const LinearArgs args{static_cast<const uint16_t*>(x), N, ldx, static_cast<const uint16_t*>(bias),
+                              static_cast<uint16_t*>(y), ldy, alpha, beta};
+        linear_blob(static_cast<const uint8_t*>(blob), h, args);
+        return FSPMM_OK;
+    });
+}

@@ -1,0 +1,25 @@
+"""Run one fspmm_linear per kernel variant on a 9216x9216 fp16 weight, for profiling under ncu.
+
+    ncu --clock-control none --kernel-name regex:spmm_kernel --metrics ... python3 tools/profile_kernels.py
+"""
+import os
+import sys
+
+import torch
+
+import flashspmm
+
+M = K = 9216
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+VARIANTS = [("bitmap", "rows"), ("bitmap", "scatter"), ("bitmap", "direct"), ("tiled_csl", "")]
+gen = torch.Generator(device="cuda").manual_seed(0)
+for sparsity in (0.5, 0.7, 0.9):
+    w = torch.randn(M, K, device="cuda", generator=gen).half()
+    w.masked_fill_(torch.rand(M, K, device="cuda", generator=gen) < sparsity, 0)
+    x = torch.randn(N, K, device="cuda", generator=gen).half()
+    for fmt, decoder in VARIANTS:
+        os.environ["FSPMM_BITMAP_DECODER"] = decoder
+        W = flashspmm.compress(w, format=fmt)
+        y = flashspmm.linear(x, W)
+        torch.cuda.synchronize()
+        print(f"sparsity {sparsity} {fmt}:{decoder} done", flush=True)
