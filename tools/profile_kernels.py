@@ -1,6 +1,7 @@
 """Run one fspmm_linear per kernel variant on a 9216x9216 fp16 weight, for profiling under ncu.
 
-    ncu --clock-control none --kernel-name regex:spmm_kernel --metrics ... python3 tools/profile_kernels.py
+    ncu --clock-control none --kernel-name regex:spmm_kernel --metrics ... python3 tools/profile_kernels.py \
+        [N] [sparsities, e.g. 0.5,0.9] [variants, e.g. bitmap:rows,tiled_csl]
 """
 import os
 import sys
@@ -11,9 +12,11 @@ import flashspmm
 
 M = K = 9216
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-VARIANTS = [("bitmap", "rows"), ("bitmap", "scatter"), ("bitmap", "direct"), ("tiled_csl", "")]
+SPARSITIES = [float(v) for v in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0.5, 0.7, 0.9]
+NAMES = sys.argv[3].split(",") if len(sys.argv) > 3 else ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl"]
+VARIANTS = [tuple((name + ":").split(":")[:2]) for name in NAMES]
 gen = torch.Generator(device="cuda").manual_seed(0)
-for sparsity in (0.5, 0.7, 0.9):
+for sparsity in SPARSITIES:
     w = torch.randn(M, K, device="cuda", generator=gen).half()
     w.masked_fill_(torch.rand(M, K, device="cuda", generator=gen) < sparsity, 0)
     x = torch.randn(N, K, device="cuda", generator=gen).half()

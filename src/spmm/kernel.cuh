@@ -1,20 +1,24 @@
 // The SpMM kernel: y[N, M] = alpha * x[N, K] * W^T + bias + beta * y, W compressed ("Load-as-Sparse,
 // Compute-as-Dense").
 //
-// A CTA owns 128 rows of W (two 64-row tile stripes, 8 warps of 16 rows) and a slice of the K tiles
-// (split-K), for one block of kNTile tokens. Per K tile:
-//   1. cp.async brings the compressed tiles (their exact bytes) and the x tile into a ring of kStages
-//      shared-memory stages;
-//   2. the format's decoder scatters the nonzeros into a zeroed, swizzled 64x64 dense tile per stripe;
+// A CTA owns 128 rows of W (two 64-row tile stripes, 8 consumer warps of 16 rows, plus a producer warp)
+// and a slice of the K tiles (split-K), for one block of kNTile tokens. Per K tile:
+//   1. the compressed tiles (their exact bytes) and the x tile are copied into a ring of kStages
+//      shared-memory stages: bulk copies on an mbarrier issued by the producer warp on sm_90, cp.async
+//      from every thread on sm_80;
+//   2. the format's decoder expands the tile into a swizzled 64x64 dense tile per stripe (or, for the
+//      direct bitmap decoder, straight into mma A fragments);
 //   3. each warp reads its 16x64 A fragments with ldmatrix, the x fragments with ldmatrix, and runs
 //      mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate;
-//   4. each warp zeroes the rows it read, ready for the next tile.
+//   4. decoders that scatter nonzeros re-zero the rows they read, ready for the next tile.
 // With split-K, every CTA writes fp32 partial sums; the last CTA of an output tile to arrive (arrival
 // counter) adds them in split order, so the result is deterministic, and applies the epilogue.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
@@ -54,11 +58,12 @@ struct Bf16 {
 struct CslDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = true;
+    static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint4* entries = reinterpret_cast<const uint4*>(tile);
         const int n16 = bytes / 16;
-        for (int i = tid_in_stripe; i < n16; i += kThreads / kStripes) {
+        for (int i = tid_in_stripe; i < n16; i += kConsumerThreads / kStripes) {
             const uint4 e = entries[i];
             ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
             ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
@@ -77,6 +82,7 @@ template <bool kRows>
 struct BitmapTileDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = !kRows;
+    static constexpr bool kWarpLocal = true;  // a warp's 32 threads decode exactly the 16 rows it multiplies
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
@@ -142,6 +148,7 @@ using BitmapRowsDecoder = BitmapTileDecoder<true>;
 struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
     static constexpr bool kNeedsZero = false;
+    static constexpr bool kWarpLocal = true;
     // First value index of blocks 2L and 2L+1 of the tile, held by lane L.
     struct Prefix {
         uint32_t even, odd;
@@ -185,7 +192,7 @@ struct BitmapDirectDecoder {
 
 // ---- the kernel ----------------------------------------------------------------------------------------
 template <class Decoder, class Dtype, int kNTile>
-__global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
+__global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(const LinearParams p) {
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
     __shared__ int s_is_last;
@@ -193,8 +200,8 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int stripe = warp / 4;  // which 64-row tile this warp multiplies
-    const int wr = warp % 4;      // its 16-row group in that tile
+    const int stripe = (warp / 4) % kStripes;  // which 64-row tile this (consumer) warp multiplies
+    const int wr = warp % 4;                     // its 16-row group in that tile
     const int64_t mt0 = int64_t(blockIdx.x) * kStripes;
     const int split = blockIdx.y;
     const int64_t n0 = int64_t(blockIdx.z) * kNTile;
@@ -202,122 +209,163 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
     const int64_t kt_end = imin(p.tiles_k, kt_begin + p.k_tiles_per_split);
     const int nk = int(kt_end - kt_begin);
 
-    const size_t stage_bytes = size_t(kStripes) * p.slot_bytes + kNTile * 64 * 2;
+    const size_t stage_bytes = size_t(kStripes) * p.slot_bytes + kNTile * kXRowBytes;
     uint8_t* dense_ptr = smem + kStages * stage_bytes;
     const uint32_t smem0 = ptx::smem_addr(smem);
     const uint32_t dense0 = ptx::smem_addr(dense_ptr);
     auto w_slot = [&](int stage, int s) { return smem + stage * stage_bytes + size_t(s) * p.slot_bytes; };
     auto x_slot = [&](int stage) { return smem0 + uint32_t(stage * stage_bytes + kStripes * p.slot_bytes); };
 
-    // Tile byte ranges of the next K tile to load, fetched one iteration ahead to hide their latency.
-    uint64_t next_off[kStripes], next_end[kStripes];
-    auto fetch_offsets = [&](int i) {
+    // Byte offsets of this CTA's tiles (entries 0..nk per stripe; zeros for a stripe past M), read once.
+    __shared__ uint64_t s_off[kStripes][kMaxKTilesPerSplit + 1];
+    for (int e = tid; e < kStripes * (nk + 1); e += kThreads) {
+        const int s = e / (nk + 1), k = e % (nk + 1);
+        s_off[s][k] = mt0 + s < p.tiles_m ? __ldg(p.offsets + (mt0 + s) * p.tiles_k + kt_begin + k) : 0;
+    }
+    // Bytes to copy for a tile (clamped to the slot: a corrupted offset table cannot overflow it).
+    auto tile_bytes = [&](uint64_t bytes) { return uint32_t(imin<uint64_t>(bytes, p.slot_bytes)); };
+
+    // x tile of K tile i written by plain loads and stores (unaligned x, or the last, partial K tile):
+    // kNTile rows of 64 values, zeros past N and K.
+    auto store_x_tile = [&](int i, int first, int stride) {
+        const int64_t k0 = (kt_begin + i) * 64;
+        const uint32_t xs = x_slot(i % kStages);
+        for (int c = first; c < kNTile * 8; c += stride) {
+            const int n = c >> 3, ck = c & 7;
+            const int64_t row = n0 + n, k = k0 + ck * 8;
+            uint32_t w[4] = {0, 0, 0, 0};
+            if (row < p.N) {
+                const uint16_t* src = p.x + row * p.ldx;
 #pragma unroll
-        for (int s = 0; s < kStripes; ++s) {
-            next_off[s] = next_end[s] = 0;
-            if (i < nk && mt0 + s < p.tiles_m) {
-                const int64_t t = (mt0 + s) * p.tiles_k + kt_begin + i;
-                next_off[s] = __ldg(p.offsets + t);
-                next_end[s] = __ldg(p.offsets + t + 1);
+                for (int e = 0; e < 8; ++e)
+                    if (k + e < p.K) w[e / 2] |= uint32_t(src[k + e]) << (16 * (e & 1));
             }
+            ptx::st_shared_v4(xs + n * kXRowBytes + ck * 16, w);
         }
     };
-    // Issue the copies of K tile i (offsets already in next_off/next_end) into its stage.
-    auto load_stage = [&](int i) {
+
+#if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+    // sm_90: a producer warp (the last warp) issues one bulk copy per compressed tile (lanes 0..kStripes-1)
+    // and per x row, completing on the stage's "full" mbarrier; consumer warps release a stage through its
+    // "empty" mbarrier. No CTA-wide barrier in the main loop.
+    __shared__ __align__(8) uint64_t s_full[kStages];   // tile landed (one arrival + transaction bytes)
+    __shared__ __align__(8) uint64_t s_empty[kStages];  // every consumer warp is done with the stage
+    auto issue = [&](int i) {  // by the producer warp: K tile i < nk into stage i % kStages
         const int stage = i % kStages;
-        if (i < nk) {
+        const int64_t k0 = (kt_begin + i) * 64;
+        const bool x_bulk = p.x_vec && k0 + 64 <= p.K;
+        if (!x_bulk) store_x_tile(i, lane, 32);  // published by lane 0's arrive below (release)
+        const uint32_t full = ptx::smem_addr(&s_full[stage]);
+        const uint64_t off = lane < kStripes ? s_off[lane][i] : 0;
+        const uint32_t bytes = lane < kStripes ? tile_bytes(s_off[lane][i + 1] - off) : 0u;
+        const int rows = x_bulk ? int(imin<int64_t>(kNTile, p.N - n0)) : 0;
+        uint32_t total = bytes;
 #pragma unroll
-            for (int s = 0; s < kStripes; ++s) {
-                const uint32_t bytes = uint32_t(imin<uint64_t>(next_end[s] - next_off[s], p.slot_bytes));
-                if (tid == 0) s_tile_bytes[stage][s] = bytes;
-                const uint8_t* src = p.data + next_off[s];
-                const uint32_t dst = ptx::smem_addr(w_slot(stage, s));
-                for (uint32_t c = tid * 16; c < bytes; c += kThreads * 16) ptx::cp_async_16(dst + c, src + c, 16);
-            }
-            // x tile: kNTile rows of 64 values, 16-byte chunks swizzled like the dense W tile.
+        for (int d = 1; d < kStripes; d <<= 1) total += __shfl_xor_sync(0xFFFFFFFFu, total, d);
+        if (lane < kStripes) s_tile_bytes[stage][lane] = bytes;
+        __syncwarp();  // the warp's plain stores above happen before lane 0's release
+        if (lane == 0) ptx::mbarrier_arrive_expect_tx(full, total);
+        __syncwarp();  // copies are issued after the expected byte count is set
+        if (lane < kStripes && bytes) ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + off, bytes, full);
+        // x rows: 16-byte cp.async from every lane (one bulk copy per 128-byte row would queue up to 64
+        // small requests on the copy engine); each lane's copies arrive on the barrier when complete.
+        const uint32_t xs = x_slot(stage);
+        for (int c = lane; c < rows * 8; c += 32) {
+            const int n = c >> 3, ck = c & 7;
+            ptx::cp_async_16(xs + n * kXRowBytes + ck * 16, p.x + (n0 + n) * p.ldx + k0 + ck * 8, 16);
+        }
+        ptx::cp_async_mbarrier_arrive_noinc(full);
+    };
+    if (tid == 0)
+        for (int st = 0; st < kStages; ++st) {
+            ptx::mbarrier_init(ptx::smem_addr(&s_full[st]), 1 + 32);  // expect_tx arrive + 32 cp.async arrivals
+            ptx::mbarrier_init(ptx::smem_addr(&s_empty[st]), kWarps);
+        }
+#else
+    // sm_80: every thread issues 16-byte cp.async for a share of each tile; completion by cp.async groups.
+    auto issue = [&](int i) {  // K tile i < nk into stage i % kStages
+        const int stage = i % kStages;
+#pragma unroll
+        for (int s = 0; s < kStripes; ++s) {
+            const uint32_t bytes = tile_bytes(s_off[s][i + 1] - s_off[s][i]);
+            if (tid == 0) s_tile_bytes[stage][s] = bytes;
+            const uint8_t* src = p.data + s_off[s][i];
+            const uint32_t dst = ptx::smem_addr(w_slot(stage, s));
+            for (uint32_t c = tid * 16; c < bytes; c += kThreads * 16) ptx::cp_async_16(dst + c, src + c, 16);
+        }
+        if (p.x_vec) {
             const int64_t k0 = (kt_begin + i) * 64;
             const uint32_t xs = x_slot(stage);
             for (int c = tid; c < kNTile * 8; c += kThreads) {
                 const int n = c >> 3, ck = c & 7;
-                const uint32_t dst = xs + (n * 64 + ((ck ^ (n & 7)) << 3)) * 2;
                 const int64_t row = n0 + n, k = k0 + ck * 8;
-                if (p.x_vec) {
-                    const bool ok = row < p.N && k < p.K;
-                    ptx::cp_async_16(dst, ok ? p.x + row * p.ldx + k : p.x, ok ? 16 : 0);
-                } else {
-                    uint32_t w[4] = {0, 0, 0, 0};
-                    if (row < p.N) {
-                        const uint16_t* src = p.x + row * p.ldx;
-#pragma unroll
-                        for (int e = 0; e < 8; ++e)
-                            if (k + e < p.K) w[e / 2] |= uint32_t(src[k + e]) << (16 * (e & 1));
-                    }
-                    ptx::st_shared_v4(dst, w);
-                }
+                const bool ok = row < p.N && k < p.K;
+                ptx::cp_async_16(xs + n * kXRowBytes + ck * 16, ok ? p.x + row * p.ldx + k : p.x, ok ? 16 : 0);
             }
+        } else {
+            store_x_tile(i, tid, kThreads);
         }
-        ptx::cp_async_commit();  // always commit, so group counting stays aligned with tiles
     };
+#endif
 
-    // Zero the dense tiles once; afterwards each warp re-zeroes what it read.
+    // Zero the x tiles (rows past N stay zero) and, for decoders that scatter, the dense tiles (each warp
+    // re-zeroes what it read afterwards).
+    for (int c = tid; c < kStages * kNTile * kXRowBytes / 16; c += kThreads) {
+        const int st = c / (kNTile * kXRowBytes / 16), r = c % (kNTile * kXRowBytes / 16);
+        ptx::st_shared_zero16(x_slot(st) + r * 16);
+    }
     if constexpr (Decoder::kNeedsZero)
         for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
-
-    // Prologue: kStages - 1 tiles in flight.
-#pragma unroll
-    for (int i = 0; i < kStages - 1; ++i) {
-        fetch_offsets(i);
-        load_stage(i);
-    }
-    fetch_offsets(kStages - 1);
+    __syncthreads();
 
     ptx::FragC acc[kNTile / 8];
     const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;
 
-    for (int i = 0; i < nk; ++i) {
+    // Decode tile i (landed in its stage) and multiply it into acc. Called by the consumer warps only
+    // (all_threads false: they synchronise among themselves with a named barrier) or by every thread
+    // (all_threads true: __syncthreads; the producer warp only takes part in the barriers).
+    auto compute = [&](int i, auto all_threads) {
+        const bool consumer = !decltype(all_threads)::value || warp < kWarps;
         const int stage = i % kStages;
-        ptx::cp_async_wait<kStages - 2>();
-        __syncthreads();  // tile i landed for every thread; stage (i - 1) % kStages is free again
-        load_stage(i + kStages - 1);
-        fetch_offsets(i + kStages);
-
         const uint32_t xs = x_slot(stage);
         // x fragments for chunk kc, multiplied into every accumulator with the W fragment a.
         auto mma_chunk = [&](const ptx::FragA& a, int kc) {
             if constexpr (kNTile == 8) {
                 const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
                 ptx::FragB b;
-                ptx::ldmatrix_x2(b.x, xs + (n * 64 + ((chunk ^ (n & 7)) << 3)) * 2);
+                ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
                 Dtype::mma(acc[0], a, b);
             } else {
 #pragma unroll
                 for (int j = 0; j < kNTile / 8; j += 2) {
                     const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
                     uint32_t r[4];
-                    ptx::ldmatrix_x4(r, xs + (n * 64 + ((chunk ^ (n & 7)) << 3)) * 2);
+                    ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
                     const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
                     Dtype::mma(acc[j], a, b0);
                     Dtype::mma(acc[j + 1], a, b1);
                 }
             }
         };
-
         if constexpr (Decoder::kDirect) {
             // Each warp builds its A fragments straight from the compressed tile in registers.
-            if (mt0 + stripe < p.tiles_m) {
+            if (consumer && mt0 + stripe < p.tiles_m) {
                 const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
 #pragma unroll
                 for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, wr, kc, lane), kc);
             }
         } else {
             // The threads of each stripe scatter that stripe's tile into its dense tile.
-            {
-                const int s = tid / (kThreads / kStripes);
-                if (mt0 + s < p.tiles_m)
-                    Decoder::scatter(w_slot(stage, s), s_tile_bytes[stage][s], dense0 + s * kDenseHalves * 2,
-                                     tid % (kThreads / kStripes));
-            }
-            __syncthreads();  // dense tiles complete
+            if (consumer && mt0 + stripe < p.tiles_m)
+                Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
+                                 tid % (kConsumerThreads / kStripes));
+            if constexpr (Decoder::kWarpLocal)
+                __syncwarp();  // each warp decoded exactly the 16 rows it multiplies
+            else if constexpr (decltype(all_threads)::value)
+                __syncthreads();  // dense tiles complete
+            else
+                ptx::consumer_sync();
+            if (!consumer) return;
 #pragma unroll
             for (int kc = 0; kc < 4; ++kc) {
                 ptx::FragA a;
@@ -326,19 +374,53 @@ __global__ void __launch_bounds__(kThreads) spmm_kernel(const LinearParams p) {
                 mma_chunk(a, kc);
             }
             if constexpr (Decoder::kNeedsZero) {
-                // Re-zero this warp's 16 rows (2 KB) for the next tile; the next __syncthreads orders it.
+                // Re-zero this warp's 16 rows (2 KB) for the next tile (ordered before the next scatter).
                 __syncwarp();
 #pragma unroll
                 for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
             }
         }
+    };
+
+#if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+    if (warp == kWarps) {
+        // Producer warp: refill a stage as soon as every consumer warp has released it.
+        for (int i = 0; i < nk; ++i) {
+            if (i >= kStages) ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), ((i / kStages) - 1) & 1);
+            issue(i);
+        }
+    } else {
+        for (int i = 0; i < nk; ++i) {
+            const int stage = i % kStages;
+            if constexpr (!Decoder::kWarpLocal)
+                if (i > 0) ptx::consumer_sync();  // every warp re-zeroed its rows of the shared dense tiles
+            ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[stage]), (i / kStages) & 1);
+            compute(i, std::false_type{});
+            __syncwarp();
+            if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_empty[stage]));
+        }
+    }
+#else
+    // Prologue: kStages - 1 tiles in flight, then one tile per iteration; every thread issues copies.
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i) {
+        if (i < nk) issue(i);
+        ptx::cp_async_commit();  // one group per tile, empty or not, so group counting stays aligned
+    }
+    for (int i = 0; i < nk; ++i) {
+        ptx::cp_async_wait<kStages - 2>();
+        __syncthreads();  // tile i landed for every thread; stage (i - 1) % kStages is free again
+        if (i + kStages - 1 < nk) issue(i + kStages - 1);
+        ptx::cp_async_commit();
+        compute(i, std::true_type{});
     }
     ptx::cp_async_wait<0>();
+#endif
     __syncthreads();  // shared memory is reused for the epilogue
 
     // Stage the fp32 tile [kNTile][128 rows] in shared memory so global accesses are coalesced along M.
     float* cs = reinterpret_cast<float*>(smem);
-    {
+    if (warp < kWarps) {
         const int g = lane >> 2, t = lane & 3;
         const int r0 = stripe * 64 + wr * 16 + g;
 #pragma unroll

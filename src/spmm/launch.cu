@@ -148,6 +148,8 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
 
     const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, plan.smem, max_smem);
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    const int64_t min_splits = ceil_div(h.tiles_k, kMaxKTilesPerSplit);  // a CTA handles at most 256 K tiles
+    if (splits < min_splits) splits = int(min_splits);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
     if (splits > 65535) splits = 65535;
     plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
