@@ -94,16 +94,19 @@ fspmm_status_t fspmm_set_host_threads(int threads);
 
 /* ---- header --------------------------------------------------------------------------------------- */
 /* Decode and validate the header at the start of a blob. `bytes` is how many bytes of the blob
- * `prefix` holds (>= 128); the header must be consistent with itself (checksum, sizes, shapes). */
+ * `prefix` holds (fewer than 128 gives FSPMM_ERR_CORRUPT_BUFFER); the header must be consistent with itself
+ * (checksum, sizes, shapes). */
 fspmm_status_t fspmm_header_read(const void* prefix, size_t bytes, fspmm_header_t* out);
 /* Validate a whole blob in host memory: header, tile offset table, every tile's structure and the payload
  * checksum. `bytes` is the size of the buffer (it may be larger than the blob). out may be NULL. */
 fspmm_status_t fspmm_validate_host(const void* blob, size_t bytes, fspmm_header_t* out);
-/* Bytes a blob of this format would take for a matrix of this shape with this many nonzeros. */
+/* Largest blob a matrix of this shape can need in this format (every element stored); for AUTO, the smaller
+ * of the two formats' bounds. Use it to size a buffer before the exact size is known. */
 fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format, size_t* bytes);
 
 /* ---- host (CPU) conversion --------------------------------------------------------------------------- */
-/* dense: M x K elements of dtype, row-major with leading dimension ld >= K (elements).
+/* Host element pointers (dense, x, bias, y) must be 2-byte aligned.
+ * dense: M x K elements of dtype, row-major with leading dimension ld >= K (elements).
  * Exact size of the blob, and (if `chosen` is not NULL) the format AUTO resolves to. */
 fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld,
                                         fspmm_dtype_t dtype, fspmm_format_t format,

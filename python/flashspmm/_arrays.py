@@ -278,7 +278,7 @@ class DeviceBuffer:
             _native.check(lib.fspmm_device_malloc(p, self.nbytes))
         self.ptr = int(ffi.cast("uintptr_t", p[0]))
         if self.ptr:
-            fin = weakref.finalize(self, _free_device, self.ptr, self.device_index)
+            fin = weakref.finalize(self, free_device, self.ptr, self.device_index)
             fin.atexit = False
 
     def reshape(self, shape):
@@ -295,7 +295,8 @@ class DeviceBuffer:
         return f"DeviceBuffer(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_index})"
 
 
-def _free_device(ptr, device_index):
+def free_device(ptr, device_index):
+    """Free device memory from fspmm_device_malloc; for weakref finalizers (never raises)."""
     try:
         with _native.on_device(device_index):
             lib.fspmm_device_free(ffi.cast("void *", ptr))

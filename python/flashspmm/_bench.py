@@ -168,8 +168,8 @@ def run(args):
                     print(f"{M:>6} {K:>6} {sp:>4} {N:>4} {fmt:>14} {blobs[0].nbytes / 1e6:>8.1f} {t * 1e6:>9.1f} "
                           f"{t_cublas * 1e6:>9.1f} {t_cublas / t:>7.2f} {nbytes / t / 1e12:>6.2f} "
                           f"{100 * nbytes / t / bw:>6.1f}", flush=True)
-            del mats, dense_copies, w, w_host
-        del w_master
+            mats = dense_copies = w = w_host = None  # free device memory before the next point
+        w_master = None
         torch.cuda.empty_cache()
     if args.csv:
         with open(args.csv, "w", newline="") as f:

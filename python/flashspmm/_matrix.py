@@ -57,14 +57,6 @@ def _parse_device(device):
     return index
 
 
-def _free_blob(ptr, device_index):
-    try:
-        with _native.on_device(device_index):
-            lib.fspmm_device_free(ffi.cast("void *", ptr))
-    except Exception:  # a finalizer must never raise
-        pass
-
-
 def _addr(array):
     return array.__array_interface__["data"][0]
 
@@ -89,7 +81,7 @@ class SparseMatrix:
         self._ptr = device_ptr           # device address (int), or None for a host matrix
         self._device_index = device_index
         if device_ptr:
-            fin = weakref.finalize(self, _free_blob, device_ptr, device_index)
+            fin = weakref.finalize(self, _arrays.free_device, device_ptr, device_index)
             fin.atexit = False           # at interpreter exit the CUDA context goes away by itself
         return self
 

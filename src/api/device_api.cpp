@@ -1,6 +1,7 @@
 // C entry points that need a CUDA device: fspmm_linear and the device memory helpers.
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <string>
 
 #include "api/export.h"
@@ -109,8 +110,10 @@ extern "C" FSPMM_API fspmm_status_t fspmm_memcpy(void* dst, const void* src, siz
                                                  void* stream) {
     return fspmm::guard("fspmm_memcpy", [&] {
         FSPMM_REQUIRE(bytes == 0 || (dst != nullptr && src != nullptr), "dst and src must not be NULL");
+        int kind_value;  // switch on the raw value: a caller may pass a number outside the enum
+        std::memcpy(&kind_value, &kind, sizeof kind_value);
         cudaMemcpyKind k;
-        switch (kind) {
+        switch (kind_value) {
             case FSPMM_COPY_HOST_TO_DEVICE: k = cudaMemcpyHostToDevice; break;
             case FSPMM_COPY_DEVICE_TO_HOST: k = cudaMemcpyDeviceToHost; break;
             case FSPMM_COPY_DEVICE_TO_DEVICE: k = cudaMemcpyDeviceToDevice; break;

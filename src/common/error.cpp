@@ -1,5 +1,7 @@
 #include "error.h"
 
+#include <cstring>
+
 #include "api/export.h"
 
 namespace fspmm {
@@ -25,7 +27,9 @@ const char* last_error_cstr() { return t_last_error.c_str(); }
 extern "C" FSPMM_API const char* fspmm_last_error(void) { return fspmm::last_error_cstr(); }
 
 extern "C" FSPMM_API const char* fspmm_status_string(fspmm_status_t s) {
-    switch (s) {
+    int value;  // switch on the raw value: a caller may pass a number outside the enum
+    std::memcpy(&value, &s, sizeof value);
+    switch (value) {
         case FSPMM_OK: return "FSPMM_OK";
         case FSPMM_ERR_INVALID_ARGUMENT: return "FSPMM_ERR_INVALID_ARGUMENT";
         case FSPMM_ERR_NOT_SUPPORTED: return "FSPMM_ERR_NOT_SUPPORTED";
