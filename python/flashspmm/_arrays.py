@@ -13,10 +13,11 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import _native
+from . import _dlpack, _native
 from ._native import ffi, lib
 
-__all__ = ["ArrayInfo", "describe", "empty_like_framework", "DeviceBuffer", "resolve_stream", "numpy_dtype"]
+__all__ = ["ArrayInfo", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "resolve_stream",
+           "numpy_dtype"]
 
 Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
 
@@ -29,7 +30,9 @@ class ArrayInfo:
 
     ``strides`` are in elements; ``device`` is ``"cpu"`` or ``("cuda", index)``; ``stream`` is the
     framework's current CUDA stream as an integer handle (0 = legacy default stream) or None on the CPU;
-    ``framework`` is one of ``"numpy"``, ``"torch"``, ``"cupy"``, ``"cuda_array_interface"``.
+    ``framework`` is one of ``"numpy"``, ``"torch"``, ``"cupy"``, ``"cuda_array_interface"``, ``"dlpack"``.
+    ``keep`` holds what must stay alive while ``ptr`` is used (a consumed DLPack tensor); ``read_only`` is
+    the DLPack read-only flag.
     """
 
     obj: object
@@ -40,6 +43,8 @@ class ArrayInfo:
     device: Device
     stream: Optional[int]
     framework: str
+    keep: object = None
+    read_only: bool = False
 
     @property
     def ndim(self):
@@ -175,6 +180,29 @@ def _describe_cai(obj):
                      stream=0 if stream is None else int(stream), framework="cuda_array_interface")
 
 
+def _describe_dlpack(obj, what):
+    """Any object with ``__dlpack__`` (JAX arrays, ...) or a DLPack capsule, consumed without a copy.
+
+    For CUDA producers flashspmm asks for the legacy default stream (``stream=1`` in the protocol) and runs
+    on it unless ``stream=`` is given to :func:`flashspmm.linear`.
+    """
+    device = None
+    if not _dlpack.is_capsule(obj) and hasattr(obj, "__dlpack_device__"):
+        device = obj.__dlpack_device__()
+    cuda = device is not None and int(device[0]) in (_dlpack.DEVICE_CUDA, _dlpack.DEVICE_CUDA_MANAGED)
+    imported = _dlpack.import_array(obj, stream=1 if cuda else None)
+    if imported.device_type in (_dlpack.DEVICE_CPU, _dlpack.DEVICE_CUDA_HOST):
+        where, stream = "cpu", None
+    elif imported.device_type in (_dlpack.DEVICE_CUDA, _dlpack.DEVICE_CUDA_MANAGED):
+        where, stream = ("cuda", imported.device_id), 0
+    else:
+        raise ValueError(f"{what} lives on DLPack device type {imported.device_type}; flashspmm reads CPU and "
+                         f"CUDA memory")
+    return ArrayInfo(obj=obj, ptr=imported.ptr, shape=imported.shape, strides=imported.strides,
+                     dtype=imported.dtype, device=where, stream=stream, framework="dlpack", keep=imported,
+                     read_only=imported.read_only)
+
+
 def describe(obj, what="array"):
     """Describe ``obj`` as an :class:`ArrayInfo`; TypeError if it is not an array flashspmm understands."""
     if isinstance(obj, np.ndarray):
@@ -186,9 +214,11 @@ def describe(obj, what="array"):
         return _describe_cupy(obj)
     if hasattr(obj, "__cuda_array_interface__"):
         return _describe_cai(obj)
+    if hasattr(obj, "__dlpack__") or _dlpack.is_capsule(obj):
+        return _describe_dlpack(obj, what)
     raise TypeError(
-        f"{what} must be a numpy array, a torch tensor, a cupy array or an object with "
-        f"__cuda_array_interface__; got {type(obj).__module__}.{type(obj).__qualname__}")
+        f"{what} must be a numpy array, a torch tensor, a cupy array, an object with __cuda_array_interface__ "
+        f"or __dlpack__ (JAX, ...); got {type(obj).__module__}.{type(obj).__qualname__}")
 
 
 def require_half(info, what):
@@ -270,6 +300,7 @@ class DeviceBuffer:
             count *= n
         self.nbytes = count * self.itemsize
         self._base = _base
+        self.ready_stream = None  # the stream whose work last wrote the buffer (set by linear)
         if _ptr is not None:
             self.ptr = _ptr
             return
@@ -284,6 +315,25 @@ class DeviceBuffer:
     def reshape(self, shape):
         shape = tuple(int(n) for n in shape)
         return DeviceBuffer(shape, self.dtype, self.device_index, _base=self, _ptr=self.ptr)
+
+    def __dlpack_device__(self):
+        return (_dlpack.DEVICE_CUDA, self.device_index)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """Export as a DLPack capsule (zero-copy; the buffer lives until the consumer releases it).
+
+        The data is made ready for the consumer's ``stream`` by waiting for the stream flashspmm wrote it on.
+        """
+        if copy:
+            raise BufferError("flashspmm DeviceBuffer exports without copying (copy=True is not supported)")
+        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
+            raise BufferError(f"this buffer is on cuda:{self.device_index}; it cannot be exported to {dl_device}")
+        if stream != -1 and self.ready_stream is not None:
+            with _native.on_device(self.device_index):
+                _native.check(lib.fspmm_stream_synchronize(_native.as_ptr(self.ready_stream)))
+        versioned = max_version is not None and tuple(max_version) >= (1, 0)
+        return _dlpack.export_capsule(self.ptr, self.shape, self.dtype, _dlpack.DEVICE_CUDA, self.device_index,
+                                      owner=self, versioned=versioned)
 
     @property
     def __cuda_array_interface__(self):
@@ -316,7 +366,28 @@ def empty_like_framework(info, shape, dtype=None):
         cupy = sys.modules["cupy"]
         with cupy.cuda.Device(info.device_index):
             return cupy.empty(shape, dtype=dtype)
+    if not info.is_cuda:  # a CPU DLPack producer: compute into numpy, hand back through to_caller
+        return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
     return DeviceBuffer(shape, dtype, info.device_index)
+
+
+def _from_dlpack_of(obj):
+    """The ``from_dlpack`` of the library that made ``obj`` (None if unknown)."""
+    module = _module_of(obj)
+    if module in ("jax", "jaxlib"):
+        import jax.dlpack
+
+        return jax.dlpack.from_dlpack
+    lib_module = sys.modules.get(module)
+    return getattr(lib_module, "from_dlpack", None)
+
+
+def to_caller(result, info):
+    """Return ``result`` (allocated by flashspmm for a DLPack input) in the input's own library, zero-copy."""
+    if info.framework != "dlpack" or _dlpack.is_capsule(info.obj):
+        return result
+    from_dlpack = _from_dlpack_of(info.obj)
+    return result if from_dlpack is None else from_dlpack(result)
 
 
 def resolve_stream(stream, info):

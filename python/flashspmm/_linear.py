@@ -144,6 +144,9 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
         _same_device_or_raise(oi, "out", xi)
         if oi.framework == "numpy" and not out.flags.writeable:
             raise ValueError("out is a read-only numpy array")
+        if oi.read_only:
+            raise ValueError("out is read-only (its DLPack producer says so; JAX arrays are immutable): "
+                             "omit out and use the returned array")
         if tuple(oi.shape) != out_shape:
             raise ValueError(f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
                              f"got {tuple(oi.shape)}")
@@ -158,7 +161,7 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
         check(lib.fspmm_linear_host(_native.as_ptr(blob.__array_interface__["data"][0]), blob.size,
                                     _native.as_ptr(x2.ptr), N, ldx, _native.as_ptr(bias_ptr),
                                     _native.as_ptr(o2.ptr), ldy, alpha, beta))
-        return result
+        return result if out is not None else _arrays.to_caller(result, xi)
 
     stream_handle = _arrays.resolve_stream(stream, xi)
     with _native.on_device(xi.device_index):
@@ -169,4 +172,6 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
                                _native.as_ptr(bias_ptr), _native.as_ptr(o2.ptr), ldy, alpha, beta, int(split_k),
                                _native.as_ptr(ws_ptr), int(ws_bytes[0]), _native.as_ptr(stream_handle)))
     del ws  # the framework's allocator orders its reuse after the stream
-    return result
+    if isinstance(result, _arrays.DeviceBuffer):
+        result.ready_stream = stream_handle
+    return result if out is not None else _arrays.to_caller(result, xi)
