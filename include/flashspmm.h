@@ -58,6 +58,11 @@ typedef enum {
     FSPMM_FORMAT_BITMAP = 2     /* 8x8 blocks, a 64-bit occupancy mask each, packed values                */
 } fspmm_format_t;
 
+typedef enum {
+    FSPMM_PRUNE_ROW = 0,    /* the same fraction of every row */
+    FSPMM_PRUNE_TENSOR = 1  /* that fraction of the whole matrix */
+} fspmm_prune_scope_t;
+
 /* The 128-byte blob header, exactly as stored at the start of every blob (see docs/FORMATS.md). */
 typedef struct {
     uint32_t magic;           /* 0x4D505346, the bytes "FSPM"                                    */
@@ -121,6 +126,13 @@ fspmm_status_t fspmm_decompress_host(const void* blob, size_t bytes, void* dense
 /* CPU reference linear from a host blob (validated); fp32 accumulation. bias may be NULL. */
 fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, int64_t N, int64_t ldx,
                                  const void* bias, void* y, int64_t ldy, float alpha, float beta);
+
+/* Magnitude pruning in place on the host: in each row (FSPMM_PRUNE_ROW, n = K) or in the whole matrix
+ * (FSPMM_PRUNE_TENSOR, n = M * K), zero exactly round(sparsity * n) entries (round half to even) of smallest
+ * |value|. Entries that are already zero count; NaN ranks above every number; ties go to the lower position
+ * (row-major), so the result is deterministic. sparsity is in [0, 1]. */
+fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                                double sparsity, fspmm_prune_scope_t scope);
 
 /* ---- device (GPU) multiply ------------------------------------------------------------------------- */
 /* Workspace bytes fspmm_linear needs for this matrix, N and split_k (0 = automatic, as fspmm_linear

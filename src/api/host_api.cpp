@@ -73,14 +73,19 @@ void require_format(int format) {
                       " is invalid: pass FSPMM_FORMAT_AUTO (0), FSPMM_FORMAT_TILED_CSL (1) or FSPMM_FORMAT_BITMAP (2)");
 }
 
-// Check the arguments shared by the compress functions and describe the dense input.
-DenseView dense_input(const void* dense, int64_t M, int64_t K, int64_t ld, int dtype, int format) {
-    require_pointer(dense, "dense", "a pointer to the M x K input matrix");
+// Checks of a caller's dense M x K matrix.
+void require_matrix(const void* dense, int64_t M, int64_t K, int64_t ld, int dtype) {
+    require_pointer(dense, "dense", "a pointer to the M x K matrix");
     require_aligned(dense, "dense");
     require_dimension(M, "M", "rows of W, out features");
     require_dimension(K, "K", "columns of W, in features");
     require_leading_dim(M, K, ld, "ld", "K");
     require_dtype(dtype);
+}
+
+// Check the arguments shared by the compress functions and describe the dense input.
+DenseView dense_input(const void* dense, int64_t M, int64_t K, int64_t ld, int dtype, int format) {
+    require_matrix(dense, M, K, ld, dtype);
     require_format(format);
     return DenseView{static_cast<const uint16_t*>(dense), M, K, ld};
 }
@@ -252,6 +257,22 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(const void* blob, size_t b
         const LinearArgs args{static_cast<const uint16_t*>(x), N, ldx, static_cast<const uint16_t*>(bias),
                               static_cast<uint16_t*>(y), ldy, alpha, beta};
         linear_blob(static_cast<const uint8_t*>(blob), h, args);
+        return FSPMM_OK;
+    });
+}
+
+extern "C" FSPMM_API fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld,
+                                                     fspmm_dtype_t dtype, double sparsity,
+                                                     fspmm_prune_scope_t scope) {
+    return guard("fspmm_prune_host", [&] {
+        const int dt = enum_value(dtype), sc = enum_value(scope);
+        require_matrix(dense, M, K, ld, dt);
+        FSPMM_REQUIRE(sparsity >= 0.0 && sparsity <= 1.0,
+                      "sparsity must be a fraction in [0, 1] (e.g. 0.7 for 70 % zeros), got " +
+                          std::to_string(sparsity));
+        FSPMM_REQUIRE(sc == FSPMM_PRUNE_ROW || sc == FSPMM_PRUNE_TENSOR,
+                      "scope must be FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR, got " + std::to_string(sc));
+        prune_host(static_cast<uint16_t*>(dense), M, K, ld, sparsity, sc);
         return FSPMM_OK;
     });
 }

@@ -178,4 +178,7 @@ struct LinearArgs {
 // Reference linear with the W of a validated blob; fp32 accumulation over stored values in k order.
 void linear_blob(const uint8_t* blob, const fspmm_header_t& h, const LinearArgs& args);
 
+// Magnitude pruning in place (prune_host.cpp); arguments already checked.
+void prune_host(uint16_t* w, int64_t M, int64_t K, int64_t ld, double sparsity, int scope);
+
 }  // namespace fspmm
