@@ -32,20 +32,6 @@ def cmd_info(argv):
     return 0
 
 
-def prune_by_magnitude(w, sparsity):
-    """Zero the smallest-|w| fraction `sparsity` of every row (unstructured magnitude pruning)."""
-    w = w.copy()
-    k = w.shape[1]
-    drop = int(round(sparsity * k))
-    if drop >= k:
-        w[:] = 0
-    elif drop > 0:
-        idx = np.argpartition(np.abs(w.astype(np.float32)), drop - 1, axis=1)[:, :drop]
-        np.put_along_axis(w, idx, 0, axis=1)
-    w[w == 0] = 0  # -0.0 -> +0.0: the formats store no signed zeros
-    return w
-
-
 def _gpu_framework():
     """'torch' or 'cupy' if a GPU is usable through one of them, else None (with the reason)."""
     import flashspmm
@@ -90,7 +76,7 @@ def cmd_demo(argv):
     ok = True
     auto_matrices = {}
     for sparsity in (0.5, 0.7, 0.9):
-        wp = prune_by_magnitude(w, sparsity)
+        wp = flashspmm.prune(w, sparsity)  # magnitude pruning, per row
         for fmt in ("bitmap", "tiled_csl", "auto"):
             W = flashspmm.compress(wp, format=fmt)
             same = np.array_equal(W.to_dense().view(np.uint16), wp.view(np.uint16))
