@@ -15,10 +15,11 @@ import os
 from . import _native
 from ._linear import linear
 from ._matrix import SparseMatrix, compress, load
+from ._model import load_model, save_model
 from ._prune import prune
 from ._native import Error
 
-__all__ = ["Error", "SparseMatrix", "compress", "load", "linear", "prune", "info", "cmake_dir", "include_dir",
+__all__ = ["Error", "SparseMatrix", "compress", "load", "linear", "prune", "save_model", "load_model", "info", "cmake_dir", "include_dir",
            "library_path", "device_count", "set_host_threads", "__version__"]
 
 __version__ = _native.version_string()
