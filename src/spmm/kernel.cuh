@@ -246,8 +246,8 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
 
 #if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
     // sm_90: a producer warp (the last warp) issues one bulk copy per compressed tile (lanes 0..kStripes-1)
-    // and per x row, completing on the stage's "full" mbarrier; consumer warps release a stage through its
-    // "empty" mbarrier. No CTA-wide barrier in the main loop.
+    // and 16-byte cp.async for the x rows, all completing on the stage's "full" mbarrier; consumer warps
+    // release a stage through its "empty" mbarrier. No CTA-wide barrier in the main loop.
     __shared__ __align__(8) uint64_t s_full[kStages];   // tile landed (one arrival + transaction bytes)
     __shared__ __align__(8) uint64_t s_empty[kStages];  // every consumer warp is done with the stage
     auto issue = [&](int i) {  // by the producer warp: K tile i < nk into stage i % kStages
