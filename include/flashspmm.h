@@ -149,6 +149,48 @@ fspmm_status_t fspmm_linear(const fspmm_header_t* header, const void* blob, cons
                             int64_t ldx, const void* bias, void* y, int64_t ldy, float alpha, float beta,
                             int split_k, void* workspace, size_t workspace_bytes, void* stream);
 
+/* ---- device (GPU) conversion ------------------------------------------------------------------------ */
+/* Dense device matrices (dense: M x K elements of dtype, row-major, leading dimension ld >= K, 2-byte
+ * aligned) to blobs in device memory and back, and magnitude pruning, all ordered on `stream` with no
+ * allocation. The GPU encoder writes the same bytes as fspmm_compress_host for the same matrix.
+ *
+ * Compression runs in two phases because the blob size depends on the data:
+ *   1. fspmm_compress_count    counts the values of every tile into `workspace` (no host synchronisation);
+ *   2. fspmm_compress_size     waits for `stream` and reports the exact blob size (the one host sync);
+ *      the caller allocates `out` (16-byte aligned) of that size;
+ *   3. fspmm_compress          writes the blob (no host synchronisation).
+ * The write phase checks on the GPU that `out_bytes` holds the blob and that the matrix still has the
+ * counted values; if not, it writes nothing to `out`. Calling fspmm_compress_size again afterwards reports
+ * such a refusal as an error (and waits for the stream). */
+/* Workspace bytes for compressing an M x K matrix on the GPU (the same for both formats and dtypes). */
+fspmm_status_t fspmm_compress_workspace_size(int64_t M, int64_t K, size_t* bytes);
+/* Phase 1: count. workspace: device memory of fspmm_compress_workspace_size bytes, 16-byte aligned. */
+fspmm_status_t fspmm_compress_count(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                                    void* workspace, size_t workspace_bytes, void* stream);
+/* Phase 2: wait for `stream`, then report the exact blob size for `format` (AUTO: the smaller, ties bitmap)
+ * and, if `chosen` is not NULL, the format AUTO resolves to. Fails if the workspace was not counted, or if a
+ * write phase that ran on it refused to write. */
+fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes, fspmm_format_t format,
+                                   size_t* bytes, fspmm_format_t* chosen, void* stream);
+/* Phase 3: write the blob into out[0, out_bytes) (device memory, 16-byte aligned). Same dense, M, K, ld and
+ * dtype as the count phase, the same workspace. */
+fspmm_status_t fspmm_compress(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                              fspmm_format_t format, void* workspace, size_t workspace_bytes, void* out,
+                              size_t out_bytes, void* stream);
+/* Blob in device memory (16-byte aligned; its header, in host memory, from fspmm_header_read) -> dense
+ * M x K device matrix with leading dimension ld >= K. Tile offsets and positions are bounds-checked on the
+ * GPU, so a corrupted blob gives wrong values, never out-of-bounds accesses; validate blobs with
+ * fspmm_validate_host before uploading them. */
+fspmm_status_t fspmm_decompress(const fspmm_header_t* header, const void* blob, void* dense, int64_t ld,
+                                void* stream);
+/* Workspace bytes fspmm_prune needs (0 for FSPMM_PRUNE_ROW). */
+fspmm_status_t fspmm_prune_workspace_size(int64_t M, int64_t K, fspmm_prune_scope_t scope, size_t* bytes);
+/* Magnitude pruning in place on the GPU, with exactly the result of fspmm_prune_host (same count, same
+ * ties). workspace: device memory of fspmm_prune_workspace_size bytes, 16-byte aligned (may be NULL when
+ * that is 0). No host synchronisation. */
+fspmm_status_t fspmm_prune(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype, double sparsity,
+                           fspmm_prune_scope_t scope, void* workspace, size_t workspace_bytes, void* stream);
+
 /* ---- device memory helpers (for callers without an array library; all act on the current device) ---- */
 typedef enum {
     FSPMM_COPY_HOST_TO_DEVICE = 1,
