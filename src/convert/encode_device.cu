@@ -1,1 +1,402 @@
-// placeholder
+// GPU encoder: dense device matrix -> blob in device memory, byte-identical to the CPU encoder.
+//
+// Count phase: one kernel counts the stored values of every 64x64 tile (tile_nnz in the workspace) and the
+// data-section sizes of both formats. Write phase, all on the stream with no host synchronisation:
+//   resolve      checks the call against the counts, picks the format (AUTO), refuses a too small `out`;
+//   scan_reduce  per block of tiles: sum and maximum of the tile sizes;
+//   scan_blocks  one CTA: exclusive scan of the block sums, the table's last entry and padding;
+//   scan_write   the tile offset table (exclusive scan of tile sizes);
+//   write_tiles  one CTA per tile at a time: 512 threads, one 8-element chunk each, a block scan places
+//                every chunk's values, the tile is assembled in shared memory and stored with 16-byte stores;
+//   finalize     the header (written last, so a refused or failed write never leaves a valid blob).
+// Checksums are sums of independent per-word terms (layout.h), accumulated with 64-bit atomics.
+#include <cuda_runtime.h>
+
+#include "convert/chunk.cuh"
+#include "convert/convert_device.h"
+#include "format/layout.h"
+#include "spmm/launch.h"
+
+namespace fspmm {
+namespace convert {
+namespace {
+
+constexpr int kCountThreads = 256;
+constexpr int kTileThreads = kChunksPerTile;  // write_tiles: one chunk per thread
+constexpr int kScanThreads = 256;
+constexpr int kScanItems = 8;                                // tiles per thread in the offset scan
+constexpr int kScanTiles = kScanThreads * kScanItems;        // tiles per scan block
+constexpr int kBlocksThreads = 1024;                         // scan_blocks
+constexpr int kFormatIndexCsl = 0, kFormatIndexBitmap = 1;  // EncodeState::data_bytes index
+
+// Workspace sections: [EncodeState | tile_nnz (u16 per tile) | block sums (u64) | block maxima (u64)].
+struct WorkspaceLayout {
+    uint64_t tiles, scan_blocks;
+    size_t nnz_offset, sums_offset, max_offset, bytes;
+};
+
+WorkspaceLayout workspace_layout(int64_t M, int64_t K) {
+    WorkspaceLayout w;
+    w.tiles = ceil_div(static_cast<uint64_t>(M), kTileM) * ceil_div(static_cast<uint64_t>(K), kTileK);
+    w.scan_blocks = ceil_div(w.tiles, kScanTiles);
+    w.nnz_offset = sizeof(EncodeState);
+    w.sums_offset = w.nnz_offset + round_up(w.tiles * 2, 16);
+    w.max_offset = w.sums_offset + w.scan_blocks * 8;
+    w.bytes = w.max_offset + w.scan_blocks * 8;
+    return w;
+}
+
+// Data bytes of a tile holding `nnz` values (layout.h sizes).
+__device__ __forceinline__ uint64_t tile_size(int format, uint32_t nnz) {
+    return format == FSPMM_FORMAT_BITMAP ? kBitmapMaskBytes + round_up(2ull * nnz, 16) : round_up(4ull * nnz, 16);
+}
+
+// Shape of the matrix in tiles, shared by the kernels.
+struct Tiles {
+    int64_t tiles_k;
+    uint64_t count;
+    uint64_t data_offset;  // of the blob
+};
+
+__global__ void __launch_bounds__(kCountThreads, 2048 / kCountThreads)
+count_kernel(DenseArgs d, Tiles g, uint16_t* tile_nnz, EncodeState* st, int dtype) {
+    __shared__ uint32_t warp_counts[kCountThreads / 32];
+    unsigned long long nnz = 0, csl = 0, bitmap = 0;
+    for (uint64_t t = blockIdx.x; t < g.count; t += gridDim.x) {
+        const int64_t mt = static_cast<int64_t>(t / g.tiles_k), kt = static_cast<int64_t>(t % g.tiles_k);
+        uint32_t n = 0;
+        for (int i = threadIdx.x; i < kChunksPerTile; i += kCountThreads)  // row-major chunks: coalesced
+            n += __popc(stored_mask(load_chunk(d, mt * kTileM + (i >> 3), kt * kTileK + (i & 7) * kChunkElems)));
+        n = __reduce_add_sync(kFullMask, n);
+        if ((threadIdx.x & 31) == 0) warp_counts[threadIdx.x >> 5] = n;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            uint32_t total = 0;
+            for (int w = 0; w < kCountThreads / 32; ++w) total += warp_counts[w];
+            tile_nnz[t] = static_cast<uint16_t>(total);
+            nnz += total;
+            csl += tile_size(FSPMM_FORMAT_TILED_CSL, total);
+            bitmap += tile_size(FSPMM_FORMAT_BITMAP, total);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        atomicAdd(&st->nnz, nnz);
+        atomicAdd(&st->data_bytes[kFormatIndexCsl], csl);
+        atomicAdd(&st->data_bytes[kFormatIndexBitmap], bitmap);
+        if (blockIdx.x == 0) {
+            st->M = static_cast<unsigned long long>(d.M);
+            st->K = static_cast<unsigned long long>(d.K);
+            st->dtype = static_cast<unsigned long long>(dtype);
+            st->magic = kEncodeCounted;
+        }
+    }
+}
+
+// One thread: check the call against the count phase, resolve AUTO, check the output size.
+__global__ void resolve_kernel(EncodeState* st, int64_t M, int64_t K, int dtype, int format, Tiles g,
+                               unsigned long long out_bytes) {
+    st->checksum = 0;
+    st->max_tile = 0;
+    st->written = 0;
+    if (st->magic != kEncodeCounted || st->M != static_cast<unsigned long long>(M) ||
+        st->K != static_cast<unsigned long long>(K) || st->dtype != static_cast<unsigned long long>(dtype)) {
+        st->refused = kRefuseShape;
+        return;
+    }
+    if (format == FSPMM_FORMAT_AUTO)
+        format = st->data_bytes[kFormatIndexCsl] < st->data_bytes[kFormatIndexBitmap] ? FSPMM_FORMAT_TILED_CSL
+                                                                                      : FSPMM_FORMAT_BITMAP;
+    st->format = static_cast<unsigned long long>(format);
+    const unsigned long long data = st->data_bytes[format == FSPMM_FORMAT_BITMAP ? kFormatIndexBitmap : kFormatIndexCsl];
+    st->refused = g.data_offset + data > out_bytes ? kRefuseTooSmall : kRefuseNone;
+}
+
+// Sizes of this thread's kScanItems tiles (0 past the end), starting at tile `first`.
+__device__ __forceinline__ void scan_items(const uint16_t* tile_nnz, uint64_t count, uint64_t first, int format,
+                                           uint64_t* sizes) {
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i)
+        sizes[i] = first + i < count ? tile_size(format, tile_nnz[first + i]) : 0;
+}
+
+__global__ void __launch_bounds__(kScanThreads)
+scan_reduce_kernel(const uint16_t* tile_nnz, Tiles g, const EncodeState* st, unsigned long long* sums,
+                   unsigned long long* maxima) {
+    __shared__ unsigned long long warp_sums[kScanThreads / 32];
+    __shared__ unsigned int block_max;
+    if (st->refused != kRefuseNone) return;
+    if (threadIdx.x == 0) block_max = 0;
+    uint64_t sizes[kScanItems];
+    scan_items(tile_nnz, g.count, (blockIdx.x * uint64_t{kScanThreads} + threadIdx.x) * kScanItems,
+               static_cast<int>(st->format), sizes);
+    unsigned long long sum = 0;
+    unsigned int largest = 0;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {
+        sum += sizes[i];
+        largest = max(largest, static_cast<unsigned int>(sizes[i]));
+    }
+    unsigned long long total = 0;
+    block_exclusive_scan<unsigned long long, kScanThreads>(sum, warp_sums, &total);  // syncs: block_max is set
+    atomicMax(&block_max, largest);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        sums[blockIdx.x] = total;
+        maxima[blockIdx.x] = block_max;
+    }
+}
+
+// One CTA: exclusive scan of the block sums in place; the offset table's last entry and padding word.
+__global__ void __launch_bounds__(kBlocksThreads)
+scan_blocks_kernel(unsigned long long* sums, const unsigned long long* maxima, uint64_t blocks, Tiles g,
+                   EncodeState* st, uint8_t* out) {
+    __shared__ unsigned long long warp_sums[kBlocksThreads / 32];
+    __shared__ unsigned long long block_max;
+    if (st->refused != kRefuseNone) return;
+    if (threadIdx.x == 0) block_max = 0;
+    unsigned long long carry = 0, largest = 0;
+    for (uint64_t base = 0; base < blocks; base += kBlocksThreads) {
+        const uint64_t b = base + threadIdx.x;
+        const unsigned long long v = b < blocks ? sums[b] : 0;
+        if (b < blocks) largest = max(largest, maxima[b]);
+        unsigned long long total = 0;
+        const unsigned long long prefix = block_exclusive_scan<unsigned long long, kBlocksThreads>(v, warp_sums, &total);
+        if (b < blocks) sums[b] = carry + prefix;
+        carry += total;
+    }
+    atomicMax(&block_max, largest);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        // table entry `count` is the data size; a zero word pads the table to data_offset when needed
+        unsigned long long* table = reinterpret_cast<unsigned long long*>(out + kHeaderBytes);
+        table[g.count] = carry;
+        unsigned long long terms = checksum_term(carry, g.count);
+        const uint64_t table_words = (g.data_offset - kHeaderBytes) / 8;
+        for (uint64_t w = g.count + 1; w < table_words; ++w) {
+            table[w] = 0;
+            terms += checksum_term(0, w);
+        }
+        atomicAdd(&st->checksum, terms);
+        st->max_tile = block_max;
+    }
+}
+
+__global__ void __launch_bounds__(kScanThreads)
+scan_write_kernel(const uint16_t* tile_nnz, Tiles g, const unsigned long long* block_offsets, EncodeState* st,
+                  uint8_t* out) {
+    __shared__ unsigned long long warp_sums[kScanThreads / 32];
+    if (st->refused != kRefuseNone) return;
+    const uint64_t first = (blockIdx.x * uint64_t{kScanThreads} + threadIdx.x) * kScanItems;
+    uint64_t sizes[kScanItems];
+    scan_items(tile_nnz, g.count, first, static_cast<int>(st->format), sizes);
+    unsigned long long sum = 0;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) sum += sizes[i];
+    unsigned long long total = 0;
+    unsigned long long off = block_offsets[blockIdx.x] +
+                             block_exclusive_scan<unsigned long long, kScanThreads>(sum, warp_sums, &total);
+    unsigned long long* table = reinterpret_cast<unsigned long long*>(out + kHeaderBytes);
+    unsigned long long terms = 0;
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) {
+        if (first + i < g.count) {
+            table[first + i] = off;
+            terms += checksum_term(off, first + i);
+        }
+        off += sizes[i];
+    }
+    atomic_add_block(&st->checksum, terms);
+}
+
+// Tile row and column of chunk i: Tiled-CSL entries follow row-major order; bitmap chunk i is row i % 8 of
+// block i / 8 in mma order, so its mask byte is byte i of the mask section.
+template <int kFormat>
+__device__ __forceinline__ void chunk_origin(int i, int* r, int* c) {
+    if (kFormat == FSPMM_FORMAT_BITMAP) {
+        *r = 8 * static_cast<int>(bitmap_block_row(i >> 3)) + (i & 7);
+        *c = 8 * static_cast<int>(bitmap_block_col(i >> 3));
+    } else {
+        *r = i >> 3;
+        *c = (i & 7) * kChunkElems;
+    }
+}
+
+template <int kFormat>
+__global__ void __launch_bounds__(kTileThreads, 3)
+write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* st, uint8_t* out) {
+    constexpr int kStageBytes = kFormat == FSPMM_FORMAT_BITMAP ? kBitmapMaxTileBytes : kCslMaxTileBytes;
+    __shared__ __align__(16) uint8_t stage[kStageBytes];
+    __shared__ uint32_t warp_sums[kTileThreads / 32];
+    if (st->refused != kRefuseNone || st->format != static_cast<unsigned long long>(kFormat)) return;
+    const unsigned long long* table = reinterpret_cast<const unsigned long long*>(out + kHeaderBytes);
+    const uint64_t first_word = (g.data_offset - kHeaderBytes) / 8;
+    const int i = threadIdx.x;
+    int r, c;
+    chunk_origin<kFormat>(i, &r, &c);
+    unsigned long long terms = 0;
+    Chunk next = {{0u, 0u, 0u, 0u}};
+    if (blockIdx.x < g.count)
+        next = load_chunk(d, (blockIdx.x / g.tiles_k) * kTileM + r, (blockIdx.x % g.tiles_k) * kTileK + c);
+    for (uint64_t t = blockIdx.x; t < g.count; t += gridDim.x) {
+        const Chunk cur = next;  // the next tile's chunk is in flight while this one is placed
+        const uint64_t t_next = t + gridDim.x;
+        if (t_next < g.count)
+            next = load_chunk(d, static_cast<int64_t>(t_next / g.tiles_k) * kTileM + r,
+                              static_cast<int64_t>(t_next % g.tiles_k) * kTileK + c);
+        const uint32_t mask = stored_mask(cur);
+        uint32_t nnz = 0;
+        uint32_t pos = block_exclusive_scan<uint32_t, kTileThreads>(__popc(mask), warp_sums, &nnz);
+        if (nnz != tile_nnz[t]) {  // the matrix changed since the count phase: leave the slot alone
+            if (i == 0) st->refused = kRefuseChanged;
+            continue;
+        }
+        uint32_t bytes;
+        if (kFormat == FSPMM_FORMAT_BITMAP) {
+            uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
+            stage[i] = static_cast<uint8_t>(mask);
+#pragma unroll
+            for (int e = 0; e < kChunkElems; ++e)
+                if (mask >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(cur, e));
+            bytes = kBitmapMaskBytes + static_cast<uint32_t>(round_up(2ull * nnz, 16));
+            if (kBitmapMaskBytes + 2 * (nnz + i) < bytes) values[nnz + i] = 0;  // zero padding
+        } else {
+            uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+            for (int e = 0; e < kChunkElems; ++e)
+                if (mask >> e & 1u)
+                    entries[pos++] = chunk_elem(cur, e) << 16 | swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
+            bytes = static_cast<uint32_t>(round_up(4ull * nnz, 16));
+            if (4 * (nnz + i) < bytes) entries[nnz + i] = kCslPadPosition + i;  // padding entries
+        }
+        __syncthreads();
+        const uint64_t off = table[t];
+        uint4* dst = reinterpret_cast<uint4*>(out + g.data_offset + off);
+        for (uint32_t k = i; k < bytes / 16; k += kTileThreads) {
+            const uint4 v = reinterpret_cast<const uint4*>(stage)[k];
+            __stcs(dst + k, v);
+            const uint64_t word = first_word + off / 8 + 2 * k;
+            terms += checksum_term(static_cast<uint64_t>(v.y) << 32 | v.x, word) +
+                     checksum_term(static_cast<uint64_t>(v.w) << 32 | v.z, word + 1);
+        }
+        __syncthreads();  // the stage is rewritten for the next tile
+    }
+    atomic_add_block(&st->checksum, terms);
+}
+
+// One thread: the header, unless the write was refused.
+__global__ void finalize_kernel(EncodeState* st, Tiles g, int64_t tiles_m, int dtype, uint8_t* out) {
+    if (st->refused != kRefuseNone) return;
+    fspmm_header_t h;
+    memset(&h, 0, sizeof h);
+    h.magic = kMagic;
+    h.version = kVersion;
+    h.format = static_cast<uint8_t>(st->format);
+    h.dtype = static_cast<uint8_t>(dtype);
+    h.M = static_cast<int64_t>(st->M);
+    h.K = static_cast<int64_t>(st->K);
+    h.nnz = static_cast<int64_t>(st->nnz);
+    h.tile_m = kTileM;
+    h.tile_k = kTileK;
+    h.tiles_m = tiles_m;
+    h.tiles_k = g.tiles_k;
+    h.offsets_offset = kHeaderBytes;
+    h.offsets_bytes = (g.count + 1) * 8;
+    h.data_offset = g.data_offset;
+    h.data_bytes = st->data_bytes[st->format == FSPMM_FORMAT_BITMAP ? kFormatIndexBitmap : kFormatIndexCsl];
+    h.total_bytes = g.data_offset + h.data_bytes;
+    h.payload_checksum = st->checksum;
+    h.max_tile_bytes = static_cast<uint32_t>(st->max_tile);
+    uint64_t words[kHeaderBytes / 8];
+    memcpy(words, &h, kHeaderBytes);
+    uint64_t sum = 0;
+    for (int w = 0; w < kHeaderChecksummed / 8; ++w) sum += checksum_term(words[w], w);
+    words[kHeaderChecksummed / 8] = sum;
+    uint64_t* dst = reinterpret_cast<uint64_t*>(out);
+    for (int w = 0; w < kHeaderBytes / 8; ++w) dst[w] = words[w];
+    st->written = h.total_bytes;
+}
+
+Tiles tiles_of(int64_t M, int64_t K) {
+    Tiles g;
+    const uint64_t tiles_m = ceil_div(static_cast<uint64_t>(M), kTileM);
+    g.tiles_k = static_cast<int64_t>(ceil_div(static_cast<uint64_t>(K), kTileK));
+    g.count = tiles_m * static_cast<uint64_t>(g.tiles_k);
+    g.data_offset = round_up(kHeaderBytes + (g.count + 1) * 8, 16);
+    return g;
+}
+
+DenseArgs dense_args(const DeviceDense& d) {
+    const bool vec = reinterpret_cast<uintptr_t>(d.data) % 16 == 0 && d.ld % kChunkElems == 0;
+    return DenseArgs{static_cast<uint16_t*>(const_cast<void*>(d.data)), d.M, d.K, d.ld, vec};
+}
+
+}  // namespace
+}  // namespace convert
+
+size_t encode_workspace_bytes(int64_t M, int64_t K) { return convert::workspace_layout(M, K).bytes; }
+
+unsigned int persistent_grid(const void* kernel, int threads, uint64_t work) {
+    int sms = 0, per_sm = 0;
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, current_device()),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    const uint64_t cap = static_cast<uint64_t>(sms) * static_cast<uint64_t>(per_sm > 0 ? per_sm : 1);
+    return static_cast<unsigned int>(work < cap ? work : cap);
+}
+
+void launch_encode_count(const DeviceDense& dense, void* workspace, cudaStream_t stream) {
+    using namespace convert;
+    const WorkspaceLayout w = workspace_layout(dense.M, dense.K);
+    uint8_t* ws = static_cast<uint8_t*>(workspace);
+    EncodeState* st = reinterpret_cast<EncodeState*>(ws);
+    check_cuda(cudaMemsetAsync(st, 0, sizeof(EncodeState), stream), "cudaMemsetAsync (encoder workspace)");
+    const Tiles g = tiles_of(dense.M, dense.K);
+    const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(count_kernel), kCountThreads, g.count);
+    count_kernel<<<grid, kCountThreads, 0, stream>>>(
+        dense_args(dense), g, reinterpret_cast<uint16_t*>(ws + w.nnz_offset), st, dense.dtype);
+    check_cuda(cudaGetLastError(), "launch of the encoder's count kernel");
+}
+
+void launch_encode_write(const DeviceDense& dense, int format, void* workspace, void* out, size_t out_bytes,
+                         cudaStream_t stream) {
+    using namespace convert;
+    const WorkspaceLayout w = workspace_layout(dense.M, dense.K);
+    uint8_t* ws = static_cast<uint8_t*>(workspace);
+    EncodeState* st = reinterpret_cast<EncodeState*>(ws);
+    const uint16_t* tile_nnz = reinterpret_cast<const uint16_t*>(ws + w.nnz_offset);
+    unsigned long long* sums = reinterpret_cast<unsigned long long*>(ws + w.sums_offset);
+    unsigned long long* maxima = reinterpret_cast<unsigned long long*>(ws + w.max_offset);
+    uint8_t* blob = static_cast<uint8_t*>(out);
+    const Tiles g = tiles_of(dense.M, dense.K);
+    const int64_t tiles_m = static_cast<int64_t>(ceil_div(static_cast<uint64_t>(dense.M), kTileM));
+    const DenseArgs d = dense_args(dense);
+
+    resolve_kernel<<<1, 1, 0, stream>>>(st, dense.M, dense.K, dense.dtype, format, g, out_bytes);
+    check_cuda(cudaGetLastError(), "launch of the encoder's resolve kernel");
+    const unsigned int blocks = static_cast<unsigned int>(w.scan_blocks);
+    scan_reduce_kernel<<<blocks, kScanThreads, 0, stream>>>(tile_nnz, g, st, sums, maxima);
+    check_cuda(cudaGetLastError(), "launch of the encoder's scan_reduce kernel");
+    scan_blocks_kernel<<<1, kBlocksThreads, 0, stream>>>(sums, maxima, w.scan_blocks, g, st, blob);
+    check_cuda(cudaGetLastError(), "launch of the encoder's scan_blocks kernel");
+    scan_write_kernel<<<blocks, kScanThreads, 0, stream>>>(tile_nnz, g, sums, st, blob);
+    check_cuda(cudaGetLastError(), "launch of the encoder's scan_write kernel");
+    // AUTO is resolved on the GPU: both variants are launched and the one not chosen exits at once.
+    if (format != FSPMM_FORMAT_TILED_CSL) {
+        const auto kernel = write_tiles_kernel<FSPMM_FORMAT_BITMAP>;
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kTileThreads, g.count);
+        kernel<<<grid, kTileThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
+        check_cuda(cudaGetLastError(), "launch of the encoder's bitmap tile kernel");
+    }
+    if (format != FSPMM_FORMAT_BITMAP) {
+        const auto kernel = write_tiles_kernel<FSPMM_FORMAT_TILED_CSL>;
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kTileThreads, g.count);
+        kernel<<<grid, kTileThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
+        check_cuda(cudaGetLastError(), "launch of the encoder's Tiled-CSL tile kernel");
+    }
+    finalize_kernel<<<1, 1, 0, stream>>>(st, g, tiles_m, dense.dtype, blob);
+    check_cuda(cudaGetLastError(), "launch of the encoder's finalize kernel");
+}
+
+}  // namespace fspmm

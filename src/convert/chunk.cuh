@@ -1,0 +1,112 @@
+// Device helpers shared by the GPU encoder and decoder: 8-element row chunks of a dense matrix, stored-value
+// masks, block-wide scans and reductions.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "format/layout.h"
+
+namespace fspmm {
+namespace convert {
+
+constexpr int kChunkElems = 8;                          // elements per chunk (16 bytes)
+constexpr int kChunksPerTile = kTileElems / kChunkElems;  // 512
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+
+// Eight consecutive 16-bit elements of one matrix row; element e is half e % 2 of word e / 2.
+struct Chunk {
+    uint32_t w[4];
+};
+
+// A dense row-major matrix of 16-bit elements in device memory.
+struct DenseArgs {
+    uint16_t* data;
+    int64_t M, K, ld;
+    bool vec;  // data 16-byte aligned and ld a multiple of 8: whole chunks move as one 16-byte access
+};
+
+// Element e (0..7) of a chunk.
+__device__ __forceinline__ uint32_t chunk_elem(const Chunk& c, int e) { return (c.w[e >> 1] >> (16 * (e & 1))) & 0xFFFFu; }
+
+// Elements [col, col + 8) of `row` (zeros outside the matrix), read with streaming loads.
+__device__ __forceinline__ Chunk load_chunk(const DenseArgs& d, int64_t row, int64_t col) {
+    Chunk c = {{0u, 0u, 0u, 0u}};
+    if (row >= d.M || col >= d.K) return c;
+    const uint16_t* p = d.data + row * d.ld + col;
+    if (d.vec && col + kChunkElems <= d.K) {
+        const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+        c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
+        return c;
+    }
+#pragma unroll
+    for (int e = 0; e < kChunkElems; ++e)
+        if (col + e < d.K) c.w[e >> 1] |= static_cast<uint32_t>(__ldcs(p + e)) << (16 * (e & 1));
+    return c;
+}
+
+// Write a chunk to elements [col, col + 8) of `row`, dropping what lies outside the matrix.
+__device__ __forceinline__ void store_chunk(const DenseArgs& d, int64_t row, int64_t col, const Chunk& c) {
+    if (row >= d.M || col >= d.K) return;
+    uint16_t* p = d.data + row * d.ld + col;
+    if (d.vec && col + kChunkElems <= d.K) {
+        __stcs(reinterpret_cast<uint4*>(p), make_uint4(c.w[0], c.w[1], c.w[2], c.w[3]));
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < kChunkElems; ++e)
+        if (col + e < d.K) p[e] = static_cast<uint16_t>(chunk_elem(c, e));
+}
+
+// Bit e set iff element e is stored (not +-0.0): (h & 0x7FFF) + 0x7FFF carries into bit 15 iff nonzero.
+__device__ __forceinline__ uint32_t stored_mask(const Chunk& c) {
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const uint32_t s = ((c.w[i] & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u;
+        m |= ((s >> 15) & 1u) << (2 * i) | ((s >> 31) & 1u) << (2 * i + 1);
+    }
+    return m;
+}
+
+// Block-wide exclusive prefix sum of `v` (every thread of the block calls it); `total` gets the block sum.
+// `warp_sums` is shared scratch of one T per warp.
+template <typename T, int kThreads>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* warp_sums, T* total) {
+    constexpr int kWarps = kThreads / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    T x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const T y = __shfl_up_sync(kFullMask, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_sums[warp] = x;
+    __syncthreads();
+    T base = 0, sum = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+        const T s = warp_sums[w];
+        base += w < warp ? s : T(0);
+        sum += s;
+    }
+    __syncthreads();  // warp_sums may be reused right after
+    *total = sum;
+    return base + x - v;
+}
+
+// Sum of `v` over the warp, valid in every lane.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+    return v;
+}
+
+// Add `v` of every thread to *target (one atomic per warp; integer sums, so any order gives one result).
+__device__ __forceinline__ void atomic_add_block(unsigned long long* target, unsigned long long v) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) atomicAdd(target, v);
+}
+
+}  // namespace convert
+}  // namespace fspmm
