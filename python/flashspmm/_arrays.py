@@ -17,7 +17,7 @@ from . import _dlpack, _native
 from ._native import ffi, lib
 
 __all__ = ["ArrayInfo", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "resolve_stream",
-           "numpy_dtype"]
+           "numpy_dtype", "Origin"]
 
 Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
 
@@ -356,19 +356,61 @@ def free_device(ptr, device_index):
 
 def empty_like_framework(info, shape, dtype=None):
     """An uninitialised array of ``shape`` in ``info``'s framework and device (dtype defaults to info's)."""
-    dtype = dtype or info.dtype
-    if info.framework == "numpy":
-        return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
-    if info.framework == "torch":
-        torch = sys.modules["torch"]
-        return torch.empty(shape, dtype=getattr(torch, dtype), device=info.obj.device)
-    if info.framework == "cupy":
-        cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(info.device_index):
-            return cupy.empty(shape, dtype=dtype)
-    if not info.is_cuda:  # a CPU DLPack producer: compute into numpy, hand back through to_caller
-        return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
-    return DeviceBuffer(shape, dtype, info.device_index)
+    return Origin.of(info).empty(shape, dtype or info.dtype)
+
+
+class Origin:
+    """The array library and device that results go back to, without a reference to the caller's array.
+
+    A device :class:`flashspmm.SparseMatrix` remembers the origin of the matrix it was compressed from, so
+    ``to_dense()`` can answer in the same framework.
+    """
+
+    __slots__ = ("framework", "device_index", "_from_dlpack")
+
+    def __init__(self, framework, device_index, from_dlpack=None):
+        self.framework = framework
+        self.device_index = device_index
+        self._from_dlpack = from_dlpack
+
+    @classmethod
+    def of(cls, info):
+        from_dlpack = None
+        if info.framework == "dlpack" and not _dlpack.is_capsule(info.obj):
+            from_dlpack = _from_dlpack_of(info.obj)
+        return cls(info.framework, info.device_index, from_dlpack)
+
+    @property
+    def is_cuda(self):
+        return self.device_index is not None
+
+    def empty(self, shape, dtype):
+        """An uninitialised array (dtype "float16", "bfloat16" or "uint8") on this origin's device."""
+        if self.framework == "torch":
+            torch = sys.modules["torch"]
+            device = f"cuda:{self.device_index}" if self.is_cuda else "cpu"
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+        if self.framework == "cupy" and self.is_cuda:
+            cupy = sys.modules["cupy"]
+            with cupy.cuda.Device(self.device_index):  # cupy has no bfloat16: its bit patterns as uint16
+                return cupy.empty(shape, dtype="uint16" if dtype == "bfloat16" else dtype)
+        if not self.is_cuda:  # numpy, or a CPU DLPack producer (handed back through wrap)
+            return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
+        return DeviceBuffer(shape, dtype, self.device_index)
+
+    def stream(self):
+        """The framework's current CUDA stream on this device as an int (0: the legacy default stream)."""
+        if self.framework == "torch" and self.is_cuda:
+            return int(sys.modules["torch"].cuda.current_stream(self.device_index).cuda_stream)
+        if self.framework == "cupy" and self.is_cuda:
+            cupy = sys.modules["cupy"]
+            with cupy.cuda.Device(self.device_index):
+                return int(cupy.cuda.get_current_stream().ptr)
+        return 0
+
+    def wrap(self, result):
+        """``result`` (allocated by :meth:`empty`) as the caller's framework sees it (zero-copy)."""
+        return result if self._from_dlpack is None else self._from_dlpack(result)
 
 
 def _from_dlpack_of(obj):

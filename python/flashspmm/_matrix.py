@@ -74,13 +74,15 @@ class SparseMatrix:
         raise TypeError("create a SparseMatrix with flashspmm.compress(), flashspmm.load() or SparseMatrix.from_blob()")
 
     @classmethod
-    def _new(cls, header, host_blob=None, device_ptr=None, device_index=None):
+    def _new(cls, header, host_blob=None, device_ptr=None, device_index=None, owner=None, origin=None):
         self = object.__new__(cls)
         self._header = header            # cdata "fspmm_header_t *" (host memory, owned)
         self._host = host_blob           # read-only numpy uint8 array, or None for a device matrix
         self._ptr = device_ptr           # device address (int), or None for a host matrix
         self._device_index = device_index
-        if device_ptr:
+        self._owner = owner              # framework array holding the device blob, or None
+        self._origin = origin            # _arrays.Origin of the dense matrix compressed, or None
+        if device_ptr and owner is None:  # memory from fspmm_device_malloc
             fin = weakref.finalize(self, _arrays.free_device, device_ptr, device_index)
             fin.atexit = False           # at interpreter exit the CUDA context goes away by itself
         return self
@@ -182,15 +184,26 @@ class SparseMatrix:
         return out
 
     def to_dense(self, *, raw=False):
-        """Decompress to a dense numpy array [M, K] on the host.
+        """Decompress to a dense matrix [M, K].
 
-        float16 matrices give float16 arrays; bfloat16 ones give ml_dtypes.bfloat16 arrays (needs
-        ml_dtypes). With ``raw=True`` the result is the uint16 bit patterns instead. Entries that were -0.0
-        come back as +0.0; every other value, NaN payloads included, comes back bit for bit.
+        A device matrix compressed from a GPU array (torch, cupy, JAX, ...) is decompressed on the GPU and
+        comes back in that array's framework, on its device and current stream (cupy, which has no bfloat16,
+        gets the bit patterns as uint16). Other matrices give a numpy array on the host: float16, or
+        ml_dtypes.bfloat16 (needs ml_dtypes). With ``raw=True`` the result is always the uint16 bit patterns
+        in a host numpy array. Entries that were -0.0 come back as +0.0; every other value, NaN payloads
+        included, comes back bit for bit.
         """
+        m, k = self.shape
+        if self._ptr is not None and self._origin is not None and not raw:
+            origin = self._origin
+            dense = origin.empty((m, k), self.dtype)
+            with _native.on_device(self._device_index):
+                check(lib.fspmm_decompress(self._header, ffi.cast("void *", self._ptr),
+                                           _native.as_ptr(_arrays.describe(dense, "dense").ptr), k,
+                                           _native.as_ptr(origin.stream())))
+            return origin.wrap(dense)
         dtype = np.dtype(np.uint16) if raw else _arrays.numpy_dtype(self.dtype)
         blob = self.blob()
-        m, k = self.shape
         dense = np.empty((m, k), dtype=dtype)
         check(lib.fspmm_decompress_host(_native.as_ptr(_addr(blob)), blob.size, _native.as_ptr(_addr(dense)), k))
         return dense
@@ -279,6 +292,35 @@ def _download_matrix(info, m, k, ld):
     return np.lib.stride_tricks.as_strided(host, shape=(m, k), strides=(ld * 2, 2))
 
 
+def _compress_device(info, m, k, ld, dtype_code, format_code):
+    """Compress a device matrix on its GPU; the blob is allocated by the matrix's framework."""
+    origin = _arrays.Origin.of(info)
+    stream = _native.as_ptr(info.stream or 0)
+    src = _native.as_ptr(info.ptr)
+    with _native.on_device(info.device_index):
+        ws_bytes = ffi.new("size_t *")
+        check(lib.fspmm_compress_workspace_size(m, k, ws_bytes))
+        ws = origin.empty((int(ws_bytes[0]),), "uint8")
+        ws_ptr = _native.as_ptr(_arrays.describe(ws, "workspace").ptr)
+        check(lib.fspmm_compress_count(src, m, k, ld, dtype_code, ws_ptr, ws_bytes[0], stream))
+        size = ffi.new("size_t *")
+        chosen = ffi.new("fspmm_format_t *")
+        check(lib.fspmm_compress_size(ws_ptr, ws_bytes[0], format_code, size, chosen, stream))
+        blob = origin.empty((int(size[0]),), "uint8")
+        blob_ptr = _arrays.describe(blob, "blob").ptr
+        check(lib.fspmm_compress(src, m, k, ld, dtype_code, chosen[0], ws_ptr, ws_bytes[0], _native.as_ptr(blob_ptr),
+                                 size[0], stream))
+        # waits for the write and reports a refused one (the matrix changed meanwhile)
+        check(lib.fspmm_compress_size(ws_ptr, ws_bytes[0], chosen[0], size, ffi.NULL, stream))
+        head = np.empty(128, dtype=np.uint8)
+        check(lib.fspmm_memcpy(_native.as_ptr(_addr(head)), _native.as_ptr(blob_ptr), head.size,
+                               lib.FSPMM_COPY_DEVICE_TO_HOST, stream))
+    header = ffi.new("fspmm_header_t *")
+    check(lib.fspmm_header_read(_native.as_ptr(_addr(head)), head.size, header))
+    del ws  # freed by its framework, ordered after the work on the stream
+    return SparseMatrix._new(header, device_ptr=blob_ptr, device_index=info.device_index, owner=blob, origin=origin)
+
+
 def compress(w, *, format="auto", dtype=None):
     """Compress a dense weight matrix W [M, K] into a :class:`SparseMatrix`.
 
@@ -291,8 +333,9 @@ def compress(w, *, format="auto", dtype=None):
         dtype: None (from the array) or "float16" / "bfloat16" for raw 16-bit arrays.
 
     Returns:
-        a SparseMatrix on the array's device. Device arrays are, for now, copied to the host, compressed
-        there and uploaded.
+        a SparseMatrix on the array's device. A device array is compressed on its GPU (the same bytes as
+        the CPU encoder), on its framework's current stream, into memory allocated by its framework; the
+        call waits for that stream once, to learn the blob size.
     """
     format_code = _format_code(format)
     if isinstance(w, SparseMatrix):
@@ -317,9 +360,7 @@ def compress(w, *, format="auto", dtype=None):
         raise ValueError(f"w must not be empty, got shape {info.shape}")
     m, k, ld = _arrays.matrix_view(info, "w")
     if info.is_cuda:
-        host = _download_matrix(info, m, k, ld)
-        return _compress_host(_addr(host), m, k, host.strides[0] // 2, DTYPES[dtype_name], format_code).to(
-            info.device_index)
+        return _compress_device(info, m, k, ld, DTYPES[dtype_name], format_code)
     return _compress_host(info.ptr, m, k, ld, DTYPES[dtype_name], format_code)
 
 
