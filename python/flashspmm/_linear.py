@@ -138,6 +138,8 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
         result = _arrays.empty_like_framework(xi, out_shape)
         oi = _arrays.describe(result, "out")
     else:
+        if _arrays._module_of(out) in ("jax", "jaxlib"):  # JAX exports legacy capsules without a read-only flag
+            raise ValueError("out is read-only: JAX arrays are immutable; omit out and use the returned array")
         result = out
         oi = _arrays.describe(out, "out")
         _half_like_w(oi, "out", W)
