@@ -44,3 +44,8 @@ def test_bench_dispatch():
         assert proc.returncode == 2 and "flashspmm._bench" in proc.stderr
     else:
         assert "Traceback" not in proc.stderr
+
+
+def test_bench_convert_dispatch():
+    proc = run("bench-convert", "--help")
+    assert proc.returncode == 0 and "bench-convert" in proc.stdout and "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""Command line: ``python -m flashspmm info | demo | bench ...``."""
+"""Command line: ``python -m flashspmm info | demo | bench | bench-convert ...``."""
 
 import argparse
 import importlib
@@ -14,6 +14,7 @@ commands:
   info    version, build (compiled GPU architectures), CUDA devices, install paths
   demo    compress a pruned LLM-sized weight in each format, check it, and multiply with it
   bench   GPU benchmarks against cuBLAS (python -m flashspmm bench --help)
+  bench-convert  GPU compress / decompress / prune throughput (python -m flashspmm bench-convert --help)
 """
 
 
@@ -125,21 +126,30 @@ def _run_linear(fw, x, W):
     return flashspmm.linear(x, W)
 
 
-def cmd_bench(argv):
-    """Hand over to flashspmm._bench (GPU benchmarks) if this install has it."""
+def _run_module(command, module, argv):
+    """Hand over to a benchmark module if this install has it."""
     try:
-        bench = importlib.import_module("flashspmm._bench")
+        bench = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name != "flashspmm._bench":
+        if exc.name != module:
             raise
-        print("python -m flashspmm bench: this install has no benchmark module (flashspmm._bench).",
-              file=sys.stderr)
+        print(f"python -m flashspmm {command}: this install has no benchmark module ({module}).", file=sys.stderr)
         return 2
     result = bench.main(argv)
     return 0 if result is None else int(result)
 
 
-COMMANDS = {"info": cmd_info, "demo": cmd_demo, "bench": cmd_bench}
+def cmd_bench(argv):
+    """GPU SpMM benchmarks against cuBLAS (flashspmm._bench)."""
+    return _run_module("bench", "flashspmm._bench", argv)
+
+
+def cmd_bench_convert(argv):
+    """GPU conversion and pruning benchmarks (flashspmm._bench_convert)."""
+    return _run_module("bench-convert", "flashspmm._bench_convert", argv)
+
+
+COMMANDS = {"info": cmd_info, "demo": cmd_demo, "bench": cmd_bench, "bench-convert": cmd_bench_convert}
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 /* GPU check through the public C API alone: fspmm_linear vs the library's CPU reference (fspmm_linear_host)
- * on a few shapes, both formats, with and without split-K. Small on purpose: tools/device-check runs it under
+ * on a few shapes, both formats, with and without split-K; the GPU encoder, decoder and pruning vs their CPU
+ * counterparts. Small on purpose: tools/device-check runs it under
  * compute-sanitizer (memcheck, racecheck, synccheck). Exit status 0 when every case passes. */
 #include <math.h>
 #include <stdio.h>
@@ -101,6 +102,63 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
     return ok ? 0 : 1;
 }
 
+/* GPU compress (bytes == CPU blob), GPU decompress (== input), GPU prune (== CPU prune) of one matrix. */
+static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t format) {
+    const size_t dense_bytes = sizeof(uint16_t) * M * K;
+    uint16_t* w = malloc(dense_bytes);
+    uint16_t* back = malloc(dense_bytes);
+    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_half((float)(uniform() * 2 - 1));
+    size_t bytes = 0, ws = 0, gpu_bytes = 0;
+    CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
+    uint8_t* blob = malloc(bytes);
+    uint8_t* gpu_blob = malloc(bytes);
+    CHECK(fspmm_compress_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, blob, bytes, NULL));
+    fspmm_header_t h;
+    CHECK(fspmm_header_read(blob, bytes, &h));
+
+    void *d_w, *d_ws, *d_blob, *d_back;
+    CHECK(fspmm_compress_workspace_size(M, K, &ws));
+    CHECK(fspmm_device_malloc(&d_w, dense_bytes));
+    CHECK(fspmm_device_malloc(&d_back, dense_bytes));
+    CHECK(fspmm_device_malloc(&d_ws, ws));
+    CHECK(fspmm_memcpy(d_w, w, dense_bytes, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_compress_count(d_w, M, K, K, FSPMM_DTYPE_FLOAT16, d_ws, ws, NULL));
+    CHECK(fspmm_compress_size(d_ws, ws, format, &gpu_bytes, NULL, NULL));
+    int ok = gpu_bytes == bytes;
+    CHECK(fspmm_device_malloc(&d_blob, gpu_bytes));
+    CHECK(fspmm_compress(d_w, M, K, K, FSPMM_DTYPE_FLOAT16, format, d_ws, ws, d_blob, gpu_bytes, NULL));
+    CHECK(fspmm_compress_size(d_ws, ws, format, &gpu_bytes, NULL, NULL));
+    if (ok) {
+        CHECK(fspmm_memcpy(gpu_blob, d_blob, bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+        ok = memcmp(gpu_blob, blob, bytes) == 0;
+    }
+    CHECK(fspmm_decompress(&h, d_blob, d_back, K, NULL));
+    CHECK(fspmm_memcpy(back, d_back, dense_bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+    for (int64_t i = 0; i < M * K; ++i) ok &= back[i] == (w[i] == 0x8000u ? 0u : w[i]);
+    /* prune on the GPU, both scopes, against the CPU */
+    for (int scope = 0; scope < 2; ++scope) {
+        size_t pws = 0;
+        void* d_pws = NULL;
+        CHECK(fspmm_prune_workspace_size(M, K, (fspmm_prune_scope_t)scope, &pws));
+        CHECK(fspmm_device_malloc(&d_pws, pws));
+        CHECK(fspmm_memcpy(d_back, w, dense_bytes, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+        CHECK(fspmm_prune(d_back, M, K, K, FSPMM_DTYPE_FLOAT16, 0.8, (fspmm_prune_scope_t)scope, d_pws, pws, NULL));
+        memcpy(back, w, dense_bytes);
+        CHECK(fspmm_prune_host(back, M, K, K, FSPMM_DTYPE_FLOAT16, 0.8, (fspmm_prune_scope_t)scope));
+        CHECK(fspmm_memcpy(gpu_blob, d_back, dense_bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+        ok &= memcmp(gpu_blob, back, dense_bytes) == 0;
+        CHECK(fspmm_device_free(d_pws));
+    }
+    printf("convert   M=%-5lld K=%-5lld sparsity=%.2f %-9s blob=%zu bytes %s\n", (long long)M, (long long)K, sparsity,
+           format == FSPMM_FORMAT_BITMAP ? "bitmap" : "tiled_csl", bytes, ok ? "ok" : "FAIL");
+    CHECK(fspmm_device_free(d_w));
+    CHECK(fspmm_device_free(d_back));
+    CHECK(fspmm_device_free(d_ws));
+    CHECK(fspmm_device_free(d_blob));
+    free(w), free(back), free(blob), free(gpu_blob);
+    return ok ? 0 : 1;
+}
+
 int main(void) {
     int count = 0;
     CHECK(fspmm_device_count(&count));
@@ -118,6 +176,8 @@ int main(void) {
         r[3] = run_case(70, 65, 70, 0.0, formats[f], 2);
         r[4] = run_case(64, 4096, 16, 0.99, formats[f], 0);
         for (int i = 0; i < 5; ++i) r[i] ? ++failed : ++passed;
+        convert_case(200, 333, 0.6, formats[f]) ? ++failed : ++passed;
+        convert_case(64, 64, 0.0, formats[f]) ? ++failed : ++passed;
     }
     printf("gpu_check: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
