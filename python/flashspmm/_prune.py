@@ -2,12 +2,13 @@
 
 import ctypes
 import numbers
+import sys
 
 import numpy as np
 
 from . import _arrays, _native
-from ._matrix import DTYPES, _addr, _download_matrix
-from ._native import check, lib
+from ._matrix import DTYPES, _addr
+from ._native import check, ffi, lib
 
 __all__ = ["prune"]
 
@@ -28,8 +29,9 @@ def prune(w, sparsity, *, scope="row"):
         scope: "row" or "tensor".
 
     Returns:
-        the pruned copy, in w's framework and on w's device; ``w`` is not modified. The selection runs on
-        the CPU (``fspmm_prune_host``); device matrices are copied to the host and back.
+        the pruned copy, in w's framework and on w's device; ``w`` is not modified. Host matrices are pruned
+        on the CPU (``fspmm_prune_host``); device matrices on their GPU (``fspmm_prune``), on their
+        framework's current stream, into memory allocated by their framework, with the same result.
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise TypeError(f"sparsity must be a number in [0, 1], got {type(sparsity).__qualname__}")
@@ -44,18 +46,51 @@ def prune(w, sparsity, *, scope="row"):
         raise ValueError(f"w must be a non-empty 2-D matrix [M, K], got shape {info.shape}")
     m, k, ld = _arrays.matrix_view(info, "w")
     if info.is_cuda:
-        host = np.ascontiguousarray(_download_matrix(info, m, k, ld))
-    else:  # a contiguous copy of the (possibly strided) host matrix
-        span = (m - 1) * ld + k
-        flat = np.frombuffer((ctypes.c_uint16 * span).from_address(info.ptr), dtype=np.uint16)
-        host = np.array(np.lib.stride_tricks.as_strided(flat, shape=(m, k), strides=(ld * 2, 2)))
+        return _prune_device(info, m, k, ld, sparsity, _SCOPES[scope])
+    # a contiguous copy of the (possibly strided) host matrix
+    span = (m - 1) * ld + k
+    flat = np.frombuffer((ctypes.c_uint16 * span).from_address(info.ptr), dtype=np.uint16)
+    host = np.array(np.lib.stride_tricks.as_strided(flat, shape=(m, k), strides=(ld * 2, 2)))
     check(lib.fspmm_prune_host(_native.as_ptr(_addr(host)), m, k, k, DTYPES[info.dtype], sparsity,
                                _SCOPES[scope]))
-    if not info.is_cuda:
-        return _arrays.to_caller(host.view(_arrays.numpy_dtype(info.dtype)), info)
+    return _arrays.to_caller(host.view(_arrays.numpy_dtype(info.dtype)), info)
+
+
+def _copy_device_matrix(info, out, m, k, ld, stream):
+    """out[:, :] = the device matrix of ``info`` (rows ld elements apart), in stream order."""
+    if info.framework == "torch":
+        with sys.modules["torch"].no_grad():  # the result is a plain tensor, as from the host path
+            out.copy_(info.obj)
+        return
+    if info.framework == "cupy":
+        with sys.modules["cupy"].cuda.Device(info.device_index):
+            out[...] = info.obj
+        return
+    # other producers: device-to-device copies through the C API (each waits for the stream)
+    dst = _arrays.describe(out, "out").ptr
+    if ld == k or m == 1:
+        check(lib.fspmm_memcpy(_native.as_ptr(dst), _native.as_ptr(info.ptr), m * k * 2,
+                               lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
+        return
+    for r in range(m):
+        check(lib.fspmm_memcpy(_native.as_ptr(dst + r * k * 2), _native.as_ptr(info.ptr + r * ld * 2), k * 2,
+                               lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
+
+
+def _prune_device(info, m, k, ld, sparsity, scope):
+    """Prune a copy of a device matrix on its GPU; the copy and the workspace come from its framework."""
+    stream = _arrays.resolve_stream(None, info)
     out = _arrays.empty_like_framework(info, (m, k))
-    oi = _arrays.describe(out, "out")
     with _native.on_device(info.device_index):
-        check(lib.fspmm_memcpy(_native.as_ptr(oi.ptr), _native.as_ptr(_addr(host)), host.nbytes,
-                               lib.FSPMM_COPY_HOST_TO_DEVICE, _native.as_ptr(info.stream or 0)))
+        _copy_device_matrix(info, out, m, k, ld, stream)
+        ws_bytes = ffi.new("size_t *")
+        check(lib.fspmm_prune_workspace_size(m, k, scope, ws_bytes))
+        nbytes = int(ws_bytes[0])
+        ws = _arrays.empty_like_framework(info, (nbytes,), "uint8") if nbytes else None
+        ws_ptr = _arrays.describe(ws, "workspace").ptr if nbytes else 0
+        check(lib.fspmm_prune(_native.as_ptr(_arrays.describe(out, "out").ptr), m, k, k, DTYPES[info.dtype],
+                              sparsity, scope, _native.as_ptr(ws_ptr), nbytes, _native.as_ptr(stream)))
+    del ws  # freed by its framework, ordered after the work on the stream
+    if isinstance(out, _arrays.DeviceBuffer):
+        out.ready_stream = stream
     return _arrays.to_caller(out, info)
