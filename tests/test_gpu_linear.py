@@ -199,9 +199,11 @@ def test_device_roundtrip_and_save(request, tmp_path):
     w = random_pruned(rng, 70, 90, 0.9, "bfloat16")
     W = flashspmm.compress(w)
     assert W.device.startswith("cuda")
-    dense = W.to_dense()
-    got = torch.from_numpy(np.asarray(dense).view(np.int16)).cuda()
-    assert torch.equal(got, w.view(torch.int16))
+    dense = W.to_dense()  # decompressed on the GPU, returned as a torch tensor like w
+    assert isinstance(dense, torch.Tensor) and dense.is_cuda and dense.dtype == torch.bfloat16
+    assert torch.equal(dense.view(torch.int16), w.view(torch.int16))
+    host = W.to("cpu").to_dense(raw=True)
+    assert np.array_equal(host, w.view(torch.int16).cpu().numpy().view(np.uint16))
     path = tmp_path / "w.fspmm"
     W.save(path)
     W2 = flashspmm.load(path, device="cuda")

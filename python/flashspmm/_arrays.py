@@ -212,6 +212,9 @@ def describe(obj, what="array"):
         return _describe_torch(obj)
     if module == "cupy" and hasattr(obj, "__cuda_array_interface__"):
         return _describe_cupy(obj)
+    if module in ("jax", "jaxlib") and hasattr(obj, "__dlpack__"):
+        # JAX GPU arrays also offer __cuda_array_interface__, but only DLPack leads back to a JAX result
+        return _describe_dlpack(obj, what)
     if hasattr(obj, "__cuda_array_interface__"):
         return _describe_cai(obj)
     if hasattr(obj, "__dlpack__") or _dlpack.is_capsule(obj):

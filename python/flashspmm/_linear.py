@@ -2,6 +2,7 @@
 
 import numbers
 import sys
+import warnings
 
 from . import _arrays, _native
 from ._arrays import ArrayInfo
@@ -58,7 +59,9 @@ def _workspace(info, nbytes, stream_handle):
         torch = sys.modules["torch"]
         ws = torch.empty(nbytes, dtype=torch.uint8, device=info.obj.device)
         if stream_handle != info.stream:  # tell the caching allocator the memory is used on that stream
-            ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=info.obj.device))
+            with warnings.catch_warnings():  # ExternalStream is deprecated in newer torch, still the way for a raw handle
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=info.obj.device))
         return ws, int(ws.data_ptr())
     if info.framework == "cupy":
         cupy = sys.modules["cupy"]

@@ -107,6 +107,7 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
     const size_t dense_bytes = sizeof(uint16_t) * M * K;
     uint16_t* w = malloc(dense_bytes);
     uint16_t* back = malloc(dense_bytes);
+    uint16_t* pruned = malloc(dense_bytes);
     for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_half((float)(uniform() * 2 - 1));
     size_t bytes = 0, ws = 0, gpu_bytes = 0;
     CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
@@ -145,8 +146,8 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
         CHECK(fspmm_prune(d_back, M, K, K, FSPMM_DTYPE_FLOAT16, 0.8, (fspmm_prune_scope_t)scope, d_pws, pws, NULL));
         memcpy(back, w, dense_bytes);
         CHECK(fspmm_prune_host(back, M, K, K, FSPMM_DTYPE_FLOAT16, 0.8, (fspmm_prune_scope_t)scope));
-        CHECK(fspmm_memcpy(gpu_blob, d_back, dense_bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
-        ok &= memcmp(gpu_blob, back, dense_bytes) == 0;
+        CHECK(fspmm_memcpy(pruned, d_back, dense_bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+        ok &= memcmp(pruned, back, dense_bytes) == 0;
         CHECK(fspmm_device_free(d_pws));
     }
     printf("convert   M=%-5lld K=%-5lld sparsity=%.2f %-9s blob=%zu bytes %s\n", (long long)M, (long long)K, sparsity,
@@ -155,7 +156,7 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
     CHECK(fspmm_device_free(d_back));
     CHECK(fspmm_device_free(d_ws));
     CHECK(fspmm_device_free(d_blob));
-    free(w), free(back), free(blob), free(gpu_blob);
+    free(w), free(back), free(pruned), free(blob), free(gpu_blob);
     return ok ? 0 : 1;
 }
 
