@@ -11,6 +11,7 @@ namespace convert {
 
 constexpr int kChunkElems = 8;                          // elements per chunk (16 bytes)
 constexpr int kChunksPerTile = kTileElems / kChunkElems;  // 512
+constexpr int kLaneChunks = kChunksPerTile / 32;          // a warp handles a tile: 16 chunks per lane
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 
 // Eight consecutive 16-bit elements of one matrix row; element e is half e % 2 of word e / 2.
@@ -55,6 +56,85 @@ __device__ __forceinline__ void store_chunk(const DenseArgs& d, int64_t row, int
 #pragma unroll
     for (int e = 0; e < kChunkElems; ++e)
         if (col + e < d.K) p[e] = static_cast<uint16_t>(chunk_elem(c, e));
+}
+
+// Tile row and column of chunk i of a tile (i = lane + 32 * k when a warp handles the tile). Tiled-CSL
+// entries follow row-major order; bitmap chunk i is row i % 8 of block i / 8 in mma order, so its mask is
+// byte i of the tile's mask section and its values follow those of chunks 0..i-1.
+template <int kFormat>
+__device__ __forceinline__ void chunk_origin(int i, int* r, int* c) {
+    if (kFormat == FSPMM_FORMAT_BITMAP) {
+        *r = 8 * static_cast<int>(bitmap_block_row(i >> 3)) + (i & 7);
+        *c = 8 * static_cast<int>(bitmap_block_col(i >> 3));
+    } else {
+        *r = i >> 3;
+        *c = (i & 7) * kChunkElems;
+    }
+}
+
+// True when the whole 64x64 tile at (row0, col0) lies inside the matrix and chunks move as 16-byte accesses.
+__device__ __forceinline__ bool tile_is_full(const DenseArgs& d, int64_t row0, int64_t col0) {
+    return d.vec && row0 + kTileM <= d.M && col0 + kTileK <= d.K;
+}
+
+// The lane's 16 chunks of the tile at (row0, col0), chunk k being tile chunk lane + 32 * k: all loads are
+// issued before any is used.
+template <int kFormat>
+__device__ __forceinline__ void load_lane_chunks(const DenseArgs& d, int64_t row0, int64_t col0, int lane,
+                                                 Chunk (&ch)[kLaneChunks]) {
+    if (tile_is_full(d, row0, col0)) {
+#pragma unroll
+        for (int k = 0; k < kLaneChunks; ++k) {
+            int r, c;
+            chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+            const uint4 v = __ldcs(reinterpret_cast<const uint4*>(d.data + (row0 + r) * d.ld + col0 + c));
+            ch[k] = Chunk{{v.x, v.y, v.z, v.w}};
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < kLaneChunks; ++k) {
+            int r, c;
+            chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+            ch[k] = load_chunk(d, row0 + r, col0 + c);
+        }
+    }
+}
+
+// Store the lane's 16 chunks of the tile at (row0, col0) (the inverse of load_lane_chunks).
+template <int kFormat>
+__device__ __forceinline__ void store_lane_chunk(const DenseArgs& d, int64_t row0, int64_t col0, int lane, int k,
+                                                 bool full, const Chunk& ch) {
+    int r, c;
+    chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+    if (full)
+        __stcs(reinterpret_cast<uint4*>(d.data + (row0 + r) * d.ld + col0 + c),
+               make_uint4(ch.w[0], ch.w[1], ch.w[2], ch.w[3]));
+    else
+        store_chunk(d, row0 + r, col0 + c, ch);
+}
+
+// Exclusive prefix sums, in tile chunk order (chunk lane + 32 * k), of the lane's 16 chunk counts (each
+// <= 8); returns the tile total. Two chunk rows share one warp scan in 16-bit fields.
+__device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kLaneChunks], uint32_t (&first)[kLaneChunks]) {
+    const int lane = threadIdx.x & 31;
+    uint32_t base = 0;
+#pragma unroll
+    for (int k = 0; k < kLaneChunks; k += 2) {
+        const uint32_t v = count[k] | count[k + 1] << 16;
+        uint32_t x = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const uint32_t y = __shfl_up_sync(kFullMask, x, o);
+            if (lane >= o) x += y;
+        }
+        const uint32_t total = __shfl_sync(kFullMask, x, 31);
+        const uint32_t excl = x - v;
+        first[k] = base + (excl & 0xFFFFu);
+        base += total & 0xFFFFu;
+        first[k + 1] = base + (excl >> 16);
+        base += total >> 16;
+    }
+    return base;
 }
 
 // Bit e set iff element e is stored (not +-0.0): (h & 0x7FFF) + 0x7FFF carries into bit 15 iff nonzero.

@@ -1,13 +1,14 @@
 // GPU encoder: dense device matrix -> blob in device memory, byte-identical to the CPU encoder.
 //
-// Count phase: one kernel counts the stored values of every 64x64 tile (tile_nnz in the workspace) and the
+// Count phase: one kernel counts the stored values of every 64x64 tile (a warp per tile) (tile_nnz in the workspace) and the
 // data-section sizes of both formats. Write phase, all on the stream with no host synchronisation:
 //   resolve      checks the call against the counts, picks the format (AUTO), refuses a too small `out`;
 //   scan_reduce  per block of tiles: sum and maximum of the tile sizes;
 //   scan_blocks  one CTA: exclusive scan of the block sums, the table's last entry and padding;
 //   scan_write   the tile offset table (exclusive scan of tile sizes);
-//   write_tiles  one CTA per tile at a time: 512 threads, one 8-element chunk each, a block scan places
-//                every chunk's values, the tile is assembled in shared memory and stored with 16-byte stores;
+//   write_tiles  one warp per tile at a time: each lane loads 16 chunks of 8 elements (all loads in flight
+//                at once), a warp scan places every chunk's values, the tile is assembled in the warp's
+//                shared stage and stored with 16-byte stores;
 //   finalize     the header (written last, so a refused or failed write never leaves a valid blob).
 // Checksums are sums of independent per-word terms (layout.h), accumulated with 64-bit atomics.
 #include <cuda_runtime.h>
@@ -22,7 +23,6 @@ namespace convert {
 namespace {
 
 constexpr int kCountThreads = 256;
-constexpr int kTileThreads = kChunksPerTile;  // write_tiles: one chunk per thread
 constexpr int kScanThreads = 256;
 constexpr int kScanItems = 8;                                // tiles per thread in the offset scan
 constexpr int kScanTiles = kScanThreads * kScanItems;        // tiles per scan block
@@ -58,33 +58,33 @@ struct Tiles {
     uint64_t data_offset;  // of the blob
 };
 
-__global__ void __launch_bounds__(kCountThreads, 2048 / kCountThreads)
+// One warp counts one tile at a time (16 chunks per lane, all loads in flight at once).
+__global__ void __launch_bounds__(kCountThreads)
 count_kernel(DenseArgs d, Tiles g, uint16_t* tile_nnz, EncodeState* st, int dtype) {
-    __shared__ uint32_t warp_counts[kCountThreads / 32];
-    unsigned long long nnz = 0, csl = 0, bitmap = 0;
-    for (uint64_t t = blockIdx.x; t < g.count; t += gridDim.x) {
-        const int64_t mt = static_cast<int64_t>(t / g.tiles_k), kt = static_cast<int64_t>(t % g.tiles_k);
+    const int lane = threadIdx.x & 31;
+    constexpr int kWarps = kCountThreads / 32;
+    unsigned long long nnz = 0, csl = 0, bitmap = 0;  // lane 0's sums over the warp's tiles
+    const uint64_t stride = uint64_t{gridDim.x} * kWarps;
+    for (uint64_t t = uint64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); t < g.count; t += stride) {
+        Chunk ch[kLaneChunks];
+        load_lane_chunks<FSPMM_FORMAT_TILED_CSL>(d, static_cast<int64_t>(t / g.tiles_k) * kTileM,
+                                                 static_cast<int64_t>(t % g.tiles_k) * kTileK, lane, ch);
         uint32_t n = 0;
-        for (int i = threadIdx.x; i < kChunksPerTile; i += kCountThreads)  // row-major chunks: coalesced
-            n += __popc(stored_mask(load_chunk(d, mt * kTileM + (i >> 3), kt * kTileK + (i & 7) * kChunkElems)));
+#pragma unroll
+        for (int k = 0; k < kLaneChunks; ++k) n += __popc(stored_mask(ch[k]));
         n = __reduce_add_sync(kFullMask, n);
-        if ((threadIdx.x & 31) == 0) warp_counts[threadIdx.x >> 5] = n;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            uint32_t total = 0;
-            for (int w = 0; w < kCountThreads / 32; ++w) total += warp_counts[w];
-            tile_nnz[t] = static_cast<uint16_t>(total);
-            nnz += total;
-            csl += tile_size(FSPMM_FORMAT_TILED_CSL, total);
-            bitmap += tile_size(FSPMM_FORMAT_BITMAP, total);
+        if (lane == 0) {
+            tile_nnz[t] = static_cast<uint16_t>(n);
+            nnz += n;
+            csl += tile_size(FSPMM_FORMAT_TILED_CSL, n);
+            bitmap += tile_size(FSPMM_FORMAT_BITMAP, n);
         }
-        __syncthreads();
     }
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
         atomicAdd(&st->nnz, nnz);
         atomicAdd(&st->data_bytes[kFormatIndexCsl], csl);
         atomicAdd(&st->data_bytes[kFormatIndexBitmap], bitmap);
-        if (blockIdx.x == 0) {
+        if (blockIdx.x == 0 && threadIdx.x == 0) {
             st->M = static_cast<unsigned long long>(d.M);
             st->K = static_cast<unsigned long long>(d.K);
             st->dtype = static_cast<unsigned long long>(dtype);
@@ -209,77 +209,79 @@ scan_write_kernel(const uint16_t* tile_nnz, Tiles g, const unsigned long long* b
     atomic_add_block(&st->checksum, terms);
 }
 
-// Tile row and column of chunk i: Tiled-CSL entries follow row-major order; bitmap chunk i is row i % 8 of
-// block i / 8 in mma order, so its mask byte is byte i of the mask section.
+// Warps per CTA of write_tiles: each warp assembles one tile at a time in its own shared stage.
 template <int kFormat>
-__device__ __forceinline__ void chunk_origin(int i, int* r, int* c) {
-    if (kFormat == FSPMM_FORMAT_BITMAP) {
-        *r = 8 * static_cast<int>(bitmap_block_row(i >> 3)) + (i & 7);
-        *c = 8 * static_cast<int>(bitmap_block_col(i >> 3));
-    } else {
-        *r = i >> 3;
-        *c = (i & 7) * kChunkElems;
-    }
-}
+constexpr int write_warps() { return kFormat == FSPMM_FORMAT_BITMAP ? 4 : 3; }
 
 template <int kFormat>
-__global__ void __launch_bounds__(kTileThreads, 3)
+__global__ void __launch_bounds__(32 * write_warps<kFormat>())
 write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* st, uint8_t* out) {
+    constexpr int kWarps = write_warps<kFormat>();
     constexpr int kStageBytes = kFormat == FSPMM_FORMAT_BITMAP ? kBitmapMaxTileBytes : kCslMaxTileBytes;
-    __shared__ __align__(16) uint8_t stage[kStageBytes];
-    __shared__ uint32_t warp_sums[kTileThreads / 32];
+    __shared__ __align__(16) uint8_t stages[kWarps][kStageBytes];
     if (st->refused != kRefuseNone || st->format != static_cast<unsigned long long>(kFormat)) return;
+    const int lane = threadIdx.x & 31;
+    uint8_t* stage = stages[threadIdx.x >> 5];
     const unsigned long long* table = reinterpret_cast<const unsigned long long*>(out + kHeaderBytes);
     const uint64_t first_word = (g.data_offset - kHeaderBytes) / 8;
-    const int i = threadIdx.x;
-    int r, c;
-    chunk_origin<kFormat>(i, &r, &c);
     unsigned long long terms = 0;
-    Chunk next = {{0u, 0u, 0u, 0u}};
-    if (blockIdx.x < g.count)
-        next = load_chunk(d, (blockIdx.x / g.tiles_k) * kTileM + r, (blockIdx.x % g.tiles_k) * kTileK + c);
-    for (uint64_t t = blockIdx.x; t < g.count; t += gridDim.x) {
-        const Chunk cur = next;  // the next tile's chunk is in flight while this one is placed
-        const uint64_t t_next = t + gridDim.x;
-        if (t_next < g.count)
-            next = load_chunk(d, static_cast<int64_t>(t_next / g.tiles_k) * kTileM + r,
-                              static_cast<int64_t>(t_next % g.tiles_k) * kTileK + c);
-        const uint32_t mask = stored_mask(cur);
-        uint32_t nnz = 0;
-        uint32_t pos = block_exclusive_scan<uint32_t, kTileThreads>(__popc(mask), warp_sums, &nnz);
+    const uint64_t stride = uint64_t{gridDim.x} * kWarps;
+    for (uint64_t t = uint64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); t < g.count; t += stride) {
+        const int64_t row0 = static_cast<int64_t>(t / g.tiles_k) * kTileM;
+        const int64_t col0 = static_cast<int64_t>(t % g.tiles_k) * kTileK;
+        Chunk ch[kLaneChunks];
+        load_lane_chunks<kFormat>(d, row0, col0, lane, ch);
+        uint32_t mask[kLaneChunks], count[kLaneChunks], first[kLaneChunks];
+#pragma unroll
+        for (int k = 0; k < kLaneChunks; ++k) {
+            mask[k] = stored_mask(ch[k]);
+            count[k] = __popc(mask[k]);
+        }
+        const uint32_t nnz = warp_chunk_scan(count, first);
         if (nnz != tile_nnz[t]) {  // the matrix changed since the count phase: leave the slot alone
-            if (i == 0) st->refused = kRefuseChanged;
+            if (lane == 0) st->refused = kRefuseChanged;
             continue;
         }
         uint32_t bytes;
         if (kFormat == FSPMM_FORMAT_BITMAP) {
             uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
-            stage[i] = static_cast<uint8_t>(mask);
 #pragma unroll
-            for (int e = 0; e < kChunkElems; ++e)
-                if (mask >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(cur, e));
+            for (int k = 0; k < kLaneChunks; ++k) {
+                stage[lane + 32 * k] = static_cast<uint8_t>(mask[k]);
+                uint32_t pos = first[k];
+#pragma unroll
+                for (int e = 0; e < kChunkElems; ++e)
+                    if (mask[k] >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(ch[k], e));
+            }
             bytes = kBitmapMaskBytes + static_cast<uint32_t>(round_up(2ull * nnz, 16));
-            if (kBitmapMaskBytes + 2 * (nnz + i) < bytes) values[nnz + i] = 0;  // zero padding
+            if (kBitmapMaskBytes + 2 * (nnz + lane) < bytes) values[nnz + lane] = 0;  // zero padding
         } else {
             uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
 #pragma unroll
-            for (int e = 0; e < kChunkElems; ++e)
-                if (mask >> e & 1u)
-                    entries[pos++] = chunk_elem(cur, e) << 16 | swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
+            for (int k = 0; k < kLaneChunks; ++k) {
+                int r, c;
+                chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+                uint32_t pos = first[k];
+#pragma unroll
+                for (int e = 0; e < kChunkElems; ++e)
+                    if (mask[k] >> e & 1u)
+                        entries[pos++] = chunk_elem(ch[k], e) << 16 |
+                                         swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
+            }
             bytes = static_cast<uint32_t>(round_up(4ull * nnz, 16));
-            if (4 * (nnz + i) < bytes) entries[nnz + i] = kCslPadPosition + i;  // padding entries
+            if (4 * (nnz + lane) < bytes) entries[nnz + lane] = kCslPadPosition + lane;  // padding entries
         }
-        __syncthreads();
+        __syncwarp();
         const uint64_t off = table[t];
         uint4* dst = reinterpret_cast<uint4*>(out + g.data_offset + off);
-        for (uint32_t k = i; k < bytes / 16; k += kTileThreads) {
+        for (uint32_t k = lane; k < bytes / 16; k += 32) {
             const uint4 v = reinterpret_cast<const uint4*>(stage)[k];
             __stcs(dst + k, v);
             const uint64_t word = first_word + off / 8 + 2 * k;
             terms += checksum_term(static_cast<uint64_t>(v.y) << 32 | v.x, word) +
                      checksum_term(static_cast<uint64_t>(v.w) << 32 | v.z, word + 1);
         }
-        __syncthreads();  // the stage is rewritten for the next tile
+        __syncwarp();  // the stage is rewritten for the warp's next tile
     }
     atomic_add_block(&st->checksum, terms);
 }
@@ -353,7 +355,8 @@ void launch_encode_count(const DeviceDense& dense, void* workspace, cudaStream_t
     EncodeState* st = reinterpret_cast<EncodeState*>(ws);
     check_cuda(cudaMemsetAsync(st, 0, sizeof(EncodeState), stream), "cudaMemsetAsync (encoder workspace)");
     const Tiles g = tiles_of(dense.M, dense.K);
-    const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(count_kernel), kCountThreads, g.count);
+    const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(count_kernel), kCountThreads,
+                                              ceil_div(g.count, kCountThreads / 32));
     count_kernel<<<grid, kCountThreads, 0, stream>>>(
         dense_args(dense), g, reinterpret_cast<uint16_t*>(ws + w.nnz_offset), st, dense.dtype);
     check_cuda(cudaGetLastError(), "launch of the encoder's count kernel");
@@ -384,15 +387,17 @@ void launch_encode_write(const DeviceDense& dense, int format, void* workspace, 
     check_cuda(cudaGetLastError(), "launch of the encoder's scan_write kernel");
     // AUTO is resolved on the GPU: both variants are launched and the one not chosen exits at once.
     if (format != FSPMM_FORMAT_TILED_CSL) {
+        constexpr int kThreads = 32 * write_warps<FSPMM_FORMAT_BITMAP>();
         const auto kernel = write_tiles_kernel<FSPMM_FORMAT_BITMAP>;
-        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kTileThreads, g.count);
-        kernel<<<grid, kTileThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kThreads, ceil_div(g.count, kThreads / 32));
+        kernel<<<grid, kThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
         check_cuda(cudaGetLastError(), "launch of the encoder's bitmap tile kernel");
     }
     if (format != FSPMM_FORMAT_BITMAP) {
+        constexpr int kThreads = 32 * write_warps<FSPMM_FORMAT_TILED_CSL>();
         const auto kernel = write_tiles_kernel<FSPMM_FORMAT_TILED_CSL>;
-        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kTileThreads, g.count);
-        kernel<<<grid, kTileThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kThreads, ceil_div(g.count, kThreads / 32));
+        kernel<<<grid, kThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
         check_cuda(cudaGetLastError(), "launch of the encoder's Tiled-CSL tile kernel");
     }
     finalize_kernel<<<1, 1, 0, stream>>>(st, g, tiles_m, dense.dtype, blob);
