@@ -54,42 +54,21 @@ struct Bf16 {
 };
 
 // ---- decoders: compressed tile in shared memory -> dense swizzled tile ---------------------------------
-// First index in entries[0, n) whose position (low 16 bits) is >= key, found by the whole warp: Tiled-CSL
-// entries are sorted by position (row-major; positions are swizzled only inside a row). Each round samples 32
-// entries and keeps the interval where the answer lies, so a 4096-entry tile takes three rounds.
-__device__ __forceinline__ uint32_t warp_lower_bound(const uint32_t* entries, uint32_t n, uint32_t key, int lane) {
-    uint32_t base = 0, len = n;
-    while (len > 32) {
-        const uint32_t step = (len + 31) >> 5;
-        const uint32_t idx = base + uint32_t(lane) * step;
-        const bool less = idx < base + len && (entries[idx] & 0xFFFFu) < key;
-        const uint32_t c = __popc(__ballot_sync(0xFFFFFFFFu, less));  // samples 0..c-1 are below key
-        if (c == 0) return base;
-        const uint32_t next = base + (c - 1) * step + 1;
-        len = imin(base + len, base + c * step) - next;
-        base = next;
-    }
-    const bool less = uint32_t(lane) < len && (entries[base + lane] & 0xFFFFu) < key;
-    return base + __popc(__ballot_sync(0xFFFFFFFFu, less));
-}
-
 // Tiled-CSL: each 32-bit entry is (value << 16) | swizzled position; padding entries point past the tile.
-// Each warp finds the entries of its 16 rows (positions [1024 wr, 1024 wr + 1024)) and scatters only those,
-// so no barrier between warps is needed.
 struct CslDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = true;
-    static constexpr bool kWarpLocal = true;
+    static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe) {
-        const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
-        const int lane = tid_in_stripe & 31;
-        const uint32_t wr = uint32_t(tid_in_stripe >> 5), n = bytes / 4;
-        const uint32_t begin = warp_lower_bound(entries, n, 1024u * wr, lane);
-        const uint32_t end = warp_lower_bound(entries, n, 1024u * (wr + 1), lane);
-        for (uint32_t i = begin + lane; i < end; i += 32) {
-            const uint32_t e = entries[i];
-            ptx::st_shared_u16(dense + (e & 0xFFFu) * 2, e >> 16);  // & 0xFFF: in the tile even if corrupted
+        const uint4* entries = reinterpret_cast<const uint4*>(tile);
+        const int n16 = bytes / 16;
+        for (int i = tid_in_stripe; i < n16; i += kConsumerThreads / kStripes) {
+            const uint4 e = entries[i];
+            ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
+            ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
+            ptx::st_shared_u16(dense + (e.z & 0xFFFFu) * 2, e.z >> 16);
+            ptx::st_shared_u16(dense + (e.w & 0xFFFFu) * 2, e.w >> 16);
         }
     }
 };
