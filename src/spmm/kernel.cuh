@@ -193,6 +193,7 @@ struct BitmapDirectDecoder {
 // ---- the kernel ----------------------------------------------------------------------------------------
 template <class Decoder, class Dtype, int kNTile>
 __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(const LinearParams p) {
+    constexpr int kStages = stages_for(kNTile);
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
     __shared__ int s_is_last;

@@ -31,7 +31,9 @@ constexpr int kCtaRows = 64 * kStripes;
 constexpr int kWarps = 4 * kStripes;        // consumer warps: each owns 16 rows
 constexpr int kConsumerThreads = 32 * kWarps;
 constexpr int kThreads = kConsumerThreads + 32;  // + one producer warp that issues the copies (sm_90)
-constexpr int kStages = 4;                  // cp.async pipeline depth (tiles in flight + 1)
+// Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 for the 64-token
+// tile, whose x tiles are large enough that a fourth stage would cost a CTA per SM.
+constexpr int stages_for(int n_tile) { return n_tile >= 64 ? 3 : 4; }
 constexpr int kMaxKTilesPerSplit = 256;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseHalves = 64 * 64 + 8;   // dense tile + 8 slots that Tiled-CSL padding entries write to
 constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
@@ -41,7 +43,7 @@ constexpr int kXRowBytes = 64 * 2 + 16;     // an x row of one K tile in shared 
 // Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
 inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = kStages * stage + (dense ? size_t(kStripes) * kDenseHalves * 2 : 0);
+    size_t main = stages_for(n_tile) * stage + (dense ? size_t(kStripes) * kDenseHalves * 2 : 0);
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
 }
