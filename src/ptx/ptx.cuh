@@ -126,6 +126,14 @@ __device__ __forceinline__ void st_shared_v4(uint32_t addr, const uint32_t (&v)[
     asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"r"(addr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3]));
 }
 
+// Byte permute (prmt.b32): byte i of the result is byte (sel >> 4i) & 7 of the pair (a, b), taken as-is
+// (selectors here never set the sign-replicate bit). Unlike __byte_perm, no masking of sel is emitted.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+
 // 16-bit store to shared memory (the low half of v).
 __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
     asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)));

@@ -143,49 +143,79 @@ struct BitmapTileDecoder {
 using BitmapScatterDecoder = BitmapTileDecoder<false>;
 using BitmapRowsDecoder = BitmapTileDecoder<true>;
 
-// Bitmap, decoded straight into mma A fragments (no dense tile): lane L of a warp owns bits 2L, 2L+1 of
-// each block's mask, so its two values sit at (block's first value) + popcount(mask bits below 2L).
+// Bitmap, decoded straight into mma A fragments (no dense tile, no shared-memory stores). Lane L of a warp
+// owns bits 2L and 2L+1 of each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its
+// two values sit at (block's first value) + (set bits of the mask below bit 2L), consecutively if both bits
+// are set. Per block and lane: one shuffle (block's first value and the popcount of its low mask word,
+// packed), one popcount, two 32-bit loads of the values around that index, a funnel shift and a byte
+// permute that places them (or zeros) in the fragment register.
 struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
     static constexpr bool kNeedsZero = false;
     static constexpr bool kWarpLocal = true;
-    // First value index of blocks 2L and 2L+1 of the tile, held by lane L.
+    // Byte-permute selectors, indexed by the lane's two mask bits, for a register holding (value, next
+    // value): 00 -> zeros, 01 -> (value, 0), 10 -> (0, value), 11 -> both. Selector i is bytes 2i, 2i+1 of
+    // the pair (kSelectLo, kSelectHi), so it is fetched with one more byte permute.
+    static constexpr uint32_t kSelectLo = 0x44104444u;
+    static constexpr uint32_t kSelectHi = 0x32101044u;
+    // Lane constants: where the lane's two bits are, as byte-permute selectors and shifts.
+    struct Lane {
+        uint32_t shift;     // 2 * (lane % 16): the pair's position in its 32-bit mask word
+        uint32_t below;     // bits of that word below the pair
+        uint32_t word_sel;  // picks the mask word: low (lanes 0..15) or high (lanes 16..31)
+        uint32_t base_sel;  // picks the lane's first-value index from a packed prefix (see prepare)
+    };
+    static __device__ __forceinline__ Lane lane_constants(int lane) {
+        const uint32_t shift = 2u * uint32_t(lane & 15);
+        const bool upper = lane >= 16;
+        return {shift, (1u << shift) - 1u, upper ? 0x7654u : 0x3210u, upper ? 0x4432u : 0x4410u};
+    }
+    // Per tile: lane L holds, for blocks 2L and 2L+1, the block's first value index in the low 16 bits and
+    // that index plus the popcount of the block's low mask word (the first value of lanes 16..31) in the
+    // high 16 bits.
     struct Prefix {
         uint32_t even, odd;
     };
     static __device__ __forceinline__ Prefix prepare(const uint8_t* tile, int lane) {
         const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];  // masks of blocks 2L and 2L+1
-        const uint32_t c0 = __popc(m.x) + __popc(m.y), c1 = __popc(m.z) + __popc(m.w);
+        const uint32_t lo0 = __popc(m.x), c0 = lo0 + __popc(m.y);
+        const uint32_t lo1 = __popc(m.z), c1 = lo1 + __popc(m.w);
         uint32_t incl = c0 + c1;
 #pragma unroll
         for (int d = 1; d < 32; d <<= 1) {
             const uint32_t v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
             if (lane >= d) incl += v;
         }
-        const uint32_t excl = incl - c0 - c1;
-        return {excl, excl + c0};
+        const uint32_t first0 = incl - c0 - c1, first1 = first0 + c0;
+        return {first0 | (first0 + lo0) << 16, first1 | (first1 + lo1) << 16};
+    }
+    // The lane's fragment register for one block: mask words lo/hi, packed prefix p from prepare().
+    static __device__ __forceinline__ uint32_t pair(const uint32_t* values, uint32_t lo, uint32_t hi, uint32_t p,
+                                                    const Lane& ln) {
+        const uint32_t word = ptx::prmt(lo, hi, ln.word_sel);
+        const uint32_t idx = ptx::prmt(p, 0u, ln.base_sel) + __popc(word & ln.below);
+        const uint32_t two = (word >> ln.shift) & 3u;
+        const uint32_t sel = ptx::prmt(kSelectLo, kSelectHi, two * 0x22u + 0x10u);
+        const uint32_t* at = values + (idx >> 1);  // the 32-bit word holding value idx, then the next one
+        const uint32_t w = __funnelshift_r(at[0], at[1], idx << 4);
+        return ptx::prmt(w, 0u, sel);
     }
     // The A fragment of rows 16*wr.., columns 16*kc.. of the tile (blocks 16*wr + 4*kc + q, q = 0..3).
-    static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, int wr, int kc,
-                                                          int lane) {
-        const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
-        const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
+    static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, const Lane& ln,
+                                                          int wr, int kc) {
+        const uint32_t* values = reinterpret_cast<const uint32_t*>(tile + kBitmapMaskBytes);
         const int j0 = 16 * wr + 4 * kc;
-        const int src = j0 >> 1;  // lane holding the prefixes of blocks j0, j0 + 1 (and src + 1: j0 + 2, j0 + 3)
-        const bool upper = lane >= 16;
-        const uint32_t shift = 2 * (lane & 15);
+        const int src = j0 >> 1;  // lane holding the prefixes of blocks j0, j0 + 1 (src + 1: j0 + 2, j0 + 3)
+        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[src];
+        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[src + 1];
+        const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.even, src), p1 = __shfl_sync(0xFFFFFFFFu, pre.odd, src);
+        const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.even, src + 1);
+        const uint32_t p3 = __shfl_sync(0xFFFFFFFFu, pre.odd, src + 1);
         ptx::FragA a;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const uint32_t first = __shfl_sync(0xFFFFFFFFu, (q & 1) ? pre.odd : pre.even, src + (q >> 1));
-            const uint64_t m = masks[j0 + q];
-            const uint32_t lo = uint32_t(m), word = upper ? uint32_t(m >> 32) : lo;
-            const uint32_t two = (word >> shift) & 3u;
-            const uint32_t idx = first + __popc(word & ((1u << shift) - 1u)) + (upper ? __popc(lo) : 0u);
-            const uint32_t v0 = (two & 1u) ? values[idx] : 0u;
-            const uint32_t v1 = (two & 2u) ? values[idx + (two & 1u)] : 0u;
-            a.x[q] = v0 | (v1 << 16);
-        }
+        a.x[0] = pair(values, m01.x, m01.y, p0, ln);
+        a.x[1] = pair(values, m01.z, m01.w, p1, ln);
+        a.x[2] = pair(values, m23.x, m23.y, p2, ln);
+        a.x[3] = pair(values, m23.z, m23.w, p3, ln);
         return a;
     }
 };
@@ -351,9 +381,10 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         if constexpr (Decoder::kDirect) {
             // Each warp builds its A fragments straight from the compressed tile in registers.
             if (consumer && mt0 + stripe < p.tiles_m) {
+                const typename Decoder::Lane ln = Decoder::lane_constants(lane);
                 const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
 #pragma unroll
-                for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, wr, kc, lane), kc);
+                for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, ln, wr, kc), kc);
             }
         } else {
             // The threads of each stripe scatter that stripe's tile into its dense tile.
