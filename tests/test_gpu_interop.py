@@ -596,3 +596,31 @@ def test_device_save_load(rng, tmp_path):
     assert_close(flashspmm.linear(x, layers["v"]), x64 @ v64.T)
     only = flashspmm.load_model(model, device="cuda:0", names=["v"])
     assert list(only) == ["v"] and only["v"].device == "cuda:0"
+
+
+# ---- raw device pointers (flashspmm.from_pointer) -----------------------------------------------------------
+
+def test_from_pointer_device_views(rng):
+    torch = pytest.importorskip("torch")
+    bits, w64, W = sparse_weight(rng, 150, 200)
+    W = W.to("cuda:0")
+    xb, x64 = half_bits(rng, (5, 200))
+    x = on_device("torch", xb)
+    out = torch.full((5, 150), float("nan"), dtype=torch.float16, device="cuda:0")
+    xv = flashspmm.from_pointer(x.data_ptr(), x.shape, "float16", device="cuda:0")
+    assert isinstance(xv, flashspmm.ExternalArray) and xv.__cuda_array_interface__["strides"] == (400, 2)
+    y = flashspmm.linear(xv, W)  # flashspmm allocates the result: a DeviceBuffer any library can import
+    assert isinstance(y, DeviceBuffer)
+    assert_close(torch.from_dlpack(y), x64 @ w64.T)
+    ov = flashspmm.from_pointer(out.data_ptr(), out.shape, "float16", device=0)
+    assert flashspmm.linear(xv, W, out=ov) is ov
+    torch.cuda.synchronize()
+    assert_close(out, x64 @ w64.T)
+    ro = flashspmm.from_pointer(out.data_ptr(), out.shape, "float16", readonly=True)
+    with pytest.raises(ValueError, match="read-only"):
+        flashspmm.linear(xv, W, out=ro)
+    # a strided weight given by address compresses on the GPU like the tensor itself
+    wide = torch.zeros((150, 256), dtype=torch.float16, device="cuda:0")
+    wide[:, :200] = on_device("torch", bits)
+    wv = flashspmm.from_pointer(wide.data_ptr(), (150, 200), "float16", strides=(256, 1))
+    assert flashspmm.compress(wv).blob().tobytes() == flashspmm.compress(bits, dtype="float16").blob().tobytes()

@@ -207,6 +207,8 @@ def describe(obj, what="array"):
     """Describe ``obj`` as an :class:`ArrayInfo`; TypeError if it is not an array flashspmm understands."""
     if isinstance(obj, np.ndarray):
         return _describe_numpy(obj)
+    if hasattr(obj, "_flashspmm_info"):  # flashspmm.from_pointer views know their device
+        return obj._flashspmm_info()
     module = _module_of(obj)
     if module == "torch" and hasattr(obj, "data_ptr"):
         return _describe_torch(obj)
