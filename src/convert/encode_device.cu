@@ -6,9 +6,9 @@
 //   scan_reduce  per block of tiles: sum and maximum of the tile sizes;
 //   scan_blocks  one CTA: exclusive scan of the block sums, the table's last entry and padding;
 //   scan_write   the tile offset table (exclusive scan of tile sizes);
-//   write_tiles  one warp per CTA, one tile at a time; the dense tiles are double-buffered in shared memory
-//                (cp.async: the next tile is in flight while one is encoded), a warp scan places every
-//                chunk's values, the tile is assembled in a shared stage and stored with 16-byte stores;
+//   write_tiles  one warp per tile at a time: each lane loads 16 chunks of 8 elements (all loads in flight
+//                at once), a warp scan places every chunk's values, the tile is assembled in the warp's
+//                shared stage and stored with 16-byte stores;
 //   finalize     the header (written last, so a refused or failed write never leaves a valid blob).
 // Checksums are sums of independent per-word terms (layout.h), accumulated with 64-bit atomics.
 #include <cuda_runtime.h>
@@ -16,7 +16,6 @@
 #include "convert/chunk.cuh"
 #include "convert/convert_device.h"
 #include "format/layout.h"
-#include "ptx/ptx.cuh"
 #include "spmm/launch.h"
 
 namespace fspmm {
@@ -222,109 +221,66 @@ scan_write_kernel(const uint16_t* tile_nnz, Tiles g, const unsigned long long* b
     atomic_add_block(&st->checksum, terms);
 }
 
-// Byte offset of chunk (r, cc) (row r, columns 8 cc..8 cc+7) of a dense tile held in shared memory: the
-// chunk column is XORed with r % 8, so reads of one chunk column by 8 rows hit different banks.
-__device__ __forceinline__ uint32_t dense_chunk_offset(int r, int cc) {
-    return static_cast<uint32_t>(r * 128 + ((cc ^ (r & 7)) << 4));
-}
-
-// Start copying the full tile t into a shared buffer (512 cp.async of 16 bytes); always closes a cp.async
-// group, so that group counting stays aligned when there is nothing to copy.
-__device__ __forceinline__ void prefetch_tile(const DenseArgs& d, const Tiles& g, uint64_t t, uint32_t buffer,
-                                              int lane) {
-    if (t < g.count) {
-        const int64_t row0 = static_cast<int64_t>(t / g.tiles_k) * kTileM;
-        const int64_t col0 = static_cast<int64_t>(t % g.tiles_k) * kTileK;
-        if (tile_is_full(d, row0, col0))
-            for (int i = lane; i < kChunksPerTile; i += 32)  // row-major: coalesced reads
-                ptx::cp_async_16(buffer + dense_chunk_offset(i >> 3, i & 7),
-                                 d.data + (row0 + (i >> 3)) * d.ld + col0 + (i & 7) * kChunkElems, 16);
-    }
-    ptx::cp_async_commit();
-}
-
-// Chunk k of a lane's share of the tile being encoded: from the shared copy of a full tile, else straight
-// from global memory with bounds checks.
+// Warps per CTA of write_tiles: each warp assembles one tile at a time in its own shared stage.
 template <int kFormat>
-__device__ __forceinline__ Chunk tile_chunk(const DenseArgs& d, int64_t row0, int64_t col0, bool full,
-                                            const uint8_t* dense, int lane, int k) {
-    int r, c;
-    chunk_origin<kFormat>(lane + 32 * k, &r, &c);
-    if (full) {
-        const uint4 v = *reinterpret_cast<const uint4*>(dense + dense_chunk_offset(r, c / kChunkElems));
-        return Chunk{{v.x, v.y, v.z, v.w}};
-    }
-    return load_chunk(d, row0 + r, col0 + c);
-}
+constexpr int write_warps() { return kFormat == FSPMM_FORMAT_BITMAP ? 4 : 3; }
 
-// One warp (the whole CTA) encodes one tile at a time. The dense tile is double-buffered in shared memory:
-// while a tile is encoded, the warp's next tile is already being copied (cp.async). A first pass takes the
-// masks, a warp scan places every chunk's values, a second pass assembles the tile in the stage, which is
-// stored with 16-byte stores.
 template <int kFormat>
-__global__ void __launch_bounds__(32)
+__global__ void __launch_bounds__(32 * write_warps<kFormat>())
 write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* st, uint8_t* out) {
+    constexpr int kWarps = write_warps<kFormat>();
     constexpr int kStageBytes = kFormat == FSPMM_FORMAT_BITMAP ? kBitmapMaxTileBytes : kCslMaxTileBytes;
-    __shared__ __align__(16) uint8_t stage[kStageBytes];
-    __shared__ __align__(16) uint8_t dense[2][kTileElems * 2];
+    __shared__ __align__(16) uint8_t stages[kWarps][kStageBytes];
     if (st->refused != kRefuseNone || st->format != static_cast<unsigned long long>(kFormat)) return;
-    const int lane = threadIdx.x;
+    const int lane = threadIdx.x & 31;
+    uint8_t* stage = stages[threadIdx.x >> 5];
     const unsigned long long* table = reinterpret_cast<const unsigned long long*>(out + kHeaderBytes);
     const uint64_t first_word = (g.data_offset - kHeaderBytes) / 8;
     unsigned long long terms = 0;
-    const uint64_t stride = gridDim.x;
-    prefetch_tile(d, g, blockIdx.x, ptx::smem_addr(dense[0]), lane);
-    int buf = 0;
-    for (uint64_t t = blockIdx.x; t < g.count; t += stride, buf ^= 1) {
-        prefetch_tile(d, g, t + stride, ptx::smem_addr(dense[buf ^ 1]), lane);
-        ptx::cp_async_wait<1>();  // this tile's copies (the previous group) have landed
-        __syncwarp();
+    const uint64_t stride = uint64_t{gridDim.x} * kWarps;
+    for (uint64_t t = uint64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); t < g.count; t += stride) {
         const int64_t row0 = static_cast<int64_t>(t / g.tiles_k) * kTileM;
         const int64_t col0 = static_cast<int64_t>(t % g.tiles_k) * kTileK;
-        const bool full = tile_is_full(d, row0, col0);
-        uint32_t masks[kLaneChunks / 4], count[kLaneChunks], first[kLaneChunks];  // masks: 4 bytes per word
+        Chunk ch[kLaneChunks];
+        load_lane_chunks<kFormat>(d, row0, col0, lane, ch);
+        uint32_t mask[kLaneChunks], count[kLaneChunks], first[kLaneChunks];
 #pragma unroll
         for (int k = 0; k < kLaneChunks; ++k) {
-            const uint32_t m = stored_mask(tile_chunk<kFormat>(d, row0, col0, full, dense[buf], lane, k));
-            masks[k / 4] = (k % 4 ? masks[k / 4] : 0u) | m << (8 * (k % 4));
-            count[k] = __popc(m);
+            mask[k] = stored_mask(ch[k]);
+            count[k] = __popc(mask[k]);
         }
         const uint32_t nnz = warp_chunk_scan(count, first);
         if (nnz != tile_nnz[t]) {  // the matrix changed since the count phase: leave the slot alone
             if (lane == 0) st->refused = kRefuseChanged;
-            __syncwarp();
             continue;
-        }
-#pragma unroll
-        for (int k = 0; k < kLaneChunks; ++k) {
-            const Chunk ch = tile_chunk<kFormat>(d, row0, col0, full, dense[buf], lane, k);
-            const uint32_t mask = (masks[k / 4] >> (8 * (k % 4))) & 0xFFu;
-            uint32_t pos = first[k];
-            if (kFormat == FSPMM_FORMAT_BITMAP) {
-                uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
-                stage[lane + 32 * k] = static_cast<uint8_t>(mask);
-#pragma unroll
-                for (int e = 0; e < kChunkElems; ++e)
-                    if (mask >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(ch, e));
-            } else {
-                uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
-                int r, c;
-                chunk_origin<kFormat>(lane + 32 * k, &r, &c);
-#pragma unroll
-                for (int e = 0; e < kChunkElems; ++e)
-                    if (mask >> e & 1u)
-                        entries[pos++] = chunk_elem(ch, e) << 16 |
-                                         swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
-            }
         }
         uint32_t bytes;
         if (kFormat == FSPMM_FORMAT_BITMAP) {
-            bytes = kBitmapMaskBytes + static_cast<uint32_t>(round_up(2ull * nnz, 16));
             uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
+#pragma unroll
+            for (int k = 0; k < kLaneChunks; ++k) {
+                stage[lane + 32 * k] = static_cast<uint8_t>(mask[k]);
+                uint32_t pos = first[k];
+#pragma unroll
+                for (int e = 0; e < kChunkElems; ++e)
+                    if (mask[k] >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(ch[k], e));
+            }
+            bytes = kBitmapMaskBytes + static_cast<uint32_t>(round_up(2ull * nnz, 16));
             if (kBitmapMaskBytes + 2 * (nnz + lane) < bytes) values[nnz + lane] = 0;  // zero padding
         } else {
-            bytes = static_cast<uint32_t>(round_up(4ull * nnz, 16));
             uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+            for (int k = 0; k < kLaneChunks; ++k) {
+                int r, c;
+                chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+                uint32_t pos = first[k];
+#pragma unroll
+                for (int e = 0; e < kChunkElems; ++e)
+                    if (mask[k] >> e & 1u)
+                        entries[pos++] = chunk_elem(ch[k], e) << 16 |
+                                         swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
+            }
+            bytes = static_cast<uint32_t>(round_up(4ull * nnz, 16));
             if (4 * (nnz + lane) < bytes) entries[nnz + lane] = kCslPadPosition + lane;  // padding entries
         }
         __syncwarp();
@@ -337,9 +293,8 @@ write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* 
             terms += checksum_term(static_cast<uint64_t>(v.y) << 32 | v.x, word) +
                      checksum_term(static_cast<uint64_t>(v.w) << 32 | v.z, word + 1);
         }
-        __syncwarp();  // the stage and this dense buffer are rewritten later
+        __syncwarp();  // the stage is rewritten for the warp's next tile
     }
-    ptx::cp_async_wait<0>();
     atomic_add_block(&st->checksum, terms);
 }
 
@@ -444,15 +399,17 @@ void launch_encode_write(const DeviceDense& dense, int format, void* workspace, 
     check_cuda(cudaGetLastError(), "launch of the encoder's scan_write kernel");
     // AUTO is resolved on the GPU: both variants are launched and the one not chosen exits at once.
     if (format != FSPMM_FORMAT_TILED_CSL) {
+        constexpr int kThreads = 32 * write_warps<FSPMM_FORMAT_BITMAP>();
         const auto kernel = write_tiles_kernel<FSPMM_FORMAT_BITMAP>;
-        kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel), 32, g.count), 32, 0, stream>>>(d, g, tile_nnz,
-                                                                                                     st, blob);
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kThreads, ceil_div(g.count, kThreads / 32));
+        kernel<<<grid, kThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
         check_cuda(cudaGetLastError(), "launch of the encoder's bitmap tile kernel");
     }
     if (format != FSPMM_FORMAT_BITMAP) {
+        constexpr int kThreads = 32 * write_warps<FSPMM_FORMAT_TILED_CSL>();
         const auto kernel = write_tiles_kernel<FSPMM_FORMAT_TILED_CSL>;
-        kernel<<<persistent_grid(reinterpret_cast<const void*>(kernel), 32, g.count), 32, 0, stream>>>(d, g, tile_nnz,
-                                                                                                     st, blob);
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kThreads, ceil_div(g.count, kThreads / 32));
+        kernel<<<grid, kThreads, 0, stream>>>(d, g, tile_nnz, st, blob);
         check_cuda(cudaGetLastError(), "launch of the encoder's Tiled-CSL tile kernel");
     }
     finalize_kernel<<<1, 1, 0, stream>>>(st, g, tiles_m, dense.dtype, blob);
