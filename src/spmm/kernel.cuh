@@ -59,7 +59,6 @@ struct CslDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = true;
     static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
-    static constexpr int kDenseTiles = 2;      // two K tiles are decoded between barriers (sm_90 pipeline)
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint4* entries = reinterpret_cast<const uint4*>(tile);
@@ -84,7 +83,6 @@ struct BitmapTileDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = !kRows;
     static constexpr bool kWarpLocal = true;  // a warp's 32 threads decode exactly the 16 rows it multiplies
-    static constexpr int kDenseTiles = 1;
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
                                                    int tid_in_stripe) {
         const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
@@ -155,7 +153,6 @@ struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
     static constexpr bool kNeedsZero = false;
     static constexpr bool kWarpLocal = true;
-    static constexpr int kDenseTiles = 0;
     // Byte-permute selectors, indexed by the lane's two mask bits, for a register holding (value, next
     // value): 00 -> zeros, 01 -> (value, 0), 10 -> (0, value), 11 -> both. Selector i is bytes 2i, 2i+1 of
     // the pair (kSelectLo, kSelectHi), so it is fetched with one more byte permute.
@@ -349,51 +346,11 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         ptx::st_shared_zero16(x_slot(st) + r * 16);
     }
     if constexpr (Decoder::kNeedsZero)
-        for (int c = tid; c < Decoder::kDenseTiles * kStripes * kDenseHalves * 2 / 16; c += kThreads)
-            ptx::st_shared_zero16(dense0 + c * 16);
+        for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
     __syncthreads();
 
     ptx::FragC acc[kNTile / 8];
-    // Dense tile u (0 or 1) of this warp's stripe.
-    auto dense_tile = [&](int u) { return dense0 + uint32_t((u * kStripes + stripe) * kDenseHalves * 2); };
-    const uint32_t my_dense = dense_tile(0);
-
-    // x fragments of 16-column chunk kc from the x tile at xs, multiplied into every accumulator with the W
-    // fragment a.
-    auto mma_chunk = [&](const ptx::FragA& a, int kc, uint32_t xs) {
-        if constexpr (kNTile == 8) {
-            const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
-            ptx::FragB b;
-            ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
-            Dtype::mma(acc[0], a, b);
-        } else {
-#pragma unroll
-            for (int j = 0; j < kNTile / 8; j += 2) {
-                const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
-                uint32_t r[4];
-                ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
-                const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
-                Dtype::mma(acc[j], a, b0);
-                Dtype::mma(acc[j + 1], a, b1);
-            }
-        }
-    };
-    // This warp's 16 rows of a decoded dense tile times the x tile at xs.
-    auto multiply_dense = [&](uint32_t dense, uint32_t xs) {
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-            ptx::FragA a;
-            const int row = wr * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-            ptx::ldmatrix_x4(a.x, dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
-            mma_chunk(a, kc, xs);
-        }
-    };
-    // Re-zero this warp's 16 rows (2 KB) of a dense tile for the next scatter into it.
-    auto rezero = [&](uint32_t dense) {
-        __syncwarp();
-#pragma unroll
-        for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(dense + wr * 2048 + (lane + 32 * c) * 16);
-    };
+    const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;
 
     // Decode tile i (landed in its stage) and multiply it into acc. Called by the consumer warps only
     // (all_threads false: they synchronise among themselves with a named barrier) or by every thread
@@ -402,14 +359,32 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         const bool consumer = !decltype(all_threads)::value || warp < kWarps;
         const int stage = i % kStages;
         const uint32_t xs = x_slot(stage);
+        // x fragments for chunk kc, multiplied into every accumulator with the W fragment a.
+        auto mma_chunk = [&](const ptx::FragA& a, int kc) {
+            if constexpr (kNTile == 8) {
+                const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
+                ptx::FragB b;
+                ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
+                Dtype::mma(acc[0], a, b);
+            } else {
+#pragma unroll
+                for (int j = 0; j < kNTile / 8; j += 2) {
+                    const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
+                    uint32_t r[4];
+                    ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
+                    const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
+                    Dtype::mma(acc[j], a, b0);
+                    Dtype::mma(acc[j + 1], a, b1);
+                }
+            }
+        };
         if constexpr (Decoder::kDirect) {
             // Each warp builds its A fragments straight from the compressed tile in registers.
             if (consumer && mt0 + stripe < p.tiles_m) {
                 const typename Decoder::Lane ln = Decoder::lane_constants(lane);
                 const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
 #pragma unroll
-                for (int kc = 0; kc < 4; ++kc)
-                    mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, ln, wr, kc), kc, xs);
+                for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, ln, wr, kc), kc);
             }
         } else {
             // The threads of each stripe scatter that stripe's tile into its dense tile.
@@ -423,8 +398,19 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
             else
                 ptx::consumer_sync();
             if (!consumer) return;
-            multiply_dense(my_dense, xs);
-            if constexpr (Decoder::kNeedsZero) rezero(my_dense);  // ordered before the next scatter
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                ptx::FragA a;
+                const int row = wr * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                ptx::ldmatrix_x4(a.x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                mma_chunk(a, kc);
+            }
+            if constexpr (Decoder::kNeedsZero) {
+                // Re-zero this warp's 16 rows (2 KB) for the next tile (ordered before the next scatter).
+                __syncwarp();
+#pragma unroll
+                for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+            }
         }
     };
 
@@ -434,26 +420,6 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         for (int i = 0; i < nk; ++i) {
             if (i >= kStages) ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), ((i / kStages) - 1) & 1);
             issue(i);
-        }
-    } else if constexpr (Decoder::kDenseTiles == 2) {
-        // Two K tiles per round (one dense tile each), so the two CTA-wide barriers a scatter needs (dense
-        // tiles complete; every warp done with them) are paid once per two tiles.
-        for (int i = 0; i < nk; i += 2) {
-            const int count = imin(2, nk - i);
-            if (i > 0) ptx::consumer_sync();  // every warp re-zeroed its rows of both dense tiles
-            for (int u = 0; u < count; ++u) {
-                const int stage = (i + u) % kStages;
-                ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[stage]), ((i + u) / kStages) & 1);
-                if (mt0 + stripe < p.tiles_m)
-                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], dense_tile(u),
-                                     tid % (kConsumerThreads / kStripes));
-            }
-            ptx::consumer_sync();  // both dense tiles complete
-            for (int u = 0; u < count; ++u) multiply_dense(dense_tile(u), x_slot((i + u) % kStages));
-            for (int u = 0; u < count; ++u) rezero(dense_tile(u));
-            __syncwarp();
-            if (lane == 0)
-                for (int u = 0; u < count; ++u) ptx::mbarrier_arrive(ptx::smem_addr(&s_empty[(i + u) % kStages]));
         }
     } else {
         for (int i = 0; i < nk; ++i) {

@@ -131,7 +131,7 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
     plan.kernel = kernel_id(h);
-    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense_tiles_for(plan.kernel));
+    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, plan.kernel != kBitmapDirect);
 
     int max_smem = 0, sms = 0, major = 0;
     check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");

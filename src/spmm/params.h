@@ -40,11 +40,10 @@ constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride 
 constexpr int kXRowBytes = 64 * 2 + 16;     // an x row of one K tile in shared memory, padded: ldmatrix
                                             // reads 8 rows from 8 different bank groups
 
-// Shared-memory bytes of a launch with this slot size and N tile; dense_tiles: dense tiles per stripe the
-// decoder expands into (see dense_tiles_for).
-inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, int dense_tiles) {
+// Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
+inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = stages_for(n_tile) * stage + size_t(kStripes) * size_t(dense_tiles) * kDenseHalves * 2;
+    size_t main = stages_for(n_tile) * stage + (dense ? size_t(kStripes) * kDenseHalves * 2 : 0);
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
 }
@@ -52,10 +51,6 @@ inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, int dense_tiles) {
 // Kernel variants beyond the blob formats: the bitmap format has two decoders.
 constexpr int kBitmapDirect = 3;  // bitmap decoded straight into mma fragments (kernel id, not a blob format)
 constexpr int kBitmapRows = 4;    // bitmap expanded row by row into the dense tile (kernel id)
-
-// Dense tiles per stripe a kernel decodes into (the decoders' kDenseTiles): none for the direct decoder, two
-// for Tiled-CSL (it decodes two K tiles between barriers), one otherwise.
-constexpr int dense_tiles_for(int kernel) { return kernel == kBitmapDirect ? 0 : kernel == 1 ? 2 : 1; }
 
 // One kernel instantiation per (kernel id = format or kBitmapDirect, dtype, N tile); defined in
 // spmm_<variant>_<dtype>.cu.
