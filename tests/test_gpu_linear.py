@@ -210,3 +210,31 @@ def test_device_roundtrip_and_save(request, tmp_path):
     assert W2.nbytes == W.nbytes and W2.device.startswith("cuda")
     x = torch.randn(3, 90, device="cuda").to(torch.bfloat16)
     check_close(flashspmm.linear(x, W2), reference(x, w), "bfloat16")
+
+
+# ---- N = 1: the CUDA-core kernel (gemv.cu); FSPMM_GEMV=0 selects the MMA kernels -------------------------
+
+@pytest.mark.parametrize("gemv", ["1", "0"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+@pytest.mark.parametrize("M,K,sparsity", [(1, 1, 0.0), (65, 63, 0.5), (257, 300, 0.0), (300, 4100, 0.9),
+                                          (130, 700, 0.99), (64, 64, 1.0), (1000, 999, 0.7)])
+def test_one_token(request, monkeypatch, gemv, dtype, fmt, M, K, sparsity):
+    monkeypatch.setenv("FSPMM_GEMV", gemv)
+    rng = _rng(request)
+    w = random_pruned(rng, M, K, sparsity, dtype)
+    W = flashspmm.compress(w, format=fmt)
+    base = torch.randn(K + 1, device="cuda").to(TORCH_DTYPE[dtype])
+    x = base[1:]  # 2-byte aligned only
+    b = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype])
+    y0 = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype])
+    for split_k in (0, 1, 3):
+        y = y0.clone()
+        flashspmm.linear(x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
+        torch.cuda.synchronize()
+        check_close(y[None], reference(x[None], w, b, 0.75, -0.5, y0[None]), dtype)
+        first = y.clone()
+        y.copy_(y0)
+        flashspmm.linear(x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
+        torch.cuda.synchronize()
+        assert torch.equal(y.view(torch.int16), first.view(torch.int16)), "repeated launches differ"

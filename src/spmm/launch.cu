@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "format/layout.h"
+#include "spmm/gemv.h"
 #include "spmm/params.h"
 
 namespace fspmm {
@@ -61,7 +62,7 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
 // CTAs of `func` with `smem` bytes that fit on one SM. The first time a kernel is seen on a device, its
 // dynamic shared-memory limit is raised to the device's maximum (max_smem), so any later plan fits.
 // Cached: both CUDA calls cost more than the launch itself.
-int ctas_per_sm(int device, const void* func, size_t smem, int max_smem) {
+int ctas_per_sm(int device, const void* func, int threads, size_t smem, int max_smem) {
     static std::mutex mutex;
     static std::map<std::tuple<int, const void*, size_t>, int> cache;
     static std::map<std::pair<int, const void*>, bool> raised;
@@ -75,7 +76,7 @@ int ctas_per_sm(int device, const void* func, size_t smem, int max_smem) {
         raised[{device, func}] = true;
     }
     int blocks = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, kThreads, smem),
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, threads, smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     if (blocks < 1) raise(FSPMM_ERR_NOT_SUPPORTED, "the kernel does not fit on this device's multiprocessors");
     cache.emplace(key, blocks);
@@ -118,11 +119,50 @@ int kernel_id(const fspmm_header_t& h) {
     return density > kRowsDensity ? kBitmapRows : FSPMM_FORMAT_BITMAP;
 }
 
+// Whether N = 1 runs the CUDA-core kernel (gemv.cu); FSPMM_GEMV=0 selects the MMA kernels instead (for
+// benchmarks and tests).
+bool use_gemv(int64_t N) {
+    if (N != 1) return false;
+    const char* env = std::getenv("FSPMM_GEMV");
+    return !(env && std::strcmp(env, "0") == 0);
+}
+
+// Plan of the N = 1 kernel: a CTA per 64-row stripe and K slice.
+LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
+    LinearPlan plan{};
+    plan.kernel = kGemv;
+    plan.n_tile = 1;
+    plan.m_blocks = h.tiles_m;
+    plan.n_blocks = 1;
+    FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
+    plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
+    plan.smem = 0;
+    int sms = 0, major = 0, max_smem = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    if (major < 8)
+        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    const void* func = gemv_kernel_func(h.format, h.dtype);
+    const int64_t slots = int64_t(sms) * ctas_per_sm(device, func, kGemvThreads, 0, max_smem);
+    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks, h.tiles_k, slots);
+    if (splits > h.tiles_k) splits = int(h.tiles_k);
+    if (splits > 65535) splits = 65535;
+    plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
+    plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));
+    plan.workspace = 0;
+    if (plan.splits > 1)
+        plan.workspace = round_up(uint64_t(plan.splits) * uint64_t(h.M) * 4, 256) + uint64_t(plan.m_blocks) * 4;
+    return plan;
+}
+
 }  // namespace
 
 LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device) {
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
+    if (use_gemv(N)) return plan_gemv(h, split_k, device);
     LinearPlan plan{};
     plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
     plan.m_blocks = ceil_div(h.tiles_m, kStripes);
@@ -149,7 +189,7 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
                                            " bytes of shared memory per block; the device allows " +
                                            std::to_string(max_smem));
 
-    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, plan.smem, max_smem);
+    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, kThreads, plan.smem, max_smem);
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
     const int64_t min_splits = ceil_div(h.tiles_k, kMaxKTilesPerSplit);  // a CTA handles at most 256 K tiles
     if (splits < min_splits) splits = int(min_splits);
@@ -195,9 +235,10 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
         check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
                    "cudaMemsetAsync(split-K counters)");
     }
-    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    const cudaError_t err = k.launch(p, grid, plan.smem, stream);
+    const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)
+                                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(
+                                                       p, grid, plan.smem, stream);
     if (err != cudaSuccess) {
         const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +
                                  std::to_string(plan.n_tile) + ", grid " + std::to_string(grid.x) + "x" +

@@ -1,0 +1,191 @@
+// The N = 1 kernel (matrix-vector product, the decode step of a language model): no Tensor Cores, work per
+// stored value only. The MMA kernels expand every tile into dense fragments, which costs instructions per
+// element; for one token that expansion is most of the work, while a product per nonzero is all it needs.
+//
+// A CTA owns one 64-row stripe and a slice of the K tiles (split-K); each of its warps takes every
+// kGemvWarps-th K tile of the slice, and lane L accumulates rows L and L + 32 of the stripe in fp32, in
+// increasing column order, so the result does not depend on scheduling. The warps' sums are added in warp
+// order, the slices (if any) by the last CTA to arrive, in slice order, as in the MMA kernels.
+//   bitmap:    lane L reads the masks of its rows in the 8 blocks of each row (64-bit masks, mma block order),
+//              finds each block's first value with one shuffle (a warp scan of block popcounts) and walks the
+//              set bits of its row byte.
+//   Tiled-CSL: the warp counts the entries of each row (shared-memory integer atomics), scans the counts,
+//              and each lane walks the entries of its two rows (entries are sorted by row, then column).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "format/layout.h"
+#include "spmm/gemv.h"
+
+namespace fspmm {
+namespace {
+
+constexpr int kGemvWarps = kGemvThreads / 32;
+constexpr unsigned kFull = 0xFFFFFFFFu;
+
+// fp16 / bf16 bits -> float.
+template <int kDtype>
+__device__ __forceinline__ float to_float(uint32_t bits) {
+    if (kDtype == FSPMM_DTYPE_BFLOAT16) return __uint_as_float(bits << 16);
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+}
+template <int kDtype>
+__device__ __forceinline__ uint16_t from_float(float v) {
+    if (kDtype == FSPMM_DTYPE_BFLOAT16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    return __half_as_ushort(__float2half_rn(v));
+}
+
+// Exclusive prefix sum over the warp's lanes.
+__device__ __forceinline__ uint32_t warp_exclusive_sum(uint32_t v, int lane) {
+    uint32_t x = v;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const uint32_t y = __shfl_up_sync(kFull, x, d);
+        if (lane >= d) x += y;
+    }
+    return x - v;
+}
+
+// Bitmap tile at `tile` (bytes long): adds rows lane and lane + 32 of W times x[0..63] to acc.
+template <int kDtype>
+__device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int64_t cols,
+                                            int lane, float (&acc)[2]) {
+    if (bytes < kBitmapMaskBytes) return;
+    const uint32_t values_end = (bytes - kBitmapMaskBytes) / 2;  // guards reads against a corrupted tile
+    const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
+    // first value of blocks 2L and 2L+1 (mma block order), packed (even | odd << 16)
+    const uint4 m = __ldg(reinterpret_cast<const uint4*>(tile) + lane);
+    const uint32_t c0 = __popc(m.x) + __popc(m.y), c1 = __popc(m.z) + __popc(m.w);
+    const uint32_t first0 = warp_exclusive_sum(c0 + c1, lane);
+    const uint32_t firsts = first0 | (first0 + c0) << 16;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = lane + 32 * h, br = r >> 3, q = r & 7;
+#pragma unroll
+        for (int bc = 0; bc < 8; ++bc) {
+            // block (br, bc) in mma order: j = 16 (br / 2) + 4 (bc / 2) + 2 (bc % 2) + br % 2
+            const int j = 16 * (br >> 1) + 4 * (bc >> 1) + 2 * (bc & 1) + (br & 1);
+            const uint32_t f = __shfl_sync(kFull, firsts, j >> 1);
+            const uint2 mask = __ldg(reinterpret_cast<const uint2*>(tile) + j);
+            const uint32_t word = q < 4 ? mask.x : mask.y, shift = 8 * (q & 3);
+            uint32_t v = ((j & 1) ? f >> 16 : f & 0xFFFFu) + (q < 4 ? 0u : __popc(mask.x)) +
+                         __popc(word & ((1u << shift) - 1u));
+            for (uint32_t b = (word >> shift) & 0xFFu; b != 0; b &= b - 1, ++v) {
+                const int64_t col = 8 * bc + (__ffs(b) - 1);
+                if (v < values_end && col < cols)
+                    acc[h] = fmaf(to_float<kDtype>(__ldg(values + v)), to_float<kDtype>(__ldg(x + col)), acc[h]);
+            }
+        }
+    }
+}
+
+// Tiled-CSL tile at `tile` (bytes long): adds rows lane and lane + 32 of W times x[0..63] to acc.
+// `counts` is this warp's shared scratch of 64 row counters.
+template <int kDtype>
+__device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int64_t cols,
+                                         int lane, uint32_t* counts, float (&acc)[2]) {
+    const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
+    const uint32_t n = bytes / 4;
+    counts[lane] = 0;
+    counts[lane + 32] = 0;
+    __syncwarp();
+    for (uint32_t i = lane; i < n; i += 32) {
+        const uint32_t pos = __ldg(entries + i) & 0xFFFFu;
+        if (pos < static_cast<uint32_t>(kTileElems)) atomicAdd(counts + (pos >> 6), 1u);  // padding skipped
+    }
+    __syncwarp();
+    const uint32_t n0 = counts[lane], n1 = counts[lane + 32];
+    const uint32_t first0 = warp_exclusive_sum(n0, lane);
+    const uint32_t first1 = __shfl_sync(kFull, first0 + n0, 31) + warp_exclusive_sum(n1, lane);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint32_t begin = h ? first1 : first0, end = begin + (h ? n1 : n0);
+        for (uint32_t i = begin; i < end && i < n; ++i) {
+            const uint32_t e = __ldg(entries + i);
+            uint32_t r, c;
+            unswizzle(e & 0xFFFu, &r, &c);
+            if (c < cols) acc[h] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(__ldg(x + c)), acc[h]);
+        }
+    }
+    __syncwarp();  // counts are reused for the next tile
+}
+
+template <int kFormat, int kDtype>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
+    __shared__ float s_sum[kGemvWarps][kTileM];
+    __shared__ uint32_t s_counts[kGemvWarps][kTileM];
+    __shared__ int s_is_last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t mt = blockIdx.x;
+    const int split = blockIdx.y;
+    const int64_t kt_begin = int64_t(split) * p.k_tiles_per_split;
+    const int64_t kt_end = kt_begin + p.k_tiles_per_split < p.tiles_k ? kt_begin + p.k_tiles_per_split : p.tiles_k;
+    float acc[2] = {0.f, 0.f};
+    for (int64_t kt = kt_begin + warp; kt < kt_end; kt += kGemvWarps) {
+        const uint64_t t = uint64_t(mt) * uint64_t(p.tiles_k) + uint64_t(kt);
+        const uint64_t begin = __ldg(p.offsets + t), end = __ldg(p.offsets + t + 1);
+        const uint32_t bytes = end > begin ? uint32_t(end - begin < p.slot_bytes ? end - begin : p.slot_bytes) : 0u;
+        const uint16_t* x = p.x + kt * kTileK;
+        const int64_t cols = p.K - kt * kTileK;
+        if (kFormat == FSPMM_FORMAT_BITMAP)
+            bitmap_tile<kDtype>(p.data + begin, bytes, x, cols, lane, acc);
+        else
+            csl_tile<kDtype>(p.data + begin, bytes, x, cols, lane, s_counts[warp], acc);
+    }
+    s_sum[warp][lane] = acc[0];
+    s_sum[warp][lane + 32] = acc[1];
+    __syncthreads();
+    const int64_t m0 = mt * kTileM;
+    const int r = threadIdx.x;  // threads 0..63 finish one row each
+    float sum = 0.f;
+    if (r < kTileM)
+        for (int w = 0; w < kGemvWarps; ++w) sum += s_sum[w][r];
+    const bool row_ok = r < kTileM && m0 + r < p.M;
+    if (p.splits > 1) {
+        // Publish this slice's sums; the last CTA of the stripe to arrive adds all slices in slice order.
+        if (row_ok) p.partial[int64_t(split) * p.M + m0 + r] = sum;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) s_is_last = atomicAdd(p.counters + mt, 1u) == unsigned(p.splits - 1);
+        __syncthreads();
+        if (!s_is_last) return;
+        __threadfence();
+        if (row_ok) {
+            sum = 0.f;
+            for (int s = 0; s < p.splits; ++s) sum += __ldcg(p.partial + int64_t(s) * p.M + m0 + r);
+        }
+    }
+    if (!row_ok) return;
+    const int64_t m = m0 + r;
+    float out = p.alpha * sum;
+    if (p.bias) out += to_float<kDtype>(p.bias[m]);
+    if (p.beta != 0.f) out += p.beta * to_float<kDtype>(p.y[m]);
+    p.y[m] = from_float<kDtype>(out);
+}
+
+}  // namespace
+
+const void* gemv_kernel_func(int format, int dtype) {
+    if (format == FSPMM_FORMAT_BITMAP)
+        return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16>)
+                                             : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16>);
+    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16>)
+                                         : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16>);
+}
+
+cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
+    if (format == FSPMM_FORMAT_BITMAP) {
+        if (dtype == FSPMM_DTYPE_BFLOAT16)
+            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+        else
+            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+    } else {
+        if (dtype == FSPMM_DTYPE_BFLOAT16)
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+        else
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+    }
+    return cudaGetLastError();
+}
+
+}  // namespace fspmm
