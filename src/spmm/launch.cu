@@ -145,6 +145,9 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                "cudaDeviceGetAttribute");
     const void* func = gemv_kernel_func(h.format, h.dtype);
+    cudaFuncAttributes attr{};
+    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
+    max_smem -= int(attr.sharedSizeBytes);  // its static shared memory counts against the limit
     const int64_t slots = int64_t(sms) * ctas_per_sm(device, func, kGemvThreads, 0, max_smem);
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks, h.tiles_k, slots);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
