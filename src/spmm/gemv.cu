@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 
 #include "format/layout.h"
+#include "ptx/ptx.cuh"
 #include "spmm/gemv.h"
 
 namespace fspmm {
@@ -46,15 +47,16 @@ __device__ __forceinline__ uint32_t warp_exclusive_sum(uint32_t v, int lane) {
     return x - v;
 }
 
-// Bitmap tile at `tile` (bytes long): adds rows lane and lane + 32 of W times x[0..63] to acc.
+// Bitmap tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values, shared)
+// to acc.
 template <int kDtype>
-__device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int64_t cols,
-                                            int lane, float (&acc)[2]) {
+__device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
+                                            float (&acc)[2]) {
     if (bytes < kBitmapMaskBytes) return;
     const uint32_t values_end = (bytes - kBitmapMaskBytes) / 2;  // guards reads against a corrupted tile
     const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
     // first value of blocks 2L and 2L+1 (mma block order), packed (even | odd << 16)
-    const uint4 m = __ldg(reinterpret_cast<const uint4*>(tile) + lane);
+    const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];
     const uint32_t c0 = __popc(m.x) + __popc(m.y), c1 = __popc(m.z) + __popc(m.w);
     const uint32_t first0 = warp_exclusive_sum(c0 + c1, lane);
     const uint32_t firsts = first0 | (first0 + c0) << 16;
@@ -66,31 +68,30 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
             // block (br, bc) in mma order: j = 16 (br / 2) + 4 (bc / 2) + 2 (bc % 2) + br % 2
             const int j = 16 * (br >> 1) + 4 * (bc >> 1) + 2 * (bc & 1) + (br & 1);
             const uint32_t f = __shfl_sync(kFull, firsts, j >> 1);
-            const uint2 mask = __ldg(reinterpret_cast<const uint2*>(tile) + j);
+            const uint2 mask = reinterpret_cast<const uint2*>(tile)[j];
             const uint32_t word = q < 4 ? mask.x : mask.y, shift = 8 * (q & 3);
             uint32_t v = ((j & 1) ? f >> 16 : f & 0xFFFFu) + (q < 4 ? 0u : __popc(mask.x)) +
                          __popc(word & ((1u << shift) - 1u));
             for (uint32_t b = (word >> shift) & 0xFFu; b != 0; b &= b - 1, ++v) {
-                const int64_t col = 8 * bc + (__ffs(b) - 1);
-                if (v < values_end && col < cols)
-                    acc[h] = fmaf(to_float<kDtype>(__ldg(values + v)), to_float<kDtype>(__ldg(x + col)), acc[h]);
+                const int col = 8 * bc + (__ffs(b) - 1);
+                if (v < values_end) acc[h] = fmaf(to_float<kDtype>(values[v]), to_float<kDtype>(x[col]), acc[h]);
             }
         }
     }
 }
 
-// Tiled-CSL tile at `tile` (bytes long): adds rows lane and lane + 32 of W times x[0..63] to acc.
-// `counts` is this warp's shared scratch of 64 row counters.
+// Tiled-CSL tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values,
+// shared) to acc. `counts` is this warp's shared scratch of 64 row counters.
 template <int kDtype>
-__device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int64_t cols,
-                                         int lane, uint32_t* counts, float (&acc)[2]) {
+__device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
+                                         uint32_t* counts, float (&acc)[2]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
     const uint32_t n = bytes / 4;
     counts[lane] = 0;
     counts[lane + 32] = 0;
     __syncwarp();
     for (uint32_t i = lane; i < n; i += 32) {
-        const uint32_t pos = __ldg(entries + i) & 0xFFFFu;
+        const uint32_t pos = entries[i] & 0xFFFFu;
         if (pos < static_cast<uint32_t>(kTileElems)) atomicAdd(counts + (pos >> 6), 1u);  // padding skipped
     }
     __syncwarp();
@@ -101,17 +102,22 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
     for (int h = 0; h < 2; ++h) {
         const uint32_t begin = h ? first1 : first0, end = begin + (h ? n1 : n0);
         for (uint32_t i = begin; i < end && i < n; ++i) {
-            const uint32_t e = __ldg(entries + i);
+            const uint32_t e = entries[i];
             uint32_t r, c;
             unswizzle(e & 0xFFFu, &r, &c);
-            if (c < cols) acc[h] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(__ldg(x + c)), acc[h]);
+            acc[h] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(x[c]), acc[h]);
         }
     }
     __syncwarp();  // counts are reused for the next tile
 }
 
+// Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by the 64 x values of its K tile.
+__device__ __forceinline__ uint32_t buffer_bytes(uint32_t slot_bytes) { return slot_bytes + kTileK * 2; }
+
 template <int kFormat, int kDtype>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
+    extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
+    __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
     __shared__ float s_sum[kGemvWarps][kTileM];
     __shared__ uint32_t s_counts[kGemvWarps][kTileM];
     __shared__ int s_is_last;
@@ -119,19 +125,49 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
     const int64_t mt = blockIdx.x;
     const int split = blockIdx.y;
     const int64_t kt_begin = int64_t(split) * p.k_tiles_per_split;
-    const int64_t kt_end = kt_begin + p.k_tiles_per_split < p.tiles_k ? kt_begin + p.k_tiles_per_split : p.tiles_k;
+    const int nk = int((kt_begin + p.k_tiles_per_split < p.tiles_k ? kt_begin + p.k_tiles_per_split : p.tiles_k) -
+                       kt_begin);
+    for (int e = threadIdx.x; e <= nk; e += kGemvThreads) s_off[e] = __ldg(p.offsets + mt * p.tiles_k + kt_begin + e);
+    __syncthreads();
+
+    const uint32_t buf_bytes = buffer_bytes(p.slot_bytes);
+    uint8_t* bufs = smem + size_t(warp) * 2 * buf_bytes;
+    // Copy tile i of the slice (and its x values) into buffer b with cp.async; always closes a group.
+    auto issue = [&](int i, int b) {
+        if (i < nk) {
+            const uint64_t off = s_off[i];
+            const uint32_t bytes = uint32_t(s_off[i + 1] - off < p.slot_bytes ? s_off[i + 1] - off : p.slot_bytes);
+            const uint32_t dst = ptx::smem_addr(bufs + b * buf_bytes);
+            for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, p.data + off + c, 16);
+            const int64_t k0 = (kt_begin + i) * kTileK;
+            const uint16_t* x = p.x + k0;
+            uint8_t* xs = bufs + b * buf_bytes + p.slot_bytes;
+            if (p.x_vec && k0 + kTileK <= p.K) {
+                if (lane < kTileK / 8) ptx::cp_async_16(ptx::smem_addr(xs) + 16 * lane, x + 8 * lane, 16);
+            } else {  // unaligned x or the last, partial K tile: plain loads, zeros past K
+                for (int c = lane; c < kTileK; c += 32)
+                    reinterpret_cast<uint16_t*>(xs)[c] = k0 + c < p.K ? x[c] : uint16_t(0);
+            }
+        }
+        ptx::cp_async_commit();
+    };
     float acc[2] = {0.f, 0.f};
-    for (int64_t kt = kt_begin + warp; kt < kt_end; kt += kGemvWarps) {
-        const uint64_t t = uint64_t(mt) * uint64_t(p.tiles_k) + uint64_t(kt);
-        const uint64_t begin = __ldg(p.offsets + t), end = __ldg(p.offsets + t + 1);
-        const uint32_t bytes = end > begin ? uint32_t(end - begin < p.slot_bytes ? end - begin : p.slot_bytes) : 0u;
-        const uint16_t* x = p.x + kt * kTileK;
-        const int64_t cols = p.K - kt * kTileK;
+    issue(warp, 0);
+    int b = 0;
+    for (int i = warp; i < nk; i += kGemvWarps, b ^= 1) {
+        issue(i + kGemvWarps, b ^ 1);  // the warp's next tile is in flight while this one is multiplied
+        ptx::cp_async_wait<1>();
+        __syncwarp();
+        const uint8_t* tile = bufs + b * buf_bytes;
+        const uint32_t bytes = uint32_t(s_off[i + 1] - s_off[i] < p.slot_bytes ? s_off[i + 1] - s_off[i] : p.slot_bytes);
+        const uint16_t* xs = reinterpret_cast<const uint16_t*>(tile + p.slot_bytes);
         if (kFormat == FSPMM_FORMAT_BITMAP)
-            bitmap_tile<kDtype>(p.data + begin, bytes, x, cols, lane, acc);
+            bitmap_tile<kDtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<kDtype>(p.data + begin, bytes, x, cols, lane, s_counts[warp], acc);
+            csl_tile<kDtype>(tile, bytes, xs, lane, s_counts[warp], acc);
+        __syncwarp();  // the buffer is refilled two tiles later
     }
+    ptx::cp_async_wait<0>();
     s_sum[warp][lane] = acc[0];
     s_sum[warp][lane + 32] = acc[1];
     __syncthreads();
@@ -173,17 +209,20 @@ const void* gemv_kernel_func(int format, int dtype) {
                                          : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16>);
 }
 
+size_t gemv_smem_bytes(uint32_t slot_bytes) { return size_t(kGemvWarps) * 2 * (slot_bytes + kTileK * 2); }
+
 cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
+    const size_t smem = gemv_smem_bytes(p.slot_bytes);
     if (format == FSPMM_FORMAT_BITMAP) {
         if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
         else
-            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
     } else {
         if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
         else
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, 0, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
     }
     return cudaGetLastError();
 }

@@ -6,7 +6,11 @@
 
 namespace fspmm {
 
-constexpr int kGemvThreads = 128;  // 4 warps per CTA
+constexpr int kGemvThreads = 128;    // 4 warps per CTA
+constexpr int kGemvMaxKTiles = 256;  // K tiles per CTA (its tile offsets are staged in shared memory)
+
+// Dynamic shared memory of a launch: two buffers per warp of one compressed tile (slot_bytes) + 64 x values.
+size_t gemv_smem_bytes(uint32_t slot_bytes);
 
 // The kernel for a blob format and dtype (for occupancy queries).
 const void* gemv_kernel_func(int format, int dtype);

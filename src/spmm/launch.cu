@@ -136,7 +136,7 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     plan.n_blocks = 1;
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
-    plan.smem = 0;
+    plan.smem = gemv_smem_bytes(plan.slot_bytes);
     int sms = 0, major = 0, max_smem = 0;
     check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
     if (major < 8)
@@ -148,8 +148,14 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     cudaFuncAttributes attr{};
     check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
     max_smem -= int(attr.sharedSizeBytes);  // its static shared memory counts against the limit
-    const int64_t slots = int64_t(sms) * ctas_per_sm(device, func, kGemvThreads, 0, max_smem);
+    if (plan.smem > size_t(max_smem))
+        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(plan.smem) +
+                                           " bytes of shared memory per block; the device allows " +
+                                           std::to_string(max_smem));
+    const int64_t slots = int64_t(sms) * ctas_per_sm(device, func, kGemvThreads, plan.smem, max_smem);
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks, h.tiles_k, slots);
+    const int64_t min_splits = ceil_div(h.tiles_k, kGemvMaxKTiles);  // a CTA handles at most 256 K tiles
+    if (splits < min_splits) splits = int(min_splits);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
     if (splits > 65535) splits = 65535;
     plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
