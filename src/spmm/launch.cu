@@ -119,12 +119,19 @@ int kernel_id(const fspmm_header_t& h) {
     return density > kRowsDensity ? kBitmapRows : FSPMM_FORMAT_BITMAP;
 }
 
-// Whether N = 1 runs the CUDA-core kernel (gemv.cu); FSPMM_GEMV=0 selects the MMA kernels instead (for
-// benchmarks and tests).
-bool use_gemv(int64_t N) {
+// Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
+// work per stored value beats expanding tiles for the Tensor Cores (measured on H100, docs/PERFORMANCE.md).
+constexpr double kGemvDensity = 0.15;
+
+// Whether this call runs the CUDA-core kernel. FSPMM_GEMV=1 forces it for every N = 1 call (either format),
+// FSPMM_GEMV=0 never uses it (for benchmarks and tests).
+bool use_gemv(const fspmm_header_t& h, int64_t N) {
     if (N != 1) return false;
     const char* env = std::getenv("FSPMM_GEMV");
-    return !(env && std::strcmp(env, "0") == 0);
+    if (env && std::strcmp(env, "0") == 0) return false;
+    if (env && std::strcmp(env, "1") == 0) return true;
+    const double density = double(h.nnz) / (double(h.M) * double(h.K));
+    return h.format == FSPMM_FORMAT_TILED_CSL && density <= kGemvDensity;
 }
 
 // Plan of the N = 1 kernel: a CTA per 64-row stripe and K slice.
@@ -171,7 +178,7 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
 LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device) {
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    if (use_gemv(N)) return plan_gemv(h, split_k, device);
+    if (use_gemv(h, N)) return plan_gemv(h, split_k, device);
     LinearPlan plan{};
     plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
     plan.m_blocks = ceil_div(h.tiles_m, kStripes);
