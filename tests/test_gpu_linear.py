@@ -212,9 +212,9 @@ def test_device_roundtrip_and_save(request, tmp_path):
     check_close(flashspmm.linear(x, W2), reference(x, w), "bfloat16")
 
 
-# ---- N = 1: the CUDA-core kernel (gemv.cu); FSPMM_GEMV=0 selects the MMA kernels -------------------------
+# ---- N = 1: the CUDA-core kernel (gemv.cu); FSPMM_GEMV=1 forces it, 0 selects the MMA kernels ------------
 
-@pytest.mark.parametrize("gemv", ["1", "0"])
+@pytest.mark.parametrize("gemv", ["1", "0", ""])  # "": the default rule
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
 @pytest.mark.parametrize("M,K,sparsity", [(1, 1, 0.0), (65, 63, 0.5), (257, 300, 0.0), (300, 4100, 0.9),
