@@ -12,8 +12,8 @@
 //   bitmap:    lane L reads the masks of its rows in the 8 blocks of each row (64-bit masks, mma block order),
 //              finds each block's first value with one shuffle (a warp scan of block popcounts) and walks the
 //              set bits of its row byte.
-//   Tiled-CSL: the warp finds where each row's entries start (entries are sorted by row, then column) and
-//              each lane walks the entries of its two rows with four partial sums.
+//   Tiled-CSL: the warp counts the entries of each row (shared-memory integer atomics), scans the counts,
+//              and each lane walks the entries of its two rows (entries are sorted by row, then column).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -84,47 +84,34 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
 }
 
 // Tiled-CSL tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values,
-// shared) to acc. `starts` is this warp's shared scratch of 65 row starts.
+// shared) to acc. `counts` is this warp's shared scratch of 64 row counters.
 template <int kDtype>
 __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
-                                         uint32_t* starts, float (&acc)[2]) {
+                                         uint32_t* counts, float (&acc)[2]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
     const uint32_t n = bytes / 4;
-    // Row starts from the row changes between consecutive entries (entries are sorted by row; padding entries
-    // count as row 64). No atomics: every start is written by the one lane that sees its row begin.
-    int carry = -1;  // row of the entry before this batch
-    for (uint32_t base = 0; base < n; base += 32) {
-        const uint32_t i = base + lane;
-        const int row = i < n ? int(min((entries[i] & 0xFFFFu) >> 6, uint32_t(kTileM))) : kTileM;
-        int prev = __shfl_up_sync(kFull, row, 1);
-        if (lane == 0) prev = carry;
-        for (int r = prev + 1; r <= row; ++r) starts[r] = i;
-        carry = __shfl_sync(kFull, row, 31);
-    }
-    for (int r = carry + 1 + lane; r <= kTileM; r += 32) starts[r] = n;  // rows after the last entry
+    counts[lane] = 0;
+    counts[lane + 32] = 0;
     __syncwarp();
-    const uint32_t key = uint32_t(lane & 7) << 3;  // swizzle key of rows lane and lane + 32 (same r % 8)
+    for (uint32_t i = lane; i < n; i += 32) {
+        const uint32_t pos = entries[i] & 0xFFFFu;
+        if (pos < static_cast<uint32_t>(kTileElems)) atomicAdd(counts + (pos >> 6), 1u);  // padding skipped
+    }
+    __syncwarp();
+    const uint32_t n0 = counts[lane], n1 = counts[lane + 32];
+    const uint32_t first0 = warp_exclusive_sum(n0, lane);
+    const uint32_t first1 = __shfl_sync(kFull, first0 + n0, 31) + warp_exclusive_sum(n1, lane);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        const int r = lane + 32 * h;
-        const uint32_t begin = starts[r], end = min(starts[r + 1], n);
-        // four independent partial sums keep four loads in flight; added in a fixed order
-        float part[4] = {0.f, 0.f, 0.f, 0.f};
-        uint32_t i = begin;
-        for (; i + 4 <= end; i += 4) {
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const uint32_t e = entries[i + u];
-                part[u] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(x[(e & 63u) ^ key]), part[u]);
-            }
-        }
-        for (; i < end; ++i) {  // the last 0-3 entries
+        const uint32_t begin = h ? first1 : first0, end = begin + (h ? n1 : n0);
+        for (uint32_t i = begin; i < end && i < n; ++i) {
             const uint32_t e = entries[i];
-            part[0] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(x[(e & 63u) ^ key]), part[0]);
+            uint32_t r, c;
+            unswizzle(e & 0xFFFu, &r, &c);
+            acc[h] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(x[c]), acc[h]);
         }
-        acc[h] += (part[0] + part[1]) + (part[2] + part[3]);
     }
-    __syncwarp();  // starts are reused for the next tile
+    __syncwarp();  // counts are reused for the next tile
 }
 
 // Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by the 64 x values of its K tile.
@@ -135,7 +122,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
     extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
     __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
     __shared__ float s_sum[kGemvWarps][kTileM];
-    __shared__ uint32_t s_starts[kGemvWarps][kTileM + 1];
+    __shared__ uint32_t s_counts[kGemvWarps][kTileM];
     __shared__ int s_is_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t mt = blockIdx.x;
@@ -180,7 +167,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
         if (kFormat == FSPMM_FORMAT_BITMAP)
             bitmap_tile<kDtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<kDtype>(tile, bytes, xs, lane, s_starts[warp], acc);
+            csl_tile<kDtype>(tile, bytes, xs, lane, s_counts[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
     ptx::cp_async_wait<0>();
