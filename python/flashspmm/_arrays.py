@@ -7,6 +7,7 @@ torch and cupy are imported only when an object of theirs is passed in.
 """
 
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -17,7 +18,7 @@ from . import _dlpack, _native
 from ._native import ffi, lib
 
 __all__ = ["ArrayInfo", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "resolve_stream",
-           "numpy_dtype", "Origin"]
+           "numpy_dtype", "Origin", "workspace"]
 
 Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
 
@@ -348,6 +349,30 @@ class DeviceBuffer:
 
     def __repr__(self):
         return f"DeviceBuffer(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_index})"
+
+
+def workspace(info, nbytes, stream_handle):
+    """A workspace of nbytes in info's framework, safe to use on stream_handle: (array, device address).
+
+    (None, 0) when nbytes is 0.
+    """
+    if nbytes == 0:
+        return None, 0
+    if info.framework == "torch":
+        torch = sys.modules["torch"]
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=info.obj.device)
+        if stream_handle != info.stream:  # tell the caching allocator the memory is used on that stream
+            with warnings.catch_warnings():  # ExternalStream is deprecated in newer torch, still the way for a raw handle
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=info.obj.device))
+        return ws, int(ws.data_ptr())
+    if info.framework == "cupy":
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(info.device_index), cupy.cuda.ExternalStream(stream_handle):
+            ws = cupy.empty(nbytes, dtype=cupy.uint8)
+        return ws, int(ws.data.ptr)
+    ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
+    return ws, ws.ptr
 
 
 def free_device(ptr, device_index):

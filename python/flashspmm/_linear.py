@@ -1,8 +1,6 @@
 """linear(): y = alpha * x @ W.T + bias + beta * out, on the host (numpy) or a GPU (torch, cupy, ...)."""
 
 import numbers
-import sys
-import warnings
 
 from . import _arrays, _native
 from ._arrays import ArrayInfo
@@ -49,27 +47,6 @@ def _number(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {type(value).__qualname__}")
     return float(value)
-
-
-def _workspace(info, nbytes, stream_handle):
-    """A workspace of nbytes in x's framework, safe to use on stream_handle."""
-    if nbytes == 0:
-        return None, 0
-    if info.framework == "torch":
-        torch = sys.modules["torch"]
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=info.obj.device)
-        if stream_handle != info.stream:  # tell the caching allocator the memory is used on that stream
-            with warnings.catch_warnings():  # ExternalStream is deprecated in newer torch, still the way for a raw handle
-                warnings.simplefilter("ignore", DeprecationWarning)
-                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=info.obj.device))
-        return ws, int(ws.data_ptr())
-    if info.framework == "cupy":
-        cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(info.device_index), cupy.cuda.ExternalStream(stream_handle):
-            ws = cupy.empty(nbytes, dtype=cupy.uint8)
-        return ws, int(ws.data.ptr)
-    ws = _arrays.DeviceBuffer((nbytes,), "uint8", info.device_index)
-    return ws, ws.ptr
 
 
 def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=None):
@@ -172,7 +149,7 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
     with _native.on_device(xi.device_index):
         ws_bytes = ffi.new("size_t *")
         check(lib.fspmm_linear_workspace_size(W.header, N, int(split_k), ws_bytes))
-        ws, ws_ptr = _workspace(xi, int(ws_bytes[0]), stream_handle)
+        ws, ws_ptr = _arrays.workspace(xi, int(ws_bytes[0]), stream_handle)
         check(lib.fspmm_linear(W.header, _native.as_ptr(W.data_ptr), _native.as_ptr(x2.ptr), N, ldx,
                                _native.as_ptr(bias_ptr), _native.as_ptr(o2.ptr), ldy, alpha, beta, int(split_k),
                                _native.as_ptr(ws_ptr), int(ws_bytes[0]), _native.as_ptr(stream_handle)))

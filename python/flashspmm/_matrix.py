@@ -282,16 +282,6 @@ def _compress_host(ptr, m, k, ld, dtype_code, format_code):
     return SparseMatrix._new(header, host_blob=blob)
 
 
-def _download_matrix(info, m, k, ld):
-    """Copy a 2-D device matrix (row stride ld) to a host uint16 array [m, k]."""
-    span = (m - 1) * ld + k
-    host = np.empty(span, dtype=np.uint16)
-    with _native.on_device(info.device_index):
-        check(lib.fspmm_memcpy(_native.as_ptr(_addr(host)), _native.as_ptr(info.ptr), span * 2,
-                               lib.FSPMM_COPY_DEVICE_TO_HOST, _native.as_ptr(info.stream or 0)))
-    return np.lib.stride_tricks.as_strided(host, shape=(m, k), strides=(ld * 2, 2))
-
-
 def _compress_device(info, m, k, ld, dtype_code, format_code):
     """Compress a device matrix on its GPU; the blob is allocated by the matrix's framework."""
     origin = _arrays.Origin.of(info)
@@ -300,8 +290,8 @@ def _compress_device(info, m, k, ld, dtype_code, format_code):
     with _native.on_device(info.device_index):
         ws_bytes = ffi.new("size_t *")
         check(lib.fspmm_compress_workspace_size(m, k, ws_bytes))
-        ws = origin.empty((int(ws_bytes[0]),), "uint8")
-        ws_ptr = _native.as_ptr(_arrays.describe(ws, "workspace").ptr)
+        ws, ws_addr = _arrays.workspace(info, int(ws_bytes[0]), info.stream or 0)
+        ws_ptr = _native.as_ptr(ws_addr)
         check(lib.fspmm_compress_count(src, m, k, ld, dtype_code, ws_ptr, ws_bytes[0], stream))
         size = ffi.new("size_t *")
         chosen = ffi.new("fspmm_format_t *")

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, _native
+from . import _arrays
 
 __all__ = ["ExternalArray", "from_pointer"]
 

@@ -86,8 +86,7 @@ def _prune_device(info, m, k, ld, sparsity, scope):
         ws_bytes = ffi.new("size_t *")
         check(lib.fspmm_prune_workspace_size(m, k, scope, ws_bytes))
         nbytes = int(ws_bytes[0])
-        ws = _arrays.empty_like_framework(info, (nbytes,), "uint8") if nbytes else None
-        ws_ptr = _arrays.describe(ws, "workspace").ptr if nbytes else 0
+        ws, ws_ptr = _arrays.workspace(info, nbytes, stream)
         check(lib.fspmm_prune(_native.as_ptr(_arrays.describe(out, "out").ptr), m, k, k, DTYPES[info.dtype],
                               sparsity, scope, _native.as_ptr(ws_ptr), nbytes, _native.as_ptr(stream)))
     del ws  # freed by its framework, ordered after the work on the stream

@@ -53,6 +53,12 @@ inline void require_leading_dim(int64_t rows, int64_t cols, int64_t ld, const ch
                                  std::to_string(rows) + " rows overflows the address space: pass a smaller " + ld_name);
 }
 
+// Raise INVALID_ARGUMENT unless `p` (a device buffer: blob, workspace, output) is 16-byte aligned.
+inline void require_aligned16(const void* p, const char* name) {
+    FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+                  std::string(name) + " must be 16-byte aligned (cudaMalloc and framework allocations are)");
+}
+
 // Raise INVALID_ARGUMENT unless dtype is FLOAT16 or BFLOAT16.
 inline void require_dtype(int dtype) {
     FSPMM_REQUIRE(dtype == FSPMM_DTYPE_FLOAT16 || dtype == FSPMM_DTYPE_BFLOAT16,

@@ -13,12 +13,6 @@
 namespace fspmm {
 namespace {
 
-// Raise INVALID_ARGUMENT unless `p` (a device buffer) is 16-byte aligned.
-void require_aligned16(const void* p, const char* name) {
-    FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(p) % 16 == 0,
-                  std::string(name) + " must be 16-byte aligned (cudaMalloc and framework allocations are)");
-}
-
 // Checks of the encoder's workspace for an M x K matrix.
 void require_encode_workspace(const void* workspace, size_t workspace_bytes, int64_t M, int64_t K) {
     const size_t need = encode_workspace_bytes(M, K);

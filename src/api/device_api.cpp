@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "api/checks.h"
 #include "api/export.h"
 #include "common/error.h"
 #include "format/header.h"
@@ -43,8 +44,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear(const fspmm_header_t* header, c
         check_header_arg(header);
         const fspmm_header_t& h = *header;
         FSPMM_REQUIRE(blob != nullptr, "blob is NULL");
-        FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(blob) % 16 == 0,
-                      "blob must be 16-byte aligned (cudaMalloc memory is)");
+        fspmm::require_aligned16(blob, "blob");
         FSPMM_REQUIRE(x != nullptr && y != nullptr, "x and y must be device pointers, not NULL");
         FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(x) % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 2 == 0 &&
                           reinterpret_cast<uintptr_t>(bias) % 2 == 0,
@@ -59,8 +59,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear(const fspmm_header_t* header, c
                       "workspace too small: need " + std::to_string(plan.workspace) + " bytes, got " +
                           std::to_string(workspace_bytes) + " (ask fspmm_linear_workspace_size)");
         FSPMM_REQUIRE(plan.workspace == 0 || workspace != nullptr, "workspace is NULL but this call needs one");
-        FSPMM_REQUIRE(plan.workspace == 0 || reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
-                      "workspace must be 16-byte aligned");
+        if (plan.workspace != 0) fspmm::require_aligned16(workspace, "workspace");
         fspmm::run_linear(h, plan, blob, x, ldx, N, bias, y, ldy, alpha, beta, workspace,
                           static_cast<cudaStream_t>(stream));
         return FSPMM_OK;

@@ -37,8 +37,7 @@ void require_prune_workspace(const void* workspace, size_t workspace_bytes, int6
     if (need == 0) return;
     require_pointer(workspace, "workspace",
                     "device memory of fspmm_prune_workspace_size bytes (tensor scope needs a workspace)");
-    FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(workspace) % 16 == 0,
-                  "workspace must be 16-byte aligned (cudaMalloc and framework allocations are)");
+    require_aligned16(workspace, "workspace");
     FSPMM_REQUIRE(workspace_bytes >= need, "workspace too small: need " + std::to_string(need) + " bytes, got " +
                                                std::to_string(workspace_bytes) +
                                                " (ask fspmm_prune_workspace_size)");

@@ -59,29 +59,6 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
     raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
 }
 
-// CTAs of `func` with `smem` bytes that fit on one SM. The first time a kernel is seen on a device, its
-// dynamic shared-memory limit is raised to the device's maximum (max_smem), so any later plan fits.
-// Cached: both CUDA calls cost more than the launch itself.
-int ctas_per_sm(int device, const void* func, int threads, size_t smem, int max_smem) {
-    static std::mutex mutex;
-    static std::map<std::tuple<int, const void*, size_t>, int> cache;
-    static std::map<std::pair<int, const void*>, bool> raised;
-    std::lock_guard<std::mutex> lock(mutex);
-    const auto key = std::make_tuple(device, func, smem);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-    if (!raised[{device, func}]) {
-        check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem),
-                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-        raised[{device, func}] = true;
-    }
-    int blocks = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, threads, smem),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    if (blocks < 1) raise(FSPMM_ERR_NOT_SUPPORTED, "the kernel does not fit on this device's multiprocessors");
-    cache.emplace(key, blocks);
-    return blocks;
-}
 
 // Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`, and each costs
 // its K tiles plus a fixed overhead (prologue, epilogue, reduction) worth about two tiles.
@@ -119,6 +96,70 @@ int kernel_id(const fspmm_header_t& h) {
     return density > kRowsDensity ? kBitmapRows : FSPMM_FORMAT_BITMAP;
 }
 
+// CTAs of `func` (threads per CTA, smem bytes of dynamic shared memory) that run at once on all the SMs of
+// `device`. Raises if the device is older than sm_80 or the kernel does not fit. The first time a kernel is
+// seen on a device, its dynamic shared-memory limit is raised to the device's maximum, so any later plan fits.
+// Cached per (device, kernel, smem): the CUDA queries cost more than a launch, and every call plans twice
+// (workspace query, then launch).
+int64_t resident_ctas(int device, const void* func, int threads, size_t smem) {
+    static std::mutex mutex;
+    static std::map<std::tuple<int, const void*, size_t>, int64_t> cache;
+    static std::map<std::pair<int, const void*>, bool> raised;
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto key = std::make_tuple(device, func, smem);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    int max_smem = 0, sms = 0, major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    if (major < 8)
+        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
+    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    cudaFuncAttributes attr{};
+    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
+    max_smem -= int(attr.sharedSizeBytes);  // the kernel's static shared memory counts against the limit
+    if (smem > size_t(max_smem))
+        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(smem) +
+                                           " bytes of shared memory per block; the device allows " +
+                                           std::to_string(max_smem));
+    if (!raised[{device, func}]) {
+        check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem),
+                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+        raised[{device, func}] = true;
+    }
+    int blocks = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, threads, smem),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (blocks < 1) raise(FSPMM_ERR_NOT_SUPPORTED, "the kernel does not fit on this device's multiprocessors");
+    const int64_t slots = int64_t(sms) * blocks;
+    cache.emplace(key, slots);
+    return slots;
+}
+
+// Shared-memory bytes reserved per compressed tile: the largest tile of the blob, rounded to 16.
+uint32_t slot_bytes_of(const fspmm_header_t& h) {
+    return uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
+}
+
+// Split-K (given, or chosen for `slots` resident CTAs), K tiles per split and workspace of a plan whose
+// m_blocks and n_blocks are set; a CTA handles at most max_k_tiles K tiles.
+void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots,
+                 int max_k_tiles) {
+    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    const int64_t min_splits = ceil_div(h.tiles_k, max_k_tiles);
+    if (splits < min_splits) splits = int(min_splits);
+    if (splits > h.tiles_k) splits = int(h.tiles_k);
+    if (splits > 65535) splits = 65535;
+    plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
+    plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
+    plan.workspace = 0;
+    if (plan.splits > 1) {
+        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
+        plan.workspace = round_up(partial, 256) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
+    }
+}
+
 // Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
 // work per stored value beats expanding tiles for the Tensor Cores (measured on H100, docs/PERFORMANCE.md).
 constexpr double kGemvDensity = 0.15;
@@ -142,34 +183,10 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     plan.m_blocks = h.tiles_m;
     plan.n_blocks = 1;
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
-    plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
+    plan.slot_bytes = slot_bytes_of(h);
     plan.smem = gemv_smem_bytes(plan.slot_bytes);
-    int sms = 0, major = 0, max_smem = 0;
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    if (major < 8)
-        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute");
     const void* func = gemv_kernel_func(h.format, h.dtype);
-    cudaFuncAttributes attr{};
-    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
-    max_smem -= int(attr.sharedSizeBytes);  // its static shared memory counts against the limit
-    if (plan.smem > size_t(max_smem))
-        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(plan.smem) +
-                                           " bytes of shared memory per block; the device allows " +
-                                           std::to_string(max_smem));
-    const int64_t slots = int64_t(sms) * ctas_per_sm(device, func, kGemvThreads, plan.smem, max_smem);
-    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks, h.tiles_k, slots);
-    const int64_t min_splits = ceil_div(h.tiles_k, kGemvMaxKTiles);  // a CTA handles at most 256 K tiles
-    if (splits < min_splits) splits = int(min_splits);
-    if (splits > h.tiles_k) splits = int(h.tiles_k);
-    if (splits > 65535) splits = 65535;
-    plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
-    plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));
-    plan.workspace = 0;
-    if (plan.splits > 1)
-        plan.workspace = round_up(uint64_t(plan.splits) * uint64_t(h.M) * 4, 256) + uint64_t(plan.m_blocks) * 4;
+    plan_splits(plan, h, 1, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
     return plan;
 }
 
@@ -185,39 +202,12 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     plan.n_blocks = ceil_div(N, plan.n_tile);
     FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call (at most 65535 * 64 tokens); split x");
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
-    plan.slot_bytes = uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
+    plan.slot_bytes = slot_bytes_of(h);
     plan.kernel = kernel_id(h);
     plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, plan.kernel != kBitmapDirect);
 
-    int max_smem = 0, sms = 0, major = 0;
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    if (major < 8)
-        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
-    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    cudaFuncAttributes attr{};
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
-    check_cuda(cudaFuncGetAttributes(&attr, k.func), "cudaFuncGetAttributes");
-    max_smem -= int(attr.sharedSizeBytes);  // the kernel's static shared memory counts against the limit
-    if (plan.smem > size_t(max_smem))
-        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(plan.smem) +
-                                           " bytes of shared memory per block; the device allows " +
-                                           std::to_string(max_smem));
-
-    const int64_t slots = int64_t(sms) * ctas_per_sm(device, k.func, kThreads, plan.smem, max_smem);
-    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
-    const int64_t min_splits = ceil_div(h.tiles_k, kMaxKTilesPerSplit);  // a CTA handles at most 256 K tiles
-    if (splits < min_splits) splits = int(min_splits);
-    if (splits > h.tiles_k) splits = int(h.tiles_k);
-    if (splits > 65535) splits = 65535;
-    plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
-    plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
-    plan.workspace = 0;
-    if (plan.splits > 1) {
-        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
-        plan.workspace = round_up(partial, 256) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
-    }
+    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, kThreads, plan.smem), kMaxKTilesPerSplit);
     return plan;
 }
 
