@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common/scan.cuh"
 #include "format/layout.h"
 
 namespace fspmm {
@@ -116,17 +117,11 @@ __device__ __forceinline__ void store_lane_chunk(const DenseArgs& d, int64_t row
 // Exclusive prefix sums, in tile chunk order (chunk lane + 32 * k), of the lane's 16 chunk counts (each
 // <= 8); returns the tile total. Two chunk rows share one warp scan in 16-bit fields.
 __device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kLaneChunks], uint32_t (&first)[kLaneChunks]) {
-    const int lane = threadIdx.x & 31;
     uint32_t base = 0;
 #pragma unroll
     for (int k = 0; k < kLaneChunks; k += 2) {
         const uint32_t v = count[k] | count[k + 1] << 16;
-        uint32_t x = v;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t y = __shfl_up_sync(kFullMask, x, o);
-            if (lane >= o) x += y;
-        }
+        const uint32_t x = warp_inclusive_sum(v);
         const uint32_t total = __shfl_sync(kFullMask, x, 31);
         const uint32_t excl = x - v;
         first[k] = base + (excl & 0xFFFFu);
@@ -146,32 +141,6 @@ __device__ __forceinline__ uint32_t stored_mask(const Chunk& c) {
         m |= ((s >> 15) & 1u) << (2 * i) | ((s >> 31) & 1u) << (2 * i + 1);
     }
     return m;
-}
-
-// Block-wide exclusive prefix sum of `v` (every thread of the block calls it); `total` gets the block sum.
-// `warp_sums` is shared scratch of one T per warp.
-template <typename T, int kThreads>
-__device__ __forceinline__ T block_exclusive_scan(T v, T* warp_sums, T* total) {
-    constexpr int kWarps = kThreads / 32;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    T x = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const T y = __shfl_up_sync(kFullMask, x, o);
-        if (lane >= o) x += y;
-    }
-    if (lane == 31) warp_sums[warp] = x;
-    __syncthreads();
-    T base = 0, sum = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-        const T s = warp_sums[w];
-        base += w < warp ? s : T(0);
-        sum += s;
-    }
-    __syncthreads();  // warp_sums may be reused right after
-    *total = sum;
-    return base + x - v;
 }
 
 // Sum of `v` over the warp, valid in every lane.

@@ -150,7 +150,7 @@ scan_reduce_kernel(const uint16_t* tile_nnz, Tiles g, const EncodeState* st, uns
         largest = max(largest, static_cast<unsigned int>(sizes[i]));
     }
     unsigned long long total = 0;
-    block_exclusive_scan<unsigned long long, kScanThreads>(sum, warp_sums, &total);  // syncs: block_max is set
+    block_exclusive_sum<unsigned long long, kScanThreads>(sum, warp_sums, &total);  // syncs: block_max is set
     atomicMax(&block_max, largest);
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -173,7 +173,7 @@ scan_blocks_kernel(unsigned long long* sums, const unsigned long long* maxima, u
         const unsigned long long v = b < blocks ? sums[b] : 0;
         if (b < blocks) largest = max(largest, maxima[b]);
         unsigned long long total = 0;
-        const unsigned long long prefix = block_exclusive_scan<unsigned long long, kBlocksThreads>(v, warp_sums, &total);
+        const unsigned long long prefix = block_exclusive_sum<unsigned long long, kBlocksThreads>(v, warp_sums, &total);
         if (b < blocks) sums[b] = carry + prefix;
         carry += total;
     }
@@ -207,7 +207,7 @@ scan_write_kernel(const uint16_t* tile_nnz, Tiles g, const unsigned long long* b
     for (int i = 0; i < kScanItems; ++i) sum += sizes[i];
     unsigned long long total = 0;
     unsigned long long off = block_offsets[blockIdx.x] +
-                             block_exclusive_scan<unsigned long long, kScanThreads>(sum, warp_sums, &total);
+                             block_exclusive_sum<unsigned long long, kScanThreads>(sum, warp_sums, &total);
     unsigned long long* table = reinterpret_cast<unsigned long long*>(out + kHeaderBytes);
     unsigned long long terms = 0;
 #pragma unroll

@@ -6,6 +6,7 @@
 #include "convert/prune_device.h"
 
 #include "common/error.h"
+#include "common/scan.cuh"
 #include "flashspmm.h"
 #include "spmm/launch.h"
 
@@ -71,35 +72,6 @@ __device__ __forceinline__ Tile tile_of(int64_t item, int64_t K) {
 
 // The 15-bit magnitude of an fp16 or bf16 bit pattern (zeros first, NaN after +Inf).
 __device__ __forceinline__ uint32_t magnitude(uint16_t bits) { return bits & 0x7FFFu; }
-
-// Sum of v over lanes 0..lane of the warp.
-template <typename T>
-__device__ __forceinline__ T warp_inclusive_sum(T v) {
-    const int lane = threadIdx.x & 31;
-    for (int d = 1; d < 32; d <<= 1) {
-        const T up = __shfl_up_sync(kFullMask, v, d);
-        if (lane >= d) v += up;
-    }
-    return v;
-}
-
-// Exclusive prefix sum of v over the threads of the CTA (thread order); *total gets the CTA's sum. Every
-// thread calls it; warp_sums is kWarps words of shared memory.
-__device__ uint32_t block_exclusive_sum(uint32_t v, uint32_t* warp_sums, uint32_t* total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const uint32_t inclusive = warp_inclusive_sum(v);
-    if (lane == 31) warp_sums[warp] = inclusive;
-    __syncthreads();
-    uint32_t before = 0, all = 0;
-    for (int i = 0; i < kWarps; ++i) {
-        const uint32_t s = warp_sums[i];
-        before += i < warp ? s : 0;
-        all += s;
-    }
-    __syncthreads();  // warp_sums is reused by the next call
-    *total = all;
-    return before + inclusive - v;
-}
 
 // Rank of this thread's flag among the set flags of the CTA (thread order); *total gets their number.
 // Every thread calls it; warp_counts is kWarps words of shared memory.
@@ -276,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) tensor_count_ties_kernel(const uint1
         uint32_t mine = 0;
         for (int64_t c = t.c0 + threadIdx.x; c < t.c1; c += kThreads) mine += magnitude(row[c]) == threshold;
         uint32_t total;
-        block_exclusive_sum(mine, warp_sums, &total);
+        block_exclusive_sum<uint32_t, kThreads>(mine, warp_sums, &total);
         if (threadIdx.x == 0) counts[item] = total;
     }
 }
@@ -300,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) tensor_find_cut_kernel(const uint16_
         for (int j = 0; j < kScanItems; ++j)
             if (first + j < items) mine += counts[first + j];
         uint32_t total;
-        unsigned long long before = seen + block_exclusive_sum(mine, warp_sums, &total);
+        unsigned long long before = seen + block_exclusive_sum<uint32_t, kThreads>(mine, warp_sums, &total);
         if (before <= want && want < before + mine) {  // one thread: its items hold the wanted entry
             int j = 0;
             while (before + counts[first + j] <= want) before += counts[first + j++];

@@ -14,11 +14,10 @@
 //              set bits of its row byte.
 //   Tiled-CSL: the warp counts the entries of each row (shared-memory integer atomics), scans the counts,
 //              and each lane walks the entries of its two rows (entries are sorted by row, then column).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "common/scan.cuh"
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
+#include "spmm/dtype.cuh"
 #include "spmm/gemv.h"
 
 namespace fspmm {
@@ -27,32 +26,9 @@ namespace {
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
-// fp16 / bf16 bits -> float.
-template <int kDtype>
-__device__ __forceinline__ float to_float(uint32_t bits) {
-    if (kDtype == FSPMM_DTYPE_BFLOAT16) return __uint_as_float(bits << 16);
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-}
-template <int kDtype>
-__device__ __forceinline__ uint16_t from_float(float v) {
-    if (kDtype == FSPMM_DTYPE_BFLOAT16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    return __half_as_ushort(__float2half_rn(v));
-}
-
-// Exclusive prefix sum over the warp's lanes.
-__device__ __forceinline__ uint32_t warp_exclusive_sum(uint32_t v, int lane) {
-    uint32_t x = v;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const uint32_t y = __shfl_up_sync(kFull, x, d);
-        if (lane >= d) x += y;
-    }
-    return x - v;
-}
-
 // Bitmap tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values, shared)
 // to acc.
-template <int kDtype>
+template <class Dtype>
 __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
                                             float (&acc)[2]) {
     if (bytes < kBitmapMaskBytes) return;
@@ -61,7 +37,7 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
     // first value of blocks 2L and 2L+1 (mma block order), packed (even | odd << 16)
     const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];
     const uint32_t c0 = __popc(m.x) + __popc(m.y), c1 = __popc(m.z) + __popc(m.w);
-    const uint32_t first0 = warp_exclusive_sum(c0 + c1, lane);
+    const uint32_t first0 = warp_inclusive_sum(c0 + c1) - (c0 + c1);
     const uint32_t firsts = first0 | (first0 + c0) << 16;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -77,7 +53,7 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
                          __popc(word & ((1u << shift) - 1u));
             for (uint32_t b = (word >> shift) & 0xFFu; b != 0; b &= b - 1, ++v) {
                 const int col = 8 * bc + (__ffs(b) - 1);
-                if (v < values_end) acc[h] = fmaf(to_float<kDtype>(values[v]), to_float<kDtype>(x[col]), acc[h]);
+                if (v < values_end) acc[h] = fmaf(Dtype::to_float(values[v]), Dtype::to_float(x[col]), acc[h]);
             }
         }
     }
@@ -85,7 +61,7 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
 
 // Tiled-CSL tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values,
 // shared) to acc. `counts` is this warp's shared scratch of 64 row counters.
-template <int kDtype>
+template <class Dtype>
 __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
                                          uint32_t* counts, float (&acc)[2]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
@@ -99,8 +75,8 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
     }
     __syncwarp();
     const uint32_t n0 = counts[lane], n1 = counts[lane + 32];
-    const uint32_t first0 = warp_exclusive_sum(n0, lane);
-    const uint32_t first1 = __shfl_sync(kFull, first0 + n0, 31) + warp_exclusive_sum(n1, lane);
+    const uint32_t first0 = warp_inclusive_sum(n0) - n0;
+    const uint32_t first1 = __shfl_sync(kFull, first0 + n0, 31) + warp_inclusive_sum(n1) - n1;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const uint32_t begin = h ? first1 : first0, end = begin + (h ? n1 : n0);
@@ -108,7 +84,7 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
             const uint32_t e = entries[i];
             uint32_t r, c;
             unswizzle(e & 0xFFFu, &r, &c);
-            acc[h] = fmaf(to_float<kDtype>(e >> 16), to_float<kDtype>(x[c]), acc[h]);
+            acc[h] = fmaf(Dtype::to_float(e >> 16), Dtype::to_float(x[c]), acc[h]);
         }
     }
     __syncwarp();  // counts are reused for the next tile
@@ -117,7 +93,7 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
 // Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by the 64 x values of its K tile.
 __device__ __forceinline__ uint32_t buffer_bytes(uint32_t slot_bytes) { return slot_bytes + kTileK * 2; }
 
-template <int kFormat, int kDtype>
+template <int kFormat, class Dtype>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
     __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
@@ -165,9 +141,9 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
         const uint32_t bytes = uint32_t(s_off[i + 1] - s_off[i] < p.slot_bytes ? s_off[i + 1] - s_off[i] : p.slot_bytes);
         const uint16_t* xs = reinterpret_cast<const uint16_t*>(tile + p.slot_bytes);
         if (kFormat == FSPMM_FORMAT_BITMAP)
-            bitmap_tile<kDtype>(tile, bytes, xs, lane, acc);
+            bitmap_tile<Dtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<kDtype>(tile, bytes, xs, lane, s_counts[warp], acc);
+            csl_tile<Dtype>(tile, bytes, xs, lane, s_counts[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
     ptx::cp_async_wait<0>();
@@ -197,19 +173,19 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
     if (!row_ok) return;
     const int64_t m = m0 + r;
     float out = p.alpha * sum;
-    if (p.bias) out += to_float<kDtype>(p.bias[m]);
-    if (p.beta != 0.f) out += p.beta * to_float<kDtype>(p.y[m]);
-    p.y[m] = from_float<kDtype>(out);
+    if (p.bias) out += Dtype::to_float(p.bias[m]);
+    if (p.beta != 0.f) out += p.beta * Dtype::to_float(p.y[m]);
+    p.y[m] = Dtype::from_float(out);
 }
 
 }  // namespace
 
 const void* gemv_kernel_func(int format, int dtype) {
     if (format == FSPMM_FORMAT_BITMAP)
-        return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16>)
-                                             : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16>);
-    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16>)
-                                         : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16>);
+        return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, Bf16>)
+                                             : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, Fp16>);
+    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, Bf16>)
+                                         : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, Fp16>);
 }
 
 size_t gemv_smem_bytes(uint32_t slot_bytes) { return size_t(kGemvWarps) * 2 * (slot_bytes + kTileK * 2); }
@@ -218,14 +194,14 @@ cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid,
     const size_t smem = gemv_smem_bytes(p.slot_bytes);
     if (format == FSPMM_FORMAT_BITMAP) {
         if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_BITMAP, Bf16><<<grid, kGemvThreads, smem, stream>>>(p);
         else
-            gemv_kernel<FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_BITMAP, Fp16><<<grid, kGemvThreads, smem, stream>>>(p);
     } else {
         if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, Bf16><<<grid, kGemvThreads, smem, stream>>>(p);
         else
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16><<<grid, kGemvThreads, smem, stream>>>(p);
+            gemv_kernel<FSPMM_FORMAT_TILED_CSL, Fp16><<<grid, kGemvThreads, smem, stream>>>(p);
     }
     return cudaGetLastError();
 }

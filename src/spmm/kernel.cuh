@@ -20,8 +20,10 @@
 
 #include <type_traits>
 
+#include "common/scan.cuh"
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
+#include "spmm/dtype.cuh"
 #include "spmm/params.h"
 
 namespace fspmm {
@@ -30,28 +32,6 @@ template <typename T>
 __device__ __forceinline__ T imin(T a, T b) {
     return a < b ? a : b;
 }
-
-// ---- dtypes -----------------------------------------------------------------------------------------
-struct Fp16 {
-    static __device__ __forceinline__ void mma(ptx::FragC& c, const ptx::FragA& a, const ptx::FragB& b) {
-        ptx::mma_f16(c, a, b);
-    }
-    static __device__ __forceinline__ float to_float(uint16_t v) { return __half2float(__ushort_as_half(v)); }
-    static __device__ __forceinline__ uint16_t from_float(float v) {
-        return __half_as_ushort(__float2half_rn(v));
-    }
-};
-struct Bf16 {
-    static __device__ __forceinline__ void mma(ptx::FragC& c, const ptx::FragA& a, const ptx::FragB& b) {
-        ptx::mma_bf16(c, a, b);
-    }
-    static __device__ __forceinline__ float to_float(uint16_t v) {
-        return __bfloat162float(__ushort_as_bfloat16(v));
-    }
-    static __device__ __forceinline__ uint16_t from_float(float v) {
-        return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    }
-};
 
 // ---- decoders: compressed tile in shared memory -> dense swizzled tile ---------------------------------
 // Tiled-CSL: each 32-bit entry is (value << 16) | swizzled position; padding entries point past the tile.
@@ -180,13 +160,7 @@ struct BitmapDirectDecoder {
         const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];  // masks of blocks 2L and 2L+1
         const uint32_t lo0 = __popc(m.x), c0 = lo0 + __popc(m.y);
         const uint32_t lo1 = __popc(m.z), c1 = lo1 + __popc(m.w);
-        uint32_t incl = c0 + c1;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const uint32_t v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
-            if (lane >= d) incl += v;
-        }
-        const uint32_t first0 = incl - c0 - c1, first1 = first0 + c0;
+        const uint32_t first0 = warp_inclusive_sum(c0 + c1) - c0 - c1, first1 = first0 + c0;
         return {first0 | (first0 + lo0) << 16, first1 | (first1 + lo1) << 16};
     }
     // The lane's fragment register for one block: mask words lo/hi, packed prefix p from prepare().
