@@ -360,11 +360,14 @@ def workspace(info, nbytes, stream_handle):
         return None, 0
     if info.framework == "torch":
         torch = sys.modules["torch"]
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=info.obj.device)
-        if stream_handle != info.stream:  # tell the caching allocator the memory is used on that stream
-            with warnings.catch_warnings():  # ExternalStream is deprecated in newer torch, still the way for a raw handle
-                warnings.simplefilter("ignore", DeprecationWarning)
-                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=info.obj.device))
+        device = info.obj.device
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if stream_handle != int(torch.cuda.current_stream(device).cuda_stream):
+            # tell the caching allocator the memory is used on that stream; ExternalStream is deprecated in
+            # newer torch but still the way to wrap a raw handle
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ExternalStream.*")
+                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=device))
         return ws, int(ws.data_ptr())
     if info.framework == "cupy":
         cupy = sys.modules["cupy"]
