@@ -371,8 +371,15 @@ def workspace(info, nbytes, stream_handle):
         return ws, int(ws.data_ptr())
     if info.framework == "cupy":
         cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(info.device_index), cupy.cuda.ExternalStream(stream_handle):
-            ws = cupy.empty(nbytes, dtype=cupy.uint8)
+        with cupy.cuda.Device(info.device_index):
+            if stream_handle == int(cupy.cuda.get_current_stream().ptr):
+                ws = cupy.empty(nbytes, dtype=cupy.uint8)
+            else:  # allocate in that stream's order (ExternalStream: deprecated in newer cupy, same reason)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*ExternalStream.*")
+                    stream = cupy.cuda.ExternalStream(stream_handle)
+                with stream:
+                    ws = cupy.empty(nbytes, dtype=cupy.uint8)
         return ws, int(ws.data.ptr)
     ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
     return ws, ws.ptr
