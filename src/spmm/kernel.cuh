@@ -127,17 +127,17 @@ using BitmapRowsDecoder = BitmapTileDecoder<true>;
 // owns bits 2L and 2L+1 of each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its
 // two values sit at (block's first value) + (set bits of the mask below bit 2L), consecutively if both bits
 // are set. Per block and lane: one shuffle (block's first value and the popcount of its low mask word,
-// packed), one popcount, two 32-bit loads of the values around that index, a funnel shift and a byte
-// permute that places them (or zeros) in the fragment register.
+// packed), one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves
+// are the zeros a missing element needs) and one byte permute that places them in the fragment register.
 struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
     static constexpr bool kNeedsZero = false;
     static constexpr bool kWarpLocal = true;
-    // Byte-permute selectors, indexed by the lane's two mask bits, for a register holding (value, next
-    // value): 00 -> zeros, 01 -> (value, 0), 10 -> (0, value), 11 -> both. Selector i is bytes 2i, 2i+1 of
-    // the pair (kSelectLo, kSelectHi), so it is fetched with one more byte permute.
-    static constexpr uint32_t kSelectLo = 0x44104444u;
-    static constexpr uint32_t kSelectHi = 0x32101044u;
+    // Byte-permute selectors, indexed by the lane's two mask bits, for the registers (value, 0) and
+    // (next value, 0): 00 -> zeros, 01 -> (value, 0), 10 -> (0, value), 11 -> (value, next value).
+    // Selector i is bytes 2i, 2i+1 of the pair (kSelectLo, kSelectHi), so it is fetched with one more permute.
+    static constexpr uint32_t kSelectLo = 0x32102222u;
+    static constexpr uint32_t kSelectHi = 0x54101032u;
     // Lane constants: where the lane's two bits are, as byte-permute selectors and shifts.
     struct Lane {
         uint32_t shift;     // 2 * (lane % 16): the pair's position in its 32-bit mask word
@@ -164,20 +164,20 @@ struct BitmapDirectDecoder {
         return {first0 | (first0 + lo0) << 16, first1 | (first1 + lo1) << 16};
     }
     // The lane's fragment register for one block: mask words lo/hi, packed prefix p from prepare().
-    static __device__ __forceinline__ uint32_t pair(const uint32_t* values, uint32_t lo, uint32_t hi, uint32_t p,
+    static __device__ __forceinline__ uint32_t pair(const uint16_t* values, uint32_t lo, uint32_t hi, uint32_t p,
                                                     const Lane& ln) {
         const uint32_t word = ptx::prmt(lo, hi, ln.word_sel);
         const uint32_t idx = ptx::prmt(p, 0u, ln.base_sel) + __popc(word & ln.below);
         const uint32_t two = (word >> ln.shift) & 3u;
         const uint32_t sel = ptx::prmt(kSelectLo, kSelectHi, two * 0x22u + 0x10u);
-        const uint32_t* at = values + (idx >> 1);  // the 32-bit word holding value idx, then the next one
-        const uint32_t w = __funnelshift_r(at[0], at[1], idx << 4);
-        return ptx::prmt(w, 0u, sel);
+        // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
+        const uint16_t* at = values + idx;
+        return ptx::prmt(uint32_t(at[0]), uint32_t(at[1]), sel);
     }
     // The A fragment of rows 16*wr.., columns 16*kc.. of the tile (blocks 16*wr + 4*kc + q, q = 0..3).
     static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, const Lane& ln,
                                                           int wr, int kc) {
-        const uint32_t* values = reinterpret_cast<const uint32_t*>(tile + kBitmapMaskBytes);
+        const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
         const int j0 = 16 * wr + 4 * kc;
         const int src = j0 >> 1;  // lane holding the prefixes of blocks j0, j0 + 1 (src + 1: j0 + 2, j0 + 3)
         const uint4 m01 = reinterpret_cast<const uint4*>(tile)[src];
