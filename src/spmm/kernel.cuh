@@ -126,8 +126,8 @@ using BitmapRowsDecoder = BitmapTileDecoder<true>;
 // Bitmap, decoded straight into mma A fragments (no dense tile, no shared-memory stores). Lane L of a warp
 // owns bits 2L and 2L+1 of each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its
 // two values sit at (block's first value) + (set bits of the mask below bit 2L), consecutively if both bits
-// are set. Per block and lane: one shuffle (block's first value and the popcount of its low mask word,
-// packed), one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves
+// are set. Per block and lane: one shuffle (the block's first value, plus the popcount of its low mask word
+// for lanes 16..31), one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves
 // are the zeros a missing element needs) and one byte permute that places them in the fragment register.
 struct BitmapDirectDecoder {
     static constexpr bool kDirect = true;
@@ -143,31 +143,41 @@ struct BitmapDirectDecoder {
         uint32_t shift;     // 2 * (lane % 16): the pair's position in its 32-bit mask word
         uint32_t below;     // bits of that word below the pair
         uint32_t word_sel;  // picks the mask word: low (lanes 0..15) or high (lanes 16..31)
-        uint32_t base_sel;  // picks the lane's first-value index from a packed prefix (see prepare)
     };
     static __device__ __forceinline__ Lane lane_constants(int lane) {
         const uint32_t shift = 2u * uint32_t(lane & 15);
         const bool upper = lane >= 16;
-        return {shift, (1u << shift) - 1u, upper ? 0x7654u : 0x3210u, upper ? 0x4432u : 0x4410u};
+        return {shift, (1u << shift) - 1u, upper ? 0x7654u : 0x3210u};
     }
-    // Per tile: lane L holds, for blocks 2L and 2L+1, the block's first value index in the low 16 bits and
-    // that index plus the popcount of the block's low mask word (the first value of lanes 16..31) in the
-    // high 16 bits.
+    // Per tile: lane L (q = L % 16) holds the first value index of blocks 4q..4q+3 for its half of the warp:
+    // lanes 0..15 the block's first value, lanes 16..31 that plus the popcount of the block's low mask word.
     struct Prefix {
-        uint32_t even, odd;
+        uint32_t b[4];
     };
     static __device__ __forceinline__ Prefix prepare(const uint8_t* tile, int lane) {
-        const uint4 m = reinterpret_cast<const uint4*>(tile)[lane];  // masks of blocks 2L and 2L+1
-        const uint32_t lo0 = __popc(m.x), c0 = lo0 + __popc(m.y);
-        const uint32_t lo1 = __popc(m.z), c1 = lo1 + __popc(m.w);
-        const uint32_t first0 = warp_inclusive_sum(c0 + c1) - c0 - c1, first1 = first0 + c0;
-        return {first0 | (first0 + lo0) << 16, first1 | (first1 + lo1) << 16};
+        const int q = lane & 15;
+        const uint32_t upper = uint32_t(lane) >> 4;
+        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[2 * q];
+        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[2 * q + 1];
+        const uint32_t l0 = __popc(m01.x), c0 = l0 + __popc(m01.y);
+        const uint32_t l1 = __popc(m01.z), c1 = l1 + __popc(m01.w);
+        const uint32_t l2 = __popc(m23.x), c2 = l2 + __popc(m23.y);
+        const uint32_t l3 = __popc(m23.z), c3 = l3 + __popc(m23.w);
+        const uint32_t s = c0 + c1 + c2 + c3;
+        uint32_t incl = s;
+#pragma unroll
+        for (int d = 1; d < 16; d <<= 1) {
+            const uint32_t up = __shfl_up_sync(0xFFFFFFFFu, incl, d, 16);
+            if (q >= d) incl += up;
+        }
+        const uint32_t f0 = incl - s, f1 = f0 + c0, f2 = f1 + c1, f3 = f2 + c2;
+        return {{f0 + upper * l0, f1 + upper * l1, f2 + upper * l2, f3 + upper * l3}};
     }
-    // The lane's fragment register for one block: mask words lo/hi, packed prefix p from prepare().
+    // The lane's fragment register for one block: mask words lo/hi, first value index p from prepare().
     static __device__ __forceinline__ uint32_t pair(const uint16_t* values, uint32_t lo, uint32_t hi, uint32_t p,
                                                     const Lane& ln) {
         const uint32_t word = ptx::prmt(lo, hi, ln.word_sel);
-        const uint32_t idx = ptx::prmt(p, 0u, ln.base_sel) + __popc(word & ln.below);
+        const uint32_t idx = p + __popc(word & ln.below);
         const uint32_t two = (word >> ln.shift) & 3u;
         const uint32_t sel = ptx::prmt(kSelectLo, kSelectHi, two * 0x22u + 0x10u);
         // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
@@ -179,12 +189,11 @@ struct BitmapDirectDecoder {
                                                           int wr, int kc) {
         const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
         const int j0 = 16 * wr + 4 * kc;
-        const int src = j0 >> 1;  // lane holding the prefixes of blocks j0, j0 + 1 (src + 1: j0 + 2, j0 + 3)
-        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[src];
-        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[src + 1];
-        const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.even, src), p1 = __shfl_sync(0xFFFFFFFFu, pre.odd, src);
-        const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.even, src + 1);
-        const uint32_t p3 = __shfl_sync(0xFFFFFFFFu, pre.odd, src + 1);
+        const int src = (j0 >> 2) + (threadIdx.x & 16);  // lane holding this half's prefixes of blocks j0..j0+3
+        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[j0 >> 1];
+        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[(j0 >> 1) + 1];
+        const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.b[0], src), p1 = __shfl_sync(0xFFFFFFFFu, pre.b[1], src);
+        const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.b[2], src), p3 = __shfl_sync(0xFFFFFFFFu, pre.b[3], src);
         ptx::FragA a;
         a.x[0] = pair(values, m01.x, m01.y, p0, ln);
         a.x[1] = pair(values, m01.z, m01.w, p1, ln);

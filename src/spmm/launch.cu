@@ -35,8 +35,7 @@ int current_device() {
 namespace {
 
 // Bitmap densities at which the decoders change (see kernel_id; measured on H100, docs/PERFORMANCE.md).
-constexpr double kDirectDensity = 0.35;  // above: direct
-constexpr double kRowsDensity = 0.15;    // above (up to kDirectDensity): rows; at or below: scatter
+constexpr double kDirectDensity = 0.2;  // above: direct; at or below: scatter
 
 // The kernel for (kernel id, dtype, n_tile).
 KernelHandle select_kernel(int format, int dtype, int n_tile) {
@@ -81,10 +80,10 @@ int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
 }
 
 // Which kernel runs a blob. Bitmap blobs have three decoders: "direct" builds the mma fragments in registers
-// without a shared tile (fixed work per element, fastest when half the weights are stored), "rows" expands
-// every 8-element row in registers and stores it whole into a dense tile, "scatter" stores each nonzero into
-// a zeroed tile (work per nonzero, best when few are).
-// FSPMM_BITMAP_DECODER=rows|scatter|direct overrides the density rule (for benchmarks and tests).
+// without a shared tile (fixed work per element), "scatter" stores each nonzero into a zeroed tile (work per
+// nonzero, the faster one at 80 % sparsity and above), "rows" expands every 8-element row in registers and
+// stores it whole into a dense tile (never the fastest since the direct decoder's rewrite: kept for
+// comparison). FSPMM_BITMAP_DECODER=rows|scatter|direct overrides the density rule (benchmarks and tests).
 int kernel_id(const fspmm_header_t& h) {
     if (h.format != FSPMM_FORMAT_BITMAP) return h.format;
     const char* env = std::getenv("FSPMM_BITMAP_DECODER");
@@ -92,8 +91,7 @@ int kernel_id(const fspmm_header_t& h) {
     if (env && std::strcmp(env, "rows") == 0) return kBitmapRows;
     if (env && std::strcmp(env, "scatter") == 0) return FSPMM_FORMAT_BITMAP;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
-    if (density > kDirectDensity) return kBitmapDirect;
-    return density > kRowsDensity ? kBitmapRows : FSPMM_FORMAT_BITMAP;
+    return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
 }
 
 // CTAs of `func` (threads per CTA, smem bytes of dynamic shared memory) that run at once on all the SMs of
