@@ -93,8 +93,9 @@ __device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
-// Barrier among the consumer warps only (named barrier 1, 256 threads): the producer warp is not held.
-__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+// Barrier among the kThreads consumer threads only (named barrier 1): the producer warp is not held.
+template <int kThreads>
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 
 // Spin until the mbarrier phase with the given parity has completed.
 __device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity) {

@@ -1,15 +1,16 @@
 // The SpMM kernel: y[N, M] = alpha * x[N, K] * W^T + bias + beta * y, W compressed ("Load-as-Sparse,
 // Compute-as-Dense").
 //
-// A CTA owns 128 rows of W (two 64-row tile stripes, 8 consumer warps of 16 rows, plus a producer warp)
-// and a slice of the K tiles (split-K), for one block of kNTile tokens. Per K tile:
+// A CTA owns 128 rows of W (two 64-row tile stripes) and a slice of the K tiles (split-K), for one block of
+// kNTile tokens; it has a producer warp and consumer warps that multiply one or two 16-row groups each (see
+// params.h). Per K tile:
 //   1. the compressed tiles (their exact bytes) and the x tile are copied into a ring of kStages
 //      shared-memory stages: bulk copies on an mbarrier issued by the producer warp on sm_90, cp.async
 //      from every thread on sm_80;
 //   2. the format's decoder expands the tile into a swizzled 64x64 dense tile per stripe (or, for the
 //      direct bitmap decoder, straight into mma A fragments);
-//   3. each warp reads its 16x64 A fragments with ldmatrix, the x fragments with ldmatrix, and runs
-//      mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate;
+//   3. each warp reads its 16x64 A fragments with ldmatrix (or builds them), the x fragments with ldmatrix,
+//      and runs mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate;
 //   4. decoders that scatter nonzeros re-zero the rows they read, ready for the next tile.
 // With split-K, every CTA writes fp32 partial sums; the last CTA of an output tile to arrive (arrival
 // counter) adds them in split order, so the result is deterministic, and applies the epilogue.
@@ -36,14 +37,15 @@ __device__ __forceinline__ T imin(T a, T b) {
 // ---- decoders: compressed tile in shared memory -> dense swizzled tile ---------------------------------
 // Tiled-CSL: each 32-bit entry is (value << 16) | swizzled position; padding entries point past the tile.
 struct CslDecoder {
+    static constexpr int kGroups = 2;  // 16-row groups per consumer warp (params.h)
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = true;
     static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
-                                                   int tid_in_stripe) {
+                                                   int tid_in_stripe, int stripe_threads) {
         const uint4* entries = reinterpret_cast<const uint4*>(tile);
         const int n16 = bytes / 16;
-        for (int i = tid_in_stripe; i < n16; i += kConsumerThreads / kStripes) {
+        for (int i = tid_in_stripe; i < n16; i += stripe_threads) {
             const uint4 e = entries[i];
             ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
             ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
@@ -60,11 +62,12 @@ struct CslDecoder {
 //   kRows = true:  build every 8-element row in registers and store it whole (work per element, no zeroing).
 template <bool kRows>
 struct BitmapTileDecoder {
+    static constexpr int kGroups = 1;  // two groups per warp measured slower for these decoders (except at 95 %)
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = !kRows;
     static constexpr bool kWarpLocal = true;  // a warp's 32 threads decode exactly the 16 rows it multiplies
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
-                                                   int tid_in_stripe) {
+                                                   int tid_in_stripe, int /*stripe_threads*/) {
         const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
         const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
         const int lane = tid_in_stripe & 31;
@@ -130,6 +133,7 @@ using BitmapRowsDecoder = BitmapTileDecoder<true>;
 // for lanes 16..31), one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves
 // are the zeros a missing element needs) and one byte permute that places them in the fragment register.
 struct BitmapDirectDecoder {
+    static constexpr int kGroups = 2;  // 16-row groups per consumer warp (params.h)
     static constexpr bool kDirect = true;
     static constexpr bool kNeedsZero = false;
     static constexpr bool kWarpLocal = true;
@@ -204,8 +208,23 @@ struct BitmapDirectDecoder {
 };
 
 // ---- the kernel ----------------------------------------------------------------------------------------
+// CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
+// six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
+constexpr int min_ctas(int groups, int n_tile) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    constexpr int kDirectSmall = 5;
+#else
+    constexpr int kDirectSmall = 6;
+#endif
+    return groups == 2 && n_tile <= 16 ? kDirectSmall : n_tile <= 32 ? 4 : 3;
+}
+
 template <class Decoder, class Dtype, int kNTile>
-__global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(const LinearParams p) {
+__global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTile))
+    spmm_kernel(const LinearParams p) {
+    constexpr int kGroups = Decoder::kGroups;               // 16-row groups per consumer warp
+    constexpr int kWarps = consumer_warps(kGroups);          // consumer warps; warp kWarps is the producer
+    constexpr int kThreads = cta_threads(kGroups);
     constexpr int kStages = stages_for(kNTile);
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
@@ -214,8 +233,8 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int stripe = (warp / 4) % kStripes;  // which 64-row tile this (consumer) warp multiplies
-    const int wr = warp % 4;                     // its 16-row group in that tile
+    const int stripe = (warp / (4 / kGroups)) % kStripes;  // which 64-row tile this (consumer) warp multiplies
+    const int wr = (warp % (4 / kGroups)) * kGroups;        // its first 16-row group in that tile
     const int64_t mt0 = int64_t(blockIdx.x) * kStripes;
     const int split = blockIdx.y;
     const int64_t n0 = int64_t(blockIdx.z) * kNTile;
@@ -332,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
     __syncthreads();
 
-    ptx::FragC acc[kNTile / 8];
+    ptx::FragC acc[kGroups][kNTile / 8];
     const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;
 
     // Decode tile i (landed in its stage) and multiply it into acc. Called by the consumer warps only
@@ -342,13 +361,14 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         const bool consumer = !decltype(all_threads)::value || warp < kWarps;
         const int stage = i % kStages;
         const uint32_t xs = x_slot(stage);
-        // x fragments for chunk kc, multiplied into every accumulator with the W fragment a.
-        auto mma_chunk = [&](const ptx::FragA& a, int kc) {
+        // x fragments for chunk kc, multiplied into every accumulator with the W fragments a (one per group).
+        auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc) {
             if constexpr (kNTile == 8) {
                 const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
                 ptx::FragB b;
                 ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
-                Dtype::mma(acc[0], a, b);
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
             } else {
 #pragma unroll
                 for (int j = 0; j < kNTile / 8; j += 2) {
@@ -356,8 +376,11 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
                     uint32_t r[4];
                     ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
                     const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
-                    Dtype::mma(acc[j], a, b0);
-                    Dtype::mma(acc[j + 1], a, b1);
+#pragma unroll
+                    for (int g = 0; g < kGroups; ++g) {
+                        Dtype::mma(acc[g][j], a[g], b0);
+                        Dtype::mma(acc[g][j + 1], a[g], b1);
+                    }
                 }
             }
         };
@@ -367,32 +390,50 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
                 const typename Decoder::Lane ln = Decoder::lane_constants(lane);
                 const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
 #pragma unroll
-                for (int kc = 0; kc < 4; ++kc) mma_chunk(Decoder::fragment(w_slot(stage, stripe), pre, ln, wr, kc), kc);
+                for (int kc = 0; kc < 4; ++kc) {
+                    ptx::FragA a[kGroups];
+#pragma unroll
+                    for (int g = 0; g < kGroups; ++g)
+                        a[g] = Decoder::fragment(w_slot(stage, stripe), pre, ln, wr + g, kc);
+                    mma_chunk(a, kc);  // one set of x fragments for all the warp's rows
+                }
             }
         } else {
             // The threads of each stripe scatter that stripe's tile into its dense tile.
-            if (consumer && mt0 + stripe < p.tiles_m)
-                Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
-                                 tid % (kConsumerThreads / kStripes));
+            constexpr int kStripeThreads = 32 * kWarps / kStripes;
+            if (consumer && mt0 + stripe < p.tiles_m) {
+                if constexpr (Decoder::kWarpLocal) {
+#pragma unroll
+                    for (int g = 0; g < kGroups; ++g)  // a warp's 32 threads decode one 16-row group
+                        Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
+                                         (wr + g) * 32 + lane, 32);
+                } else {
+                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
+                                     tid % kStripeThreads, kStripeThreads);
+                }
+            }
             if constexpr (Decoder::kWarpLocal)
-                __syncwarp();  // each warp decoded exactly the 16 rows it multiplies
+                __syncwarp();  // each warp decoded exactly the rows it multiplies
             else if constexpr (decltype(all_threads)::value)
                 __syncthreads();  // dense tiles complete
             else
-                ptx::consumer_sync();
+                ptx::consumer_sync<32 * kWarps>();
             if (!consumer) return;
 #pragma unroll
             for (int kc = 0; kc < 4; ++kc) {
-                ptx::FragA a;
-                const int row = wr * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-                ptx::ldmatrix_x4(a.x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                ptx::FragA a[kGroups];
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) {
+                    const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                }
                 mma_chunk(a, kc);
             }
             if constexpr (Decoder::kNeedsZero) {
-                // Re-zero this warp's 16 rows (2 KB) for the next tile (ordered before the next scatter).
+                // Re-zero this warp's rows (2 KB per group) for the next tile (ordered before the next scatter).
                 __syncwarp();
 #pragma unroll
-                for (int c = 0; c < 4; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
             }
         }
     };
@@ -408,7 +449,7 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
         for (int i = 0; i < nk; ++i) {
             const int stage = i % kStages;
             if constexpr (!Decoder::kWarpLocal)
-                if (i > 0) ptx::consumer_sync();  // every warp re-zeroed its rows of the shared dense tiles
+                if (i > 0) ptx::consumer_sync<32 * kWarps>();  // every warp re-zeroed its rows of the dense tiles
             ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[stage]), (i / kStages) & 1);
             compute(i, std::false_type{});
             __syncwarp();
@@ -437,14 +478,17 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
     float* cs = reinterpret_cast<float*>(smem);
     if (warp < kWarps) {
         const int g = lane >> 2, t = lane & 3;
-        const int r0 = stripe * 64 + wr * 16 + g;
 #pragma unroll
-        for (int j = 0; j < kNTile / 8; ++j) {
-            const int n = 8 * j + 2 * t;
-            cs[n * kCStride + r0] = acc[j].x[0];
-            cs[(n + 1) * kCStride + r0] = acc[j].x[1];
-            cs[n * kCStride + r0 + 8] = acc[j].x[2];
-            cs[(n + 1) * kCStride + r0 + 8] = acc[j].x[3];
+        for (int q = 0; q < kGroups; ++q) {
+            const int r0 = stripe * 64 + (wr + q) * 16 + g;
+#pragma unroll
+            for (int j = 0; j < kNTile / 8; ++j) {
+                const int n = 8 * j + 2 * t;
+                cs[n * kCStride + r0] = acc[q][j].x[0];
+                cs[(n + 1) * kCStride + r0] = acc[q][j].x[1];
+                cs[n * kCStride + r0 + 8] = acc[q][j].x[2];
+                cs[(n + 1) * kCStride + r0 + 8] = acc[q][j].x[3];
+            }
         }
     }
     __syncthreads();
@@ -490,7 +534,7 @@ __global__ void __launch_bounds__(kThreads, kNTile <= 32 ? 4 : 3) spmm_kernel(co
 // Launch helper used by the explicit instantiations.
 template <class Decoder, class Dtype, int kNTile>
 cudaError_t launch_spmm(const LinearParams& p, dim3 grid, size_t smem, cudaStream_t stream) {
-    spmm_kernel<Decoder, Dtype, kNTile><<<grid, kThreads, smem, stream>>>(p);
+    spmm_kernel<Decoder, Dtype, kNTile><<<grid, cta_threads(Decoder::kGroups), smem, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -502,7 +546,7 @@ cudaError_t launch_spmm(const LinearParams& p, dim3 grid, size_t smem, cudaStrea
     template <>                                                                                      \
     KernelHandle kernel_handle<FMT, DT, NT>() {                                                      \
         return {reinterpret_cast<const void*>(&spmm_kernel<DECODER, DTYPE, NT>),                     \
-                &launch_spmm<DECODER, DTYPE, NT>};                                                   \
+                cta_threads(DECODER::kGroups), &launch_spmm<DECODER, DTYPE, NT>};                    \
     }
 #define FSPMM_INSTANTIATE(FMT, DT, DECODER, DTYPE)                                                    \
     namespace fspmm {                                                                                \

@@ -205,7 +205,7 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, plan.kernel != kBitmapDirect);
 
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
-    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, kThreads, plan.smem), kMaxKTilesPerSplit);
+    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
     return plan;
 }
 

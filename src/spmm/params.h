@@ -25,12 +25,15 @@ struct LinearParams {
     unsigned int* counters;    // one arrival counter per output tile (splits > 1), zeroed before launch
 };
 
-// Launch configuration shared by every kernel instantiation.
-constexpr int kStripes = 2;                 // 64-row tiles per CTA: a CTA owns 128 rows of W
+// Launch configuration shared by every kernel instantiation. A CTA owns kStripes 64-row tiles (128 rows of W)
+// and has one producer warp (it issues the copies on sm_90) plus consumer warps that each multiply `groups`
+// 16-row groups of one stripe: 2 for the direct bitmap and the Tiled-CSL decoders (4 consumer warps; a warp's
+// per-tile setup, barriers and x fragments serve 32 rows), 1 for the bitmap scatter/rows decoders (8 warps).
+constexpr int kStripes = 2;
 constexpr int kCtaRows = 64 * kStripes;
-constexpr int kWarps = 4 * kStripes;        // consumer warps: each owns 16 rows
-constexpr int kConsumerThreads = 32 * kWarps;
-constexpr int kThreads = kConsumerThreads + 32;  // + one producer warp that issues the copies (sm_90)
+constexpr int consumer_warps(int groups) { return 4 * kStripes / groups; }
+constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32; }
+constexpr int kConsumerThreads = 32 * consumer_warps(1);  // consumer threads of the shared-tile decoders
 // Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 for the 64-token
 // tile, whose x tiles are large enough that a fourth stage would cost a CTA per SM.
 constexpr int stages_for(int n_tile) { return n_tile >= 64 ? 3 : 4; }
@@ -58,6 +61,7 @@ constexpr int kGemv = 5;          // N = 1: the CUDA-core kernel of gemv.cu, eit
 // Returns the kernel function pointer (for attributes and occupancy) and launches it.
 struct KernelHandle {
     const void* func;
+    int threads;  // threads per CTA
     cudaError_t (*launch)(const LinearParams& p, dim3 grid, size_t smem, cudaStream_t stream);
 };
 
