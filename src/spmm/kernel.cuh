@@ -352,123 +352,145 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     __syncthreads();
 
     ptx::FragC acc[kGroups][kNTile / 8];
-    const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;
+    const bool my_stripe = mt0 + stripe < p.tiles_m;
+    const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;  // this stripe's dense tile
 
-    // Decode tile i (landed in its stage) and multiply it into acc. Called by the consumer warps only
-    // (all_threads false: they synchronise among themselves with a named barrier) or by every thread
-    // (all_threads true: __syncthreads; the producer warp only takes part in the barriers).
-    auto compute = [&](int i, auto all_threads) {
-        const bool consumer = !decltype(all_threads)::value || warp < kWarps;
-        const int stage = i % kStages;
-        const uint32_t xs = x_slot(stage);
-        // x fragments for chunk kc, multiplied into every accumulator with the W fragments a (one per group).
-        auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc) {
-            if constexpr (kNTile == 8) {
-                const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
-                ptx::FragB b;
-                ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
+    // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
+    // (one per group).
+    auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
+        if constexpr (kNTile == 8) {
+            const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
+            ptx::FragB b;
+            ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
 #pragma unroll
-                for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
-            } else {
-#pragma unroll
-                for (int j = 0; j < kNTile / 8; j += 2) {
-                    const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
-                    uint32_t r[4];
-                    ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
-                    const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
-#pragma unroll
-                    for (int g = 0; g < kGroups; ++g) {
-                        Dtype::mma(acc[g][j], a[g], b0);
-                        Dtype::mma(acc[g][j + 1], a[g], b1);
-                    }
-                }
-            }
-        };
-        if constexpr (Decoder::kDirect) {
-            // Each warp builds its A fragments straight from the compressed tile in registers.
-            if (consumer && mt0 + stripe < p.tiles_m) {
-                const typename Decoder::Lane ln = Decoder::lane_constants(lane);
-                const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
-#pragma unroll
-                for (int kc = 0; kc < 4; ++kc) {
-                    ptx::FragA a[kGroups];
-#pragma unroll
-                    for (int g = 0; g < kGroups; ++g)
-                        a[g] = Decoder::fragment(w_slot(stage, stripe), pre, ln, wr + g, kc);
-                    mma_chunk(a, kc);  // one set of x fragments for all the warp's rows
-                }
-            }
+            for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
         } else {
-            // The threads of each stripe scatter that stripe's tile into its dense tile.
-            constexpr int kStripeThreads = 32 * kWarps / kStripes;
-            if (consumer && mt0 + stripe < p.tiles_m) {
-                if constexpr (Decoder::kWarpLocal) {
 #pragma unroll
-                    for (int g = 0; g < kGroups; ++g)  // a warp's 32 threads decode one 16-row group
-                        Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
-                                         (wr + g) * 32 + lane, 32);
-                } else {
-                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
-                                     tid % kStripeThreads, kStripeThreads);
+            for (int j = 0; j < kNTile / 8; j += 2) {
+                const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
+                uint32_t r[4];
+                ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
+                const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) {
+                    Dtype::mma(acc[g][j], a[g], b0);
+                    Dtype::mma(acc[g][j + 1], a[g], b1);
                 }
             }
-            if constexpr (Decoder::kWarpLocal)
-                __syncwarp();  // each warp decoded exactly the rows it multiplies
-            else if constexpr (decltype(all_threads)::value)
-                __syncthreads();  // dense tiles complete
-            else
-                ptx::consumer_sync<32 * kWarps>();
-            if (!consumer) return;
+        }
+    };
+    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile.
+    auto multiply_direct = [&](int i) {
+        if constexpr (Decoder::kDirect) {
+            const int stage = i % kStages;
+            const typename Decoder::Lane ln = Decoder::lane_constants(lane);
+            const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
 #pragma unroll
             for (int kc = 0; kc < 4; ++kc) {
                 ptx::FragA a[kGroups];
 #pragma unroll
-                for (int g = 0; g < kGroups; ++g) {
-                    const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
-                }
-                mma_chunk(a, kc);
+                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(w_slot(stage, stripe), pre, ln, wr + g, kc);
+                mma_chunk(a, kc, x_slot(stage));  // one set of x fragments for all the warp's rows
             }
-            if constexpr (Decoder::kNeedsZero) {
-                // Re-zero this warp's rows (2 KB per group) for the next tile (ordered before the next scatter).
-                __syncwarp();
+        }
+    };
+    // Shared-tile decoders, step 1 (consumer threads): scatter this stripe's tile i into its dense tile.
+    auto scatter_tile = [&](int i) {
+        if constexpr (!Decoder::kDirect) {
+            const int stage = i % kStages;
+            constexpr int kStripeThreads = 32 * kWarps / kStripes;
+            if constexpr (Decoder::kWarpLocal) {
 #pragma unroll
-                for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                for (int g = 0; g < kGroups; ++g)  // a warp's 32 threads decode one 16-row group
+                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
+                                     (wr + g) * 32 + lane, 32);
+            } else {
+                Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
+                                 tid % kStripeThreads, kStripeThreads);
             }
+        }
+    };
+    // Step 2 (consumer warps, once the dense tile is complete): multiply the warp's rows of it, then re-zero
+    // them for a later scatter into the same dense tile.
+    auto multiply_dense = [&](int i) {
+        const uint32_t xs = x_slot(i % kStages);
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+            ptx::FragA a[kGroups];
+#pragma unroll
+            for (int g = 0; g < kGroups; ++g) {
+                const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+            }
+            mma_chunk(a, kc, xs);
+        }
+        if constexpr (Decoder::kNeedsZero) {
+            __syncwarp();
+#pragma unroll
+            for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
         }
     };
 
 #if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+    auto wait_full = [&](int i) { ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[i % kStages]), (i / kStages) & 1); };
+    auto release = [&](int i) {  // this warp is done with stage i % kStages
+        __syncwarp();
+        if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_empty[i % kStages]));
+    };
     if (warp == kWarps) {
         // Producer warp: refill a stage as soon as every consumer warp has released it.
         for (int i = 0; i < nk; ++i) {
             if (i >= kStages) ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), ((i / kStages) - 1) & 1);
             issue(i);
         }
-    } else {
+    } else if constexpr (Decoder::kDirect || Decoder::kWarpLocal) {
+        // Consumer warps that decode only their own rows: no barrier between warps.
         for (int i = 0; i < nk; ++i) {
-            const int stage = i % kStages;
-            if constexpr (!Decoder::kWarpLocal)
-                if (i > 0) ptx::consumer_sync<32 * kWarps>();  // every warp re-zeroed its rows of the dense tiles
-            ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[stage]), (i / kStages) & 1);
-            compute(i, std::false_type{});
-            __syncwarp();
-            if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_empty[stage]));
+            wait_full(i);
+            if constexpr (Decoder::kDirect) {
+                if (my_stripe) multiply_direct(i);
+            } else {
+                if (my_stripe) scatter_tile(i);
+                __syncwarp();       // each warp decoded exactly the rows it multiplies
+                multiply_dense(i);  // (a stripe past M multiplies its zero dense tile)
+            }
+            release(i);
+        }
+    } else {
+        // CTA-wide scatter (Tiled-CSL): barriers after the scatter and after the re-zeroing.
+        for (int i = 0; i < nk; ++i) {
+            if (i > 0) ptx::consumer_sync<32 * kWarps>();  // every warp re-zeroed its rows of the dense tiles
+            wait_full(i);
+            if (my_stripe) scatter_tile(i);
+            ptx::consumer_sync<32 * kWarps>();  // dense tiles complete
+            if (my_stripe) multiply_dense(i);
+            release(i);
         }
     }
 #else
-    // Prologue: kStages - 1 tiles in flight, then one tile per iteration; every thread issues copies.
+    // Prologue: kStages - 1 tiles in flight, then one tile per iteration; every thread issues copies and
+    // takes part in the CTA barriers, the consumer warps decode and multiply.
 #pragma unroll
     for (int i = 0; i < kStages - 1; ++i) {
         if (i < nk) issue(i);
         ptx::cp_async_commit();  // one group per tile, empty or not, so group counting stays aligned
     }
+    const bool consumer = warp < kWarps;
     for (int i = 0; i < nk; ++i) {
         ptx::cp_async_wait<kStages - 2>();
         __syncthreads();  // tile i landed for every thread; stage (i - 1) % kStages is free again
         if (i + kStages - 1 < nk) issue(i + kStages - 1);
         ptx::cp_async_commit();
-        compute(i, std::true_type{});
+        if constexpr (Decoder::kDirect) {
+            if (consumer && my_stripe) multiply_direct(i);
+        } else {
+            if (consumer && my_stripe) scatter_tile(i);
+            if constexpr (Decoder::kWarpLocal)
+                __syncwarp();  // each warp decoded exactly the rows it multiplies
+            else
+                __syncthreads();  // dense tiles complete
+            if (consumer && my_stripe) multiply_dense(i);
+        }
     }
     ptx::cp_async_wait<0>();
 #endif
