@@ -135,6 +135,14 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     return d;
 }
 
+// 16-bit load from shared memory, zero-extended to 32 bits. Not volatile: callers order it after the data
+// arrived through the address, which depends on loads made after the wait.
+__device__ __forceinline__ uint32_t ld_shared_u16(uint32_t addr) {
+    uint32_t d;
+    asm("ld.shared.u16 %0, [%1];\n" : "=r"(d) : "r"(addr));
+    return d;
+}
+
 // 16-bit store to shared memory (the low half of v).
 __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
     asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)));

@@ -153,8 +153,9 @@ struct BitmapDirectDecoder {
         const bool upper = lane >= 16;
         return {shift, (1u << shift) - 1u, upper ? 0x7654u : 0x3210u};
     }
-    // Per tile: lane L (q = L % 16) holds the first value index of blocks 4q..4q+3 for its half of the warp:
-    // lanes 0..15 the block's first value, lanes 16..31 that plus the popcount of the block's low mask word.
+    // Per tile: lane L (q = L % 16) holds, for blocks 4q..4q+3, the shared-memory address of the first value
+    // its half of the warp needs: lanes 0..15 the block's first value, lanes 16..31 the value after the
+    // block's low mask word (its popcount further on).
     struct Prefix {
         uint32_t b[4];
     };
@@ -175,23 +176,22 @@ struct BitmapDirectDecoder {
             if (q >= d) incl += up;
         }
         const uint32_t f0 = incl - s, f1 = f0 + c0, f2 = f1 + c1, f3 = f2 + c2;
-        return {{f0 + upper * l0, f1 + upper * l1, f2 + upper * l2, f3 + upper * l3}};
+        const uint32_t values = ptx::smem_addr(tile + kBitmapMaskBytes);
+        return {{values + 2 * (f0 + upper * l0), values + 2 * (f1 + upper * l1), values + 2 * (f2 + upper * l2),
+                 values + 2 * (f3 + upper * l3)}};
     }
-    // The lane's fragment register for one block: mask words lo/hi, first value index p from prepare().
-    static __device__ __forceinline__ uint32_t pair(const uint16_t* values, uint32_t lo, uint32_t hi, uint32_t p,
-                                                    const Lane& ln) {
+    // The lane's fragment register for one block: mask words lo/hi, address p of its first value (prepare).
+    static __device__ __forceinline__ uint32_t pair(uint32_t lo, uint32_t hi, uint32_t p, const Lane& ln) {
         const uint32_t word = ptx::prmt(lo, hi, ln.word_sel);
-        const uint32_t idx = p + __popc(word & ln.below);
+        const uint32_t at = p + 2 * __popc(word & ln.below);  // shared-memory address of the lane's value
         const uint32_t two = (word >> ln.shift) & 3u;
         const uint32_t sel = ptx::prmt(kSelectLo, kSelectHi, two * 0x22u + 0x10u);
         // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
-        const uint16_t* at = values + idx;
-        return ptx::prmt(uint32_t(at[0]), uint32_t(at[1]), sel);
+        return ptx::prmt(ptx::ld_shared_u16(at), ptx::ld_shared_u16(at + 2), sel);
     }
     // The A fragment of rows 16*wr.., columns 16*kc.. of the tile (blocks 16*wr + 4*kc + q, q = 0..3).
     static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, const Lane& ln,
                                                           int wr, int kc) {
-        const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
         const int j0 = 16 * wr + 4 * kc;
         const int src = (j0 >> 2) + (threadIdx.x & 16);  // lane holding this half's prefixes of blocks j0..j0+3
         const uint4 m01 = reinterpret_cast<const uint4*>(tile)[j0 >> 1];
@@ -199,10 +199,10 @@ struct BitmapDirectDecoder {
         const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.b[0], src), p1 = __shfl_sync(0xFFFFFFFFu, pre.b[1], src);
         const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.b[2], src), p3 = __shfl_sync(0xFFFFFFFFu, pre.b[3], src);
         ptx::FragA a;
-        a.x[0] = pair(values, m01.x, m01.y, p0, ln);
-        a.x[1] = pair(values, m01.z, m01.w, p1, ln);
-        a.x[2] = pair(values, m23.x, m23.y, p2, ln);
-        a.x[3] = pair(values, m23.z, m23.w, p3, ln);
+        a.x[0] = pair(m01.x, m01.y, p0, ln);
+        a.x[1] = pair(m01.z, m01.w, p1, ln);
+        a.x[2] = pair(m23.x, m23.y, p2, ln);
+        a.x[3] = pair(m23.z, m23.w, p3, ln);
         return a;
     }
 };
