@@ -144,14 +144,14 @@ struct BitmapDirectDecoder {
     static constexpr uint32_t kSelectHi = 0x54101032u;
     // Lane constants: where the lane's two bits are, as byte-permute selectors and shifts.
     struct Lane {
-        uint32_t shift;     // 2 * (lane % 16): the pair's position in its 32-bit mask word
-        uint32_t below;     // bits of that word below the pair
+        uint32_t below;     // bits of the lane's 32-bit mask word below its pair (bits 2 (L % 16), +1)
         uint32_t word_sel;  // picks the mask word: low (lanes 0..15) or high (lanes 16..31)
+        uint32_t gather;    // picks the byte holding the pair from two words (see fragment)
+        uint32_t bit;       // the pair's position in that byte
     };
     static __device__ __forceinline__ Lane lane_constants(int lane) {
-        const uint32_t shift = 2u * uint32_t(lane & 15);
-        const bool upper = lane >= 16;
-        return {shift, (1u << shift) - 1u, upper ? 0x7654u : 0x3210u};
+        const uint32_t shift = 2u * uint32_t(lane & 15), byte = shift >> 3;
+        return {(1u << shift) - 1u, lane >= 16 ? 0x7654u : 0x3210u, byte | (4u + byte) << 4, shift & 7u};
     }
     // Per tile: lane L (q = L % 16) holds, for blocks 4q..4q+3, the shared-memory address of the first value
     // its half of the warp needs: lanes 0..15 the block's first value, lanes 16..31 the value after the
@@ -180,12 +180,10 @@ struct BitmapDirectDecoder {
         return {{values + 2 * (f0 + upper * l0), values + 2 * (f1 + upper * l1), values + 2 * (f2 + upper * l2),
                  values + 2 * (f3 + upper * l3)}};
     }
-    // The lane's fragment register for one block: mask words lo/hi, address p of its first value (prepare).
-    static __device__ __forceinline__ uint32_t pair(uint32_t lo, uint32_t hi, uint32_t p, const Lane& ln) {
-        const uint32_t word = ptx::prmt(lo, hi, ln.word_sel);
+    // The lane's fragment register for one block: its mask word, the address p of its first value
+    // (prepare) and the block's byte-permute selector (fragment).
+    static __device__ __forceinline__ uint32_t pair(uint32_t word, uint32_t p, uint32_t sel, const Lane& ln) {
         const uint32_t at = p + 2 * __popc(word & ln.below);  // shared-memory address of the lane's value
-        const uint32_t two = (word >> ln.shift) & 3u;
-        const uint32_t sel = ptx::prmt(kSelectLo, kSelectHi, two * 0x22u + 0x10u);
         // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
         return ptx::prmt(ptx::ld_shared_u16(at), ptx::ld_shared_u16(at + 2), sel);
     }
@@ -198,11 +196,19 @@ struct BitmapDirectDecoder {
         const uint4 m23 = reinterpret_cast<const uint4*>(tile)[(j0 >> 1) + 1];
         const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.b[0], src), p1 = __shfl_sync(0xFFFFFFFFu, pre.b[1], src);
         const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.b[2], src), p3 = __shfl_sync(0xFFFFFFFFu, pre.b[3], src);
+        const uint32_t w0 = ptx::prmt(m01.x, m01.y, ln.word_sel), w1 = ptx::prmt(m01.z, m01.w, ln.word_sel);
+        const uint32_t w2 = ptx::prmt(m23.x, m23.y, ln.word_sel), w3 = ptx::prmt(m23.z, m23.w, ln.word_sel);
+        // The four blocks' two-bit fields side by side (one per byte), turned into four selector indices at
+        // once: byte k of idx holds (2 t_k, 2 t_k + 1) for block k's bits t_k.
+        const uint32_t bytes = ptx::prmt(ptx::prmt(w0, w1, ln.gather), ptx::prmt(w2, w3, ln.gather), 0x5410u);
+        const uint32_t idx = ((bytes >> ln.bit) & 0x03030303u) * 0x22u + 0x10101010u;
+        const uint32_t s01 = ptx::prmt(kSelectLo, kSelectHi, idx);        // selectors of blocks 0 and 1
+        const uint32_t s23 = ptx::prmt(kSelectLo, kSelectHi, idx >> 16);  // blocks 2 and 3
         ptx::FragA a;
-        a.x[0] = pair(m01.x, m01.y, p0, ln);
-        a.x[1] = pair(m01.z, m01.w, p1, ln);
-        a.x[2] = pair(m23.x, m23.y, p2, ln);
-        a.x[3] = pair(m23.z, m23.w, p3, ln);
+        a.x[0] = pair(w0, p0, s01, ln);
+        a.x[1] = pair(w1, p1, s01 >> 16, ln);
+        a.x[2] = pair(w2, p2, s23, ln);
+        a.x[3] = pair(w3, p3, s23 >> 16, ln);
         return a;
     }
 };
