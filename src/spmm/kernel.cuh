@@ -305,7 +305,8 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         __syncwarp();  // the warp's plain stores above happen before lane 0's release
         if (lane == 0) ptx::mbarrier_arrive_expect_tx(full, total);
         __syncwarp();  // copies are issued after the expected byte count is set
-        if (lane < kStripes && bytes) ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + off, bytes, full);
+        if (lane < kStripes && bytes)
+            ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + off, bytes, full);
         // x rows: 16-byte cp.async from every lane (one bulk copy per 128-byte row would queue up to 64
         // small requests on the copy engine); each lane's copies arrive on the barrier when complete.
         const uint32_t xs = x_slot(stage);
@@ -524,11 +525,24 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     const int64_t m0 = mt0 * 64;
     const int64_t rows = imin<int64_t>(kCtaRows, p.M - m0);
     const int64_t cols = imin<int64_t>(kNTile, p.N - n0);
+    // Split-K partial sums are [split][N][M] fp32; with M a multiple of 4 their rows are 16-byte aligned and
+    // they are written and read four rows at a time.
+    const bool vec4 = p.M % 4 == 0;
     if (p.splits > 1) {
         // Publish this split's partial sums, then let the last CTA to arrive reduce in split order.
-        for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
-            const int n = idx / kCtaRows, r = idx % kCtaRows;
-            if (n < cols && r < rows) p.partial[(int64_t(split) * p.N + n0 + n) * p.M + m0 + r] = cs[n * kCStride + r];
+        float* mine = p.partial + (int64_t(split) * p.N + n0) * p.M + m0;
+        if (vec4) {
+            for (int v = tid; v < kNTile * kCtaRows / 4; v += kThreads) {
+                const int n = v / (kCtaRows / 4), r = v % (kCtaRows / 4) * 4;
+                if (n < cols && r < rows)
+                    *reinterpret_cast<float4*>(mine + int64_t(n) * p.M + r) =
+                        *reinterpret_cast<const float4*>(cs + n * kCStride + r);
+            }
+        } else {
+            for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
+                const int n = idx / kCtaRows, r = idx % kCtaRows;
+                if (n < cols && r < rows) mine[int64_t(n) * p.M + r] = cs[n * kCStride + r];
+            }
         }
         __threadfence();
         __syncthreads();
@@ -540,22 +554,59 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (!s_is_last) return;
         __threadfence();
     }
-    for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
-        const int n = idx / kCtaRows, r = idx % kCtaRows;
-        if (n >= cols || r >= rows) continue;
+    // y element (n, r) of this tile from its sum over K: alpha, bias, beta * y.
+    auto store = [&](int n, int r, float sum) {
         const int64_t m = m0 + r, nn = n0 + n;
-        float sum;
-        if (p.splits > 1) {
-            sum = 0.f;
-            for (int s = 0; s < p.splits; ++s) sum += __ldcg(p.partial + (int64_t(s) * p.N + nn) * p.M + m);
-        } else {
-            sum = cs[n * kCStride + r];
-        }
         float out = p.alpha * sum;
         if (p.bias) out += Dtype::to_float(p.bias[m]);
         uint16_t* yp = p.y + nn * p.ldy + m;
         if (p.beta != 0.f) out += p.beta * Dtype::to_float(*yp);
         *yp = Dtype::from_float(out);
+    };
+    // The last CTA sums the splits in order. A thread takes kChunk runs of kVec rows at a time, so that its
+    // loads of one split are in flight together: the reduction is a chain of L2 round trips, one per split
+    // and chunk, on the kernel's critical path.
+    auto reduce = [&](auto vec) {
+        constexpr int kVec = decltype(vec)::value, kChunk = kVec == 4 ? 2 : 4;  // (more spills registers)
+        constexpr int kRuns = kNTile * kCtaRows / kVec;
+        for (int base = tid; base < kRuns; base += kThreads * kChunk) {
+            float sum[kChunk][kVec];
+#pragma unroll
+            for (int c = 0; c < kChunk; ++c)
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) sum[c][e] = 0.f;
+            for (int s = 0; s < p.splits; ++s) {
+                const float* part = p.partial + (int64_t(s) * p.N + n0) * p.M + m0;
+#pragma unroll
+                for (int c = 0; c < kChunk; ++c) {
+                    const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
+                    if (v >= kRuns || n >= cols || r >= rows) continue;
+                    if constexpr (kVec == 4) {
+                        const float4 x = __ldcg(reinterpret_cast<const float4*>(part + int64_t(n) * p.M + r));
+                        sum[c][0] += x.x, sum[c][1] += x.y, sum[c][2] += x.z, sum[c][3] += x.w;
+                    } else {
+                        sum[c][0] += __ldcg(part + int64_t(n) * p.M + r);
+                    }
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < kChunk; ++c) {
+                const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
+#pragma unroll
+                for (int e = 0; e < kVec; ++e)
+                    if (v < kRuns && n < cols && r + e < rows) store(n, r + e, sum[c][e]);
+            }
+        }
+    };
+    if (p.splits > 1 && vec4) {
+        reduce(std::integral_constant<int, 4>{});
+    } else if (p.splits > 1) {
+        reduce(std::integral_constant<int, 1>{});
+    } else {
+        for (int idx = tid; idx < kNTile * kCtaRows; idx += kThreads) {
+            const int n = idx / kCtaRows, r = idx % kCtaRows;
+            if (n < cols && r < rows) store(n, r, cs[n * kCStride + r]);
+        }
     }
 }
 
