@@ -73,6 +73,18 @@ inline void require_format(int format) {
                       " is invalid: pass FSPMM_FORMAT_AUTO (0), FSPMM_FORMAT_TILED_CSL (1) or FSPMM_FORMAT_BITMAP (2)");
 }
 
+// Raise INVALID_ARGUMENT unless sparsity is a fraction in [0, 1] (NaN is not).
+inline void require_sparsity(double sparsity) {
+    FSPMM_REQUIRE(sparsity >= 0.0 && sparsity <= 1.0,
+                  "sparsity must be a fraction in [0, 1] (e.g. 0.7 for 70 % zeros), got " + std::to_string(sparsity));
+}
+
+// Raise INVALID_ARGUMENT unless scope is FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR.
+inline void require_scope(int scope) {
+    FSPMM_REQUIRE(scope == FSPMM_PRUNE_ROW || scope == FSPMM_PRUNE_TENSOR,
+                  "scope must be FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR, got " + std::to_string(scope));
+}
+
 // Checks of a caller's dense M x K matrix.
 inline void require_matrix(const void* dense, int64_t M, int64_t K, int64_t ld, int dtype) {
     require_pointer(dense, "dense", "a pointer to the M x K matrix");

@@ -204,11 +204,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int
     return guard("fspmm_prune_host", [&] {
         const int dt = enum_value(dtype), sc = enum_value(scope);
         require_matrix(dense, M, K, ld, dt);
-        FSPMM_REQUIRE(sparsity >= 0.0 && sparsity <= 1.0,
-                      "sparsity must be a fraction in [0, 1] (e.g. 0.7 for 70 % zeros), got " +
-                          std::to_string(sparsity));
-        FSPMM_REQUIRE(sc == FSPMM_PRUNE_ROW || sc == FSPMM_PRUNE_TENSOR,
-                      "scope must be FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR, got " + std::to_string(sc));
+        require_sparsity(sparsity);
+        require_scope(sc);
         prune_host(static_cast<uint16_t*>(dense), M, K, ld, sparsity, sc);
         return FSPMM_OK;
     });

@@ -19,18 +19,6 @@ int64_t prune_count(double sparsity, int64_t n) {
     return static_cast<int64_t>(std::nearbyint(sparsity * static_cast<double>(n)));
 }
 
-// Raise INVALID_ARGUMENT unless scope is FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR.
-void require_scope(int scope) {
-    FSPMM_REQUIRE(scope == FSPMM_PRUNE_ROW || scope == FSPMM_PRUNE_TENSOR,
-                  "scope must be FSPMM_PRUNE_ROW or FSPMM_PRUNE_TENSOR, got " + std::to_string(scope));
-}
-
-// Raise INVALID_ARGUMENT unless sparsity is a fraction in [0, 1] (NaN is not).
-void require_sparsity(double sparsity) {
-    FSPMM_REQUIRE(sparsity >= 0.0 && sparsity <= 1.0,
-                  "sparsity must be a fraction in [0, 1] (e.g. 0.7 for 70 % zeros), got " + std::to_string(sparsity));
-}
-
 // Checks of the workspace for an M x K matrix pruned with `scope`.
 void require_prune_workspace(const void* workspace, size_t workspace_bytes, int64_t M, int64_t K, int scope) {
     const size_t need = prune_workspace_bytes(M, K, scope);

@@ -33,7 +33,6 @@ constexpr int kStripes = 2;
 constexpr int kCtaRows = 64 * kStripes;
 constexpr int consumer_warps(int groups) { return 4 * kStripes / groups; }
 constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32; }
-constexpr int kConsumerThreads = 32 * consumer_warps(1);  // consumer threads of the shared-tile decoders
 // Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 for the 64-token
 // tile, whose x tiles are large enough that a fourth stage would cost a CTA per SM.
 constexpr int stages_for(int n_tile) { return n_tile >= 64 ? 3 : 4; }
