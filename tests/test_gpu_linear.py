@@ -105,6 +105,14 @@ def test_shapes(request, dtype, fmt, M, K):
     run_case(_rng(request), M, K, 9, 0.6, dtype, fmt, bias=True, alpha=0.5)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("N", [24, 64])
+def test_shapes_wide_n_tiles(request, dtype, fmt, N):
+    # 32- and 64-token tiles (the warpgroup MMA on sm_90a), a CTA whose second stripe lies past M.
+    run_case(_rng(request), 130, 4100, N, 0.6, dtype, fmt, bias=True, alpha=0.5)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 7, 64])
 def test_split_k_and_determinism(request, fmt, split_k):

@@ -148,5 +148,89 @@ __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
     asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)));
 }
 
+// ---- sm_90a warpgroup MMA (wgmma): A from registers (FragA layout per warp), B from shared memory ----
+// Descriptor of a K-major operand in shared memory with the 128-byte swizzle: rows of 128 bytes whose 16-byte
+// chunk c of row r sits at chunk c ^ (r % 8), groups of eight rows 1024 bytes apart; the tile must be
+// 1024-byte aligned, and a step of 16 elements along K adds 32 bytes to addr.
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t addr) {
+    return uint64_t((addr & 0x3FFFFu) >> 4) | uint64_t(1) << 16 | uint64_t(1024 >> 4) << 32 | uint64_t(1) << 62;
+}
+
+// Order this thread's register writes (A fragments, accumulators) before the warpgroup MMAs that follow.
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Close the group of warpgroup MMAs issued so far.
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Wait until at most N groups of warpgroup MMAs are pending (their registers and shared memory are free).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Make this thread's view of shared memory written through the generic proxy (stores, cp.async) visible
+// to the async proxy (wgmma operand reads, bulk copies) that it uses next.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// D[64 x N] += A[64 x 16] * B[16 x N] for the warpgroup (this warp: 16 rows of A and D), fp32 accumulate,
+// B (x, K-major) by descriptor. wgmma_<type>: A from registers (this warp's FragA), N = 16, 32, 64;
+// wgmma_ss_<type>: A (K-major, 64 rows) by descriptor too, N = 8 ... 64. d holds N / 8 fragments, in the
+// per-warp layout of mma.m16n8k16's accumulators.
+#define FSPMM_D(j) "+f"(d[j].x[0]), "+f"(d[j].x[1]), "+f"(d[j].x[2]), "+f"(d[j].x[3])
+#define FSPMM_A "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3])
+#define FSPMM_D1 FSPMM_D(0)
+#define FSPMM_D2 FSPMM_D1, FSPMM_D(1)
+#define FSPMM_D4 FSPMM_D2, FSPMM_D(2), FSPMM_D(3)
+#define FSPMM_D8 FSPMM_D4, FSPMM_D(4), FSPMM_D(5), FSPMM_D(6), FSPMM_D(7)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FSPMM_WGMMA_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define FSPMM_WGMMA_ASM(...) __trap()
+#endif
+// One N: FRAGS fragments, REGS the asm list of the N / 2 accumulators, RS / SS the operand numbers after them.
+#define FSPMM_WGMMA_N(TYPE, N, FRAGS, REGS, RS, SS)                                                        \
+    __device__ __forceinline__ void wgmma_##TYPE(FragC (&d)[FRAGS], const FragA& a, uint64_t desc_b) {     \
+        FSPMM_WGMMA_ASM("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " REGS ", " RS \
+                        ", 1, 1, 1, 0;\n"                                                                   \
+                        : FSPMM_D##FRAGS                                                                    \
+                        : FSPMM_A, "l"(desc_b)                                                              \
+                        : "memory");                                                                        \
+    }                                                                                                      \
+    __device__ __forceinline__ void wgmma_ss_##TYPE(FragC (&d)[FRAGS], uint64_t desc_a, uint64_t desc_b) { \
+        FSPMM_WGMMA_ASM("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " REGS ", " SS \
+                        ", 1, 1, 1, 0, 0;\n"                                                                \
+                        : FSPMM_D##FRAGS                                                                    \
+                        : "l"(desc_a), "l"(desc_b)                                                          \
+                        : "memory");                                                                        \
+    }
+#define FSPMM_WGMMA_TYPE(TYPE)                                                                              \
+    FSPMM_WGMMA_N(TYPE, 8, 1, "{%0,%1,%2,%3}", "{%4,%5,%6,%7}, %8", "%4, %5")                                        \
+    FSPMM_WGMMA_N(TYPE, 16, 2, "{%0,%1,%2,%3,%4,%5,%6,%7}", "{%8,%9,%10,%11}, %12", "%8, %9")                                    \
+    FSPMM_WGMMA_N(TYPE, 32, 4, "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}", "{%16,%17,%18,%19}, %20", "%16, %17")                               \
+    FSPMM_WGMMA_N(TYPE, 64, 8, "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}", "{%32,%33,%34,%35}, %36", "%32, %33")
+FSPMM_WGMMA_TYPE(f16)
+FSPMM_WGMMA_TYPE(bf16)
+#undef FSPMM_WGMMA_TYPE
+#undef FSPMM_WGMMA_N
+#undef FSPMM_WGMMA_ASM
+#undef FSPMM_D8
+#undef FSPMM_D4
+#undef FSPMM_D2
+#undef FSPMM_D1
+#undef FSPMM_A
+#undef FSPMM_D
+
 }  // namespace ptx
 }  // namespace fspmm

@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "ptx/ptx.cuh"
 
 namespace fspmm {
@@ -28,5 +30,17 @@ struct Bf16 {
         return __bfloat16_as_ushort(__float2bfloat16_rn(v));
     }
 };
+
+// sm_90a warpgroup MMA in a dtype, N = 8 kFrags tokens: A from registers (wgmma) or shared memory (wgmma_ss).
+template <class Dtype, int kFrags>
+__device__ __forceinline__ void wgmma(ptx::FragC (&d)[kFrags], const ptx::FragA& a, uint64_t desc_b) {
+    if constexpr (std::is_same<Dtype, Bf16>::value) ptx::wgmma_bf16(d, a, desc_b);
+    else ptx::wgmma_f16(d, a, desc_b);
+}
+template <class Dtype, int kFrags>
+__device__ __forceinline__ void wgmma_ss(ptx::FragC (&d)[kFrags], uint64_t desc_a, uint64_t desc_b) {
+    if constexpr (std::is_same<Dtype, Bf16>::value) ptx::wgmma_ss_bf16(d, desc_a, desc_b);
+    else ptx::wgmma_ss_f16(d, desc_a, desc_b);
+}
 
 }  // namespace fspmm

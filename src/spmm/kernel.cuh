@@ -10,7 +10,10 @@
 //   2. the format's decoder expands the tile into a swizzled 64x64 dense tile per stripe (or, for the
 //      direct bitmap decoder, straight into mma A fragments);
 //   3. each warp reads its 16x64 A fragments with ldmatrix (or builds them), the x fragments with ldmatrix,
-//      and runs mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate;
+//      and runs mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate; on
+//      sm_90a the four consumer warps (one warpgroup) use wgmma instead where it measured faster: the direct
+//      decoder from 32 tokens on (A fragments from registers), Tiled-CSL always (A from the dense tiles);
+//      x tiles are stored in the 128-byte swizzle that wgmma's shared-memory descriptors read;
 //   4. decoders that scatter nonzeros re-zero the rows they read, ready for the next tile.
 // With split-K, every CTA writes fp32 partial sums; the last CTA of an output tile to arrive (arrival
 // counter) adds them in split order, so the result is deterministic, and applies the epilogue.
@@ -214,6 +217,30 @@ struct BitmapDirectDecoder {
 };
 
 // ---- the kernel ----------------------------------------------------------------------------------------
+// Shared-memory address of 16-byte chunk ck (K elements 8 ck..8 ck + 7) of token row n of the x tile at xs:
+// rows of 128 bytes, chunk ck stored at ck ^ (n % 8) (the sm_90 128-byte swizzle, wgmma_desc_sw128), so
+// that ldmatrix's eight row addresses of one chunk column fall in eight different bank groups.
+__device__ __forceinline__ uint32_t x_chunk(uint32_t xs, int n, int ck) {
+    return xs + uint32_t(n) * kXRowBytes + (uint32_t(ck ^ (n & 7)) << 4);
+}
+
+// Whether the direct decoder's multiply runs on the sm_90a warpgroup MMA (wgmma) for this N tile: its
+// A fragments stay in registers and x is read from shared memory by the Tensor Cores, asynchronously, so the
+// next fragments are decoded while the MMA runs. Elsewhere, and for smaller N tiles, mma.sync.
+#ifndef FSPMM_WGMMA_MIN_TILE
+#define FSPMM_WGMMA_MIN_TILE 32
+#endif
+static_assert(FSPMM_WGMMA_MIN_TILE >= 16, "wgmma is wrapped for N tiles of 16, 32 and 64");
+// The same for the Tiled-CSL kernel (A from the dense tiles in shared memory).
+#ifndef FSPMM_WGMMA_DENSE_MIN_TILE
+#define FSPMM_WGMMA_DENSE_MIN_TILE 8
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr int kWgmmaMinTile = FSPMM_WGMMA_MIN_TILE, kWgmmaDenseMinTile = FSPMM_WGMMA_DENSE_MIN_TILE;
+#else
+constexpr int kWgmmaMinTile = 1 << 30, kWgmmaDenseMinTile = 1 << 30;  // mma.sync only
+#endif
+
 // CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
 // six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
 constexpr int min_ctas(int groups, int n_tile) {
@@ -232,6 +259,11 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     constexpr int kWarps = consumer_warps(kGroups);          // consumer warps; warp kWarps is the producer
     constexpr int kThreads = cta_threads(kGroups);
     constexpr int kStages = stages_for(kNTile);
+    constexpr bool kWgmma = Decoder::kDirect && kNTile >= kWgmmaMinTile;  // warpgroup MMA (sm_90a)
+    // Tiled-CSL on the warpgroup MMA: A read from the dense tiles by the Tensor Cores; the warp then holds
+    // rows 16 warp.. of both stripes (its "groups" are the stripes).
+    constexpr bool kWgmmaDense = !Decoder::kDirect && !Decoder::kWarpLocal && kNTile >= kWgmmaDenseMinTile;
+    static_assert(!kWgmmaDense || (kGroups == kStripes && consumer_warps(kGroups) == 4), "one warpgroup");
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
     __shared__ int s_is_last;
@@ -248,12 +280,15 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     const int64_t kt_end = imin(p.tiles_k, kt_begin + p.k_tiles_per_split);
     const int nk = int(kt_end - kt_begin);
 
-    const size_t stage_bytes = size_t(kStripes) * p.slot_bytes + kNTile * kXRowBytes;
-    uint8_t* dense_ptr = smem + kStages * stage_bytes;
+    // Shared memory (params.h, smem_bytes): the x tiles of every stage, 1024-byte aligned (the swizzle of
+    // x_chunk repeats every 1024 bytes), then the compressed-tile slots of every stage, then the dense tiles.
+    constexpr uint32_t kXTileBytes = kNTile * kXRowBytes;
     const uint32_t smem0 = ptx::smem_addr(smem);
-    const uint32_t dense0 = ptx::smem_addr(dense_ptr);
-    auto w_slot = [&](int stage, int s) { return smem + stage * stage_bytes + size_t(s) * p.slot_bytes; };
-    auto x_slot = [&](int stage) { return smem0 + uint32_t(stage * stage_bytes + kStripes * p.slot_bytes); };
+    const uint32_t x0 = (smem0 + 1023u) & ~1023u;
+    uint8_t* const w0 = smem + (x0 - smem0) + kStages * kXTileBytes;
+    const uint32_t dense0 = (ptx::smem_addr(w0 + size_t(kStages) * kStripes * p.slot_bytes) + 1023u) & ~1023u;
+    auto w_slot = [&](int stage, int s) { return w0 + size_t(stage * kStripes + s) * p.slot_bytes; };
+    auto x_slot = [&](int stage) { return x0 + uint32_t(stage) * kXTileBytes; };
 
     // Byte offsets of this CTA's tiles (entries 0..nk per stripe; zeros for a stripe past M), read once.
     __shared__ uint64_t s_off[kStripes][kMaxKTilesPerSplit + 1];
@@ -279,7 +314,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
                 for (int e = 0; e < 8; ++e)
                     if (k + e < p.K) w[e / 2] |= uint32_t(src[k + e]) << (16 * (e & 1));
             }
-            ptx::st_shared_v4(xs + n * kXRowBytes + ck * 16, w);
+            ptx::st_shared_v4(x_chunk(xs, n, ck), w);
         }
     };
 
@@ -312,7 +347,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         const uint32_t xs = x_slot(stage);
         for (int c = lane; c < rows * 8; c += 32) {
             const int n = c >> 3, ck = c & 7;
-            ptx::cp_async_16(xs + n * kXRowBytes + ck * 16, p.x + (n0 + n) * p.ldx + k0 + ck * 8, 16);
+            ptx::cp_async_16(x_chunk(xs, n, ck), p.x + (n0 + n) * p.ldx + k0 + ck * 8, 16);
         }
         ptx::cp_async_mbarrier_arrive_noinc(full);
     };
@@ -340,7 +375,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
                 const int n = c >> 3, ck = c & 7;
                 const int64_t row = n0 + n, k = k0 + ck * 8;
                 const bool ok = row < p.N && k < p.K;
-                ptx::cp_async_16(xs + n * kXRowBytes + ck * 16, ok ? p.x + row * p.ldx + k : p.x, ok ? 16 : 0);
+                ptx::cp_async_16(x_chunk(xs, n, ck), ok ? p.x + row * p.ldx + k : p.x, ok ? 16 : 0);
             }
         } else {
             store_x_tile(i, tid, kThreads);
@@ -350,33 +385,34 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
 
     // Zero the x tiles (rows past N stay zero) and, for decoders that scatter, the dense tiles (each warp
     // re-zeroes what it read afterwards).
-    for (int c = tid; c < kStages * kNTile * kXRowBytes / 16; c += kThreads) {
-        const int st = c / (kNTile * kXRowBytes / 16), r = c % (kNTile * kXRowBytes / 16);
-        ptx::st_shared_zero16(x_slot(st) + r * 16);
-    }
+    for (uint32_t c = tid; c < kStages * kXTileBytes / 16; c += kThreads) ptx::st_shared_zero16(x0 + c * 16);
     if constexpr (Decoder::kNeedsZero)
-        for (int c = tid; c < kStripes * kDenseHalves * 2 / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
+        for (int c = tid; c < kStripes * kDenseBytes / 16; c += kThreads) ptx::st_shared_zero16(dense0 + c * 16);
+    if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // the zero tiles are read by the Tensor Cores
     __syncthreads();
 
     ptx::FragC acc[kGroups][kNTile / 8];
     const bool my_stripe = mt0 + stripe < p.tiles_m;
-    const uint32_t my_dense = dense0 + stripe * kDenseHalves * 2;  // this stripe's dense tile
+    const uint32_t my_dense = dense0 + stripe * kDenseBytes;  // this stripe's dense tile
 
     // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
     // (one per group).
+    // This lane's ldmatrix row address in an x tile, chunk 2 kc + (lane / 8) % 2 of token row (lane % 8) +
+    // 8 (lane / 16) + 8 j: x_chunk(xs, row, chunk) = ((xs + x_lane) ^ (kc << 5)) + 1024 j (xs is 128-aligned).
+    const uint32_t x_lane = ((lane & 7) + (kNTile == 8 ? 0 : (lane >> 4) << 3)) * kXRowBytes +
+                            ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
     auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
+        const uint32_t xk = (xs + x_lane) ^ (kc << 5);
         if constexpr (kNTile == 8) {
-            const int n = lane & 7, chunk = 2 * kc + ((lane >> 3) & 1);
             ptx::FragB b;
-            ptx::ldmatrix_x2(b.x, xs + n * kXRowBytes + chunk * 16);
+            ptx::ldmatrix_x2(b.x, xk);
 #pragma unroll
             for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
         } else {
 #pragma unroll
             for (int j = 0; j < kNTile / 8; j += 2) {
-                const int n = 8 * j + (lane & 7) + ((lane >> 4) << 3), chunk = 2 * kc + ((lane >> 3) & 1);
                 uint32_t r[4];
-                ptx::ldmatrix_x4(r, xs + n * kXRowBytes + chunk * 16);
+                ptx::ldmatrix_x4(r, xk + j * 8 * kXRowBytes);
                 const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
 #pragma unroll
                 for (int g = 0; g < kGroups; ++g) {
@@ -386,18 +422,57 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             }
         }
     };
-    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile.
+    // The same on the warpgroup MMA (x read from shared memory by the Tensor Cores): issued, not waited for.
+    auto wgmma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
+        if constexpr (kWgmma) {
+            ptx::wgmma_fence();  // the A fragments (and the accumulators) were written by ordinary instructions
+#pragma unroll
+            for (int g = 0; g < kGroups; ++g) wgmma<Dtype>(acc[g], a[g], ptx::wgmma_desc_sw128(xs + kc * 32));
+            ptx::wgmma_commit();
+        }
+    };
+    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile (called
+    // for warps whose stripe lies within M, and for every warp on the warpgroup MMA).
     auto multiply_direct = [&](int i) {
         if constexpr (Decoder::kDirect) {
             const int stage = i % kStages;
+            const uint8_t* tile = w_slot(stage, stripe);
+            const uint32_t xs = x_slot(stage);
+            if constexpr (kWgmma) {
+                ptx::fence_proxy_async_shared();  // the x tile came through the generic proxy (cp.async, stores)
+                if (!my_stripe) {  // every warp of the warpgroup takes part: a stripe past M multiplies zeros
+                    const ptx::FragA zero[kGroups] = {};
+#pragma unroll
+                    for (int kc = 0; kc < 4; ++kc) {
+                        wgmma_chunk(zero, kc, xs);
+                        ptx::wgmma_wait<0>();
+                    }
+                    return;
+                }
+            }
             const typename Decoder::Lane ln = Decoder::lane_constants(lane);
-            const typename Decoder::Prefix pre = Decoder::prepare(w_slot(stage, stripe), lane);
+            const typename Decoder::Prefix pre = Decoder::prepare(tile, lane);
+            auto decode = [&](ptx::FragA (&a)[kGroups], int kc) {
 #pragma unroll
-            for (int kc = 0; kc < 4; ++kc) {
-                ptx::FragA a[kGroups];
+                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(tile, pre, ln, wr + g, kc);
+            };
+            if constexpr (kWgmma) {
+                // Fragments of chunk kc + 1 are decoded while the MMA of chunk kc runs (two register sets).
+                ptx::FragA a[2][kGroups];
+                decode(a[0], 0);
 #pragma unroll
-                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(w_slot(stage, stripe), pre, ln, wr + g, kc);
-                mma_chunk(a, kc, x_slot(stage));  // one set of x fragments for all the warp's rows
+                for (int kc = 0; kc < 4; ++kc) {
+                    wgmma_chunk(a[kc & 1], kc, xs);
+                    if (kc < 3) decode(a[(kc + 1) & 1], kc + 1);
+                    ptx::wgmma_wait<0>();  // chunk kc done: its registers and (after kc = 3) the stage are free
+                }
+            } else {
+#pragma unroll
+                for (int kc = 0; kc < 4; ++kc) {
+                    ptx::FragA a[kGroups];
+                    decode(a, kc);
+                    mma_chunk(a, kc, xs);  // one set of x fragments for all the warp's rows
+                }
             }
         }
     };
@@ -421,20 +496,37 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     // them for a later scatter into the same dense tile.
     auto multiply_dense = [&](int i) {
         const uint32_t xs = x_slot(i % kStages);
+        if constexpr (kWgmmaDense) {
+            // The warpgroup multiplies both 64-row dense tiles (the whole CTA), then each warp re-zeroes its
+            // 16 rows of each once the MMAs are complete.
+            ptx::wgmma_fence();
 #pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-            ptx::FragA a[kGroups];
+            for (int kc = 0; kc < 4; ++kc)
 #pragma unroll
-            for (int g = 0; g < kGroups; ++g) {
-                const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-                ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                for (int s = 0; s < kStripes; ++s)
+                    wgmma_ss<Dtype>(acc[s], ptx::wgmma_desc_sw128(dense0 + s * kDenseBytes + kc * 32),
+                                    ptx::wgmma_desc_sw128(xs + kc * 32));
+            ptx::wgmma_commit();
+            ptx::wgmma_wait<0>();
+#pragma unroll
+            for (int c = 0; c < 4 * kStripes; ++c)
+                ptx::st_shared_zero16(dense0 + (c / 4) * kDenseBytes + warp * 2048 + (lane + 32 * (c % 4)) * 16);
+        } else {
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                ptx::FragA a[kGroups];
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) {
+                    const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                }
+                mma_chunk(a, kc, xs);
             }
-            mma_chunk(a, kc, xs);
-        }
-        if constexpr (Decoder::kNeedsZero) {
-            __syncwarp();
+            if constexpr (Decoder::kNeedsZero) {
+                __syncwarp();
 #pragma unroll
-            for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+            }
         }
     };
 
@@ -455,7 +547,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         for (int i = 0; i < nk; ++i) {
             wait_full(i);
             if constexpr (Decoder::kDirect) {
-                if (my_stripe) multiply_direct(i);
+                if (my_stripe || kWgmma) multiply_direct(i);  // (the warpgroup MMA needs every warp)
             } else {
                 if (my_stripe) scatter_tile(i);
                 __syncwarp();       // each warp decoded exactly the rows it multiplies
@@ -469,8 +561,9 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             if (i > 0) ptx::consumer_sync<32 * kWarps>();  // every warp re-zeroed its rows of the dense tiles
             wait_full(i);
             if (my_stripe) scatter_tile(i);
+            if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // scatter and zeroing -> Tensor Cores
             ptx::consumer_sync<32 * kWarps>();  // dense tiles complete
-            if (my_stripe) multiply_dense(i);
+            if (my_stripe || kWgmmaDense) multiply_dense(i);  // (the warpgroup MMA needs every warp)
             release(i);
         }
     }
@@ -489,14 +582,15 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (i + kStages - 1 < nk) issue(i + kStages - 1);
         ptx::cp_async_commit();
         if constexpr (Decoder::kDirect) {
-            if (consumer && my_stripe) multiply_direct(i);
+            if (consumer && (my_stripe || kWgmma)) multiply_direct(i);
         } else {
             if (consumer && my_stripe) scatter_tile(i);
+            if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // scatter and zeroing -> Tensor Cores
             if constexpr (Decoder::kWarpLocal)
                 __syncwarp();  // each warp decoded exactly the rows it multiplies
             else
                 __syncthreads();  // dense tiles complete
-            if (consumer && my_stripe) multiply_dense(i);
+            if (consumer && (my_stripe || kWgmmaDense)) multiply_dense(i);
         }
     }
     ptx::cp_async_wait<0>();
@@ -509,7 +603,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int q = 0; q < kGroups; ++q) {
-            const int r0 = stripe * 64 + (wr + q) * 16 + g;
+            const int r0 = (kWgmmaDense ? q * 64 + warp * 16 : stripe * 64 + (wr + q) * 16) + g;
 #pragma unroll
             for (int j = 0; j < kNTile / 8; ++j) {
                 const int n = 8 * j + 2 * t;
@@ -544,15 +638,17 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
                 if (n < cols && r < rows) mine[int64_t(n) * p.M + r] = cs[n * kCStride + r];
             }
         }
-        __threadfence();
-        __syncthreads();
+        __syncthreads();  // every thread's partial sums are written
         if (tid == 0) {
+            // Fences by one thread suffice, being cumulative over the CTA barriers around them: the partial
+            // sums of this CTA are visible GPU-wide before its arrival, those of the others after it.
+            __threadfence();
             const unsigned int prev = atomicAdd(p.counters + blockIdx.z * gridDim.x + blockIdx.x, 1u);
+            __threadfence();
             s_is_last = prev == unsigned(p.splits - 1);
         }
         __syncthreads();
         if (!s_is_last) return;
-        __threadfence();
     }
     // y element (n, r) of this tile from its sum over K: alpha, bias, beta * y.
     auto store = [&](int n, int r, float sum) {
@@ -563,38 +659,53 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (p.beta != 0.f) out += p.beta * Dtype::to_float(*yp);
         *yp = Dtype::from_float(out);
     };
-    // The last CTA sums the splits in order. A thread takes kChunk runs of kVec rows at a time, so that its
-    // loads of one split are in flight together: the reduction is a chain of L2 round trips, one per split
-    // and chunk, on the kernel's critical path.
+    // The last CTA sums the splits in order. A thread takes kChunk runs of kVec rows at a time and loads
+    // them from kDepth splits at once: the reduction is a chain of L2 round trips on the kernel's critical
+    // path, one per kDepth splits and chunk.
     auto reduce = [&](auto vec) {
-        constexpr int kVec = decltype(vec)::value, kChunk = kVec == 4 ? 2 : 4;  // (more spills registers)
+        constexpr int kVec = decltype(vec)::value, kChunk = kVec == 4 ? 1 : 2, kDepth = 4;  // (more: spills)
         constexpr int kRuns = kNTile * kCtaRows / kVec;
+        const float* tile = p.partial + n0 * p.M + m0;  // this output tile in split 0
+        const int64_t split_stride = p.N * p.M;
         for (int base = tid; base < kRuns; base += kThreads * kChunk) {
-            float sum[kChunk][kVec];
+            float sum[kChunk][kVec] = {};
+            bool ok[kChunk];
+            int64_t at[kChunk];  // offset of the run in a split's partial sums
 #pragma unroll
-            for (int c = 0; c < kChunk; ++c)
+            for (int c = 0; c < kChunk; ++c) {
+                const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
+                ok[c] = v < kRuns && n < cols && r < rows;
+                at[c] = int64_t(n) * p.M + r;
+            }
+            for (int s0 = 0; s0 < p.splits; s0 += kDepth) {
+                float part[kDepth][kChunk][kVec];
 #pragma unroll
-                for (int e = 0; e < kVec; ++e) sum[c][e] = 0.f;
-            for (int s = 0; s < p.splits; ++s) {
-                const float* part = p.partial + (int64_t(s) * p.N + n0) * p.M + m0;
+                for (int d = 0; d < kDepth; ++d)
 #pragma unroll
-                for (int c = 0; c < kChunk; ++c) {
-                    const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
-                    if (v >= kRuns || n >= cols || r >= rows) continue;
-                    if constexpr (kVec == 4) {
-                        const float4 x = __ldcg(reinterpret_cast<const float4*>(part + int64_t(n) * p.M + r));
-                        sum[c][0] += x.x, sum[c][1] += x.y, sum[c][2] += x.z, sum[c][3] += x.w;
-                    } else {
-                        sum[c][0] += __ldcg(part + int64_t(n) * p.M + r);
+                    for (int c = 0; c < kChunk; ++c) {
+                        const float* src = tile + (s0 + d) * split_stride + at[c];
+                        const bool load = ok[c] && s0 + d < p.splits;
+                        if constexpr (kVec == 4) {
+                            const float4 x = load ? __ldcg(reinterpret_cast<const float4*>(src)) : float4{};
+                            part[d][c][0] = x.x, part[d][c][1] = x.y, part[d][c][2] = x.z, part[d][c][3] = x.w;
+                        } else {
+                            part[d][c][0] = load ? __ldcg(src) : 0.f;
+                        }
                     }
-                }
+#pragma unroll
+                for (int d = 0; d < kDepth; ++d)
+                    if (s0 + d < p.splits)
+#pragma unroll
+                        for (int c = 0; c < kChunk; ++c)
+#pragma unroll
+                            for (int e = 0; e < kVec; ++e) sum[c][e] += part[d][c][e];
             }
 #pragma unroll
             for (int c = 0; c < kChunk; ++c) {
                 const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
 #pragma unroll
                 for (int e = 0; e < kVec; ++e)
-                    if (v < kRuns && n < cols && r + e < rows) store(n, r + e, sum[c][e]);
+                    if (ok[c] && r + e < rows) store(n, r + e, sum[c][e]);
             }
         }
     };

@@ -37,15 +37,20 @@ constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32;
 // tile, whose x tiles are large enough that a fourth stage would cost a CTA per SM.
 constexpr int stages_for(int n_tile) { return n_tile >= 64 ? 3 : 4; }
 constexpr int kMaxKTilesPerSplit = 256;     // a CTA's tile offsets are staged in shared memory
-constexpr int kDenseHalves = 64 * 64 + 8;   // dense tile + 8 slots that Tiled-CSL padding entries write to
+constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
+                                                 // write to; 1024-aligned tiles (wgmma_desc_sw128)
 constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
-constexpr int kXRowBytes = 64 * 2 + 16;     // an x row of one K tile in shared memory, padded: ldmatrix
-                                            // reads 8 rows from 8 different bank groups
+constexpr int kXRowBytes = 64 * 2;         // an x row of one K tile in shared memory: 128 bytes, its 16-byte
+                                            // chunks swizzled (kernel.cuh, x_chunk); x tiles are 1024-aligned
+constexpr int kSmemSlack = 1024 + 16;       // aligning the x tiles, and the one value the direct decoder may
+                                            // read past the last compressed tile (+ 1024 to align dense tiles)
 
 // Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
+// Layout: x tiles of every stage (1024-byte aligned), compressed-tile slots of every stage, dense tiles
+// (1024-byte aligned).
 inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = stages_for(n_tile) * stage + (dense ? size_t(kStripes) * kDenseHalves * 2 : 0);
+    size_t main = kSmemSlack + stages_for(n_tile) * stage + (dense ? 1024 + size_t(kStripes) * kDenseBytes : 0);
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
 }
