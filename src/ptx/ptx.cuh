@@ -215,14 +215,23 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
                         : "l"(desc_a), "l"(desc_b)                                                          \
                         : "memory");                                                                        \
     }
-#define FSPMM_WGMMA_TYPE(TYPE)                                                                              \
-    FSPMM_WGMMA_N(TYPE, 8, 1, "{%0,%1,%2,%3}", "{%4,%5,%6,%7}, %8", "%4, %5")                                        \
-    FSPMM_WGMMA_N(TYPE, 16, 2, "{%0,%1,%2,%3,%4,%5,%6,%7}", "{%8,%9,%10,%11}, %12", "%8, %9")                                    \
-    FSPMM_WGMMA_N(TYPE, 32, 4, "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}", "{%16,%17,%18,%19}, %20", "%16, %17")                               \
-    FSPMM_WGMMA_N(TYPE, 64, 8, "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}", "{%32,%33,%34,%35}, %36", "%32, %33")
+// Accumulator lists of 1, 2, 4 and 8 fragments.
+#define FSPMM_ACC1 "{%0,%1,%2,%3"
+#define FSPMM_ACC2 FSPMM_ACC1 ",%4,%5,%6,%7"
+#define FSPMM_ACC4 FSPMM_ACC2 ",%8,%9,%10,%11,%12,%13,%14,%15"
+#define FSPMM_ACC8 FSPMM_ACC4 ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+#define FSPMM_WGMMA_TYPE(TYPE)                                                                    \
+    FSPMM_WGMMA_N(TYPE, 8, 1, FSPMM_ACC1 "}", "{%4,%5,%6,%7}, %8", "%4, %5")                      \
+    FSPMM_WGMMA_N(TYPE, 16, 2, FSPMM_ACC2 "}", "{%8,%9,%10,%11}, %12", "%8, %9")                  \
+    FSPMM_WGMMA_N(TYPE, 32, 4, FSPMM_ACC4 "}", "{%16,%17,%18,%19}, %20", "%16, %17")              \
+    FSPMM_WGMMA_N(TYPE, 64, 8, FSPMM_ACC8 "}", "{%32,%33,%34,%35}, %36", "%32, %33")
 FSPMM_WGMMA_TYPE(f16)
 FSPMM_WGMMA_TYPE(bf16)
 #undef FSPMM_WGMMA_TYPE
+#undef FSPMM_ACC8
+#undef FSPMM_ACC4
+#undef FSPMM_ACC2
+#undef FSPMM_ACC1
 #undef FSPMM_WGMMA_N
 #undef FSPMM_WGMMA_ASM
 #undef FSPMM_D8

@@ -241,6 +241,13 @@ constexpr int kWgmmaMinTile = FSPMM_WGMMA_MIN_TILE, kWgmmaDenseMinTile = FSPMM_W
 constexpr int kWgmmaMinTile = 1 << 30, kWgmmaDenseMinTile = 1 << 30;  // mma.sync only
 #endif
 
+// Whether this compilation runs the sm_90 pipeline (shared-memory sizes depend on it: params.h).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kSm90Pipeline = true;
+#else
+constexpr bool kSm90Pipeline = false;
+#endif
+
 // CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
 // six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
 constexpr int min_ctas(int groups, int n_tile) {
@@ -258,7 +265,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     constexpr int kGroups = Decoder::kGroups;               // 16-row groups per consumer warp
     constexpr int kWarps = consumer_warps(kGroups);          // consumer warps; warp kWarps is the producer
     constexpr int kThreads = cta_threads(kGroups);
-    constexpr int kStages = stages_for(kNTile);
+    constexpr int kStages = stages_for(kNTile, !Decoder::kDirect, kSm90Pipeline);
     constexpr bool kWgmma = Decoder::kDirect && kNTile >= kWgmmaMinTile;  // warpgroup MMA (sm_90a)
     // Tiled-CSL on the warpgroup MMA: A read from the dense tiles by the Tensor Cores; the warp then holds
     // rows 16 warp.. of both stripes (its "groups" are the stripes).
@@ -525,7 +532,8 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             if constexpr (Decoder::kNeedsZero) {
                 __syncwarp();
 #pragma unroll
-                for (int c = 0; c < 4 * kGroups; ++c) ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                for (int c = 0; c < 4 * kGroups; ++c)
+                    ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
             }
         }
     };

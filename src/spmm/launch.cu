@@ -135,6 +135,19 @@ int64_t resident_ctas(int device, const void* func, int threads, size_t smem) {
     return slots;
 }
 
+// Whether `func` runs on `device` as code compiled for compute capability 9.0 or newer (its PTX version): the
+// kernels' shared-memory layout depends on it (params.h, stages_for). Cached per (device, kernel).
+bool runs_sm90_pipeline(int device, const void* func) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, const void*>, bool> cache;
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find({device, func});
+    if (it != cache.end()) return it->second;
+    cudaFuncAttributes attr{};
+    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
+    return cache[{device, func}] = attr.ptxVersion >= 90;
+}
+
 // Shared-memory bytes reserved per compressed tile: the largest tile of the blob, rounded to 16.
 uint32_t slot_bytes_of(const fspmm_header_t& h) {
     return uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
@@ -202,9 +215,10 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
     plan.kernel = kernel_id(h);
-    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, plan.kernel != kBitmapDirect);
-
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
+    const bool dense = plan.kernel != kBitmapDirect;
+    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, runs_sm90_pipeline(device, k.func));
+
     plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
     return plan;
 }

@@ -33,9 +33,13 @@ constexpr int kStripes = 2;
 constexpr int kCtaRows = 64 * kStripes;
 constexpr int consumer_warps(int groups) { return 4 * kStripes / groups; }
 constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32; }
-// Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 for the 64-token
-// tile, whose x tiles are large enough that a fourth stage would cost a CTA per SM.
-constexpr int stages_for(int n_tile) { return n_tile >= 64 ? 3 : 4; }
+// Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 where the fourth
+// stage would cost a CTA per SM: the 64-token tile everywhere; on the sm_90 pipeline (kernels compiled for
+// compute capability 9.0 or newer) also the 32-token tile and the decoders with dense tiles (measured on H100:
+// 2-11 % faster with 3). The launcher takes sm90 from the kernel binary's PTX version.
+constexpr int stages_for(int n_tile, bool dense, bool sm90) {
+    return n_tile >= 64 || (sm90 && (dense || n_tile >= 32)) ? 3 : 4;
+}
 constexpr int kMaxKTilesPerSplit = 256;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
                                                  // write to; 1024-aligned tiles (wgmma_desc_sw128)
@@ -48,9 +52,10 @@ constexpr int kSmemSlack = 1024 + 16;       // aligning the x tiles, and the one
 // Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
 // Layout: x tiles of every stage (1024-byte aligned), compressed-tile slots of every stage, dense tiles
 // (1024-byte aligned).
-inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense) {
+inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense, bool sm90) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = kSmemSlack + stages_for(n_tile) * stage + (dense ? 1024 + size_t(kStripes) * kDenseBytes : 0);
+    size_t main = kSmemSlack + stages_for(n_tile, dense, sm90) * stage;
+    if (dense) main += 1024 + size_t(kStripes) * kDenseBytes;
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
 }
