@@ -44,6 +44,7 @@ struct CslDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = true;
     static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
+    static constexpr int kTableWords = 0;      // per-warp shared-memory table (the direct decoder's)
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe, int stripe_threads) {
         const uint4* entries = reinterpret_cast<const uint4*>(tile);
@@ -69,6 +70,7 @@ struct BitmapTileDecoder {
     static constexpr bool kDirect = false;
     static constexpr bool kNeedsZero = !kRows;
     static constexpr bool kWarpLocal = true;  // a warp's 32 threads decode exactly the 16 rows it multiplies
+    static constexpr int kTableWords = 0;
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t /*bytes*/, uint32_t dense,
                                                    int tid_in_stripe, int /*stripe_threads*/) {
         const uint64_t* masks = reinterpret_cast<const uint64_t*>(tile);
@@ -129,12 +131,13 @@ struct BitmapTileDecoder {
 using BitmapScatterDecoder = BitmapTileDecoder<false>;
 using BitmapRowsDecoder = BitmapTileDecoder<true>;
 
-// Bitmap, decoded straight into mma A fragments (no dense tile, no shared-memory stores). Lane L of a warp
-// owns bits 2L and 2L+1 of each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its
-// two values sit at (block's first value) + (set bits of the mask below bit 2L), consecutively if both bits
-// are set. Per block and lane: one shuffle (the block's first value, plus the popcount of its low mask word
-// for lanes 16..31), one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves
-// are the zeros a missing element needs) and one byte permute that places them in the fragment register.
+// Bitmap, decoded straight into mma A fragments (no dense tile). Lane L of a warp owns bits 2L and 2L+1 of
+// each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its two values sit at (block's
+// first value) + (set bits of the mask below bit 2L), consecutively if both bits are set. Per tile, each warp
+// writes a small table (its blocks' mask words and first-value addresses per half-warp); per block and lane:
+// one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves are the
+// zeros a missing element needs) and one byte permute that places them in the fragment register, plus a
+// quarter of the table loads and of the selector arithmetic shared by a fragment's four blocks.
 struct BitmapDirectDecoder {
     static constexpr int kGroups = 2;  // 16-row groups per consumer warp (params.h)
     static constexpr bool kDirect = true;
@@ -148,21 +151,21 @@ struct BitmapDirectDecoder {
     // Lane constants: where the lane's two bits are, as byte-permute selectors and shifts.
     struct Lane {
         uint32_t below;     // bits of the lane's 32-bit mask word below its pair (bits 2 (L % 16), +1)
-        uint32_t word_sel;  // picks the mask word: low (lanes 0..15) or high (lanes 16..31)
         uint32_t gather;    // picks the byte holding the pair from two words (see fragment)
         uint32_t bit;       // the pair's position in that byte
     };
     static __device__ __forceinline__ Lane lane_constants(int lane) {
         const uint32_t shift = 2u * uint32_t(lane & 15), byte = shift >> 3;
-        return {(1u << shift) - 1u, lane >= 16 ? 0x7654u : 0x3210u, byte | (4u + byte) << 4, shift & 7u};
+        return {(1u << shift) - 1u, byte | (4u + byte) << 4, shift & 7u};
     }
-    // Per tile: lane L (q = L % 16) holds, for blocks 4q..4q+3, the shared-memory address of the first value
-    // its half of the warp needs: lanes 0..15 the block's first value, lanes 16..31 the value after the
-    // block's low mask word (its popcount further on).
-    struct Prefix {
-        uint32_t b[4];
-    };
-    static __device__ __forceinline__ Prefix prepare(const uint8_t* tile, int lane) {
+    // Per tile, a warp's table in shared memory (kTableWords words): for each of its 32 blocks and each half
+    // of the warp, the block's mask word that the half needs, and the shared-memory address of the half's
+    // first value (lanes 0..15: the block's first value; lanes 16..31: the value after the block's low mask
+    // word). Layout: [half][mask words | addresses][block - 16 wr].
+    static constexpr int kTableWords = 2 * 2 * 32;
+    // Lane L (q = L % 16) reads the masks of blocks 4q..4q+3, finds their first values by a 16-lane scan and
+    // writes its half's entries of those blocks if they are the warp's (blocks 16 wr .. 16 wr + 31).
+    static __device__ __forceinline__ void prepare(const uint8_t* tile, int lane, int wr, uint32_t* table) {
         const int q = lane & 15;
         const uint32_t upper = uint32_t(lane) >> 4;
         const uint4 m01 = reinterpret_cast<const uint4*>(tile)[2 * q];
@@ -180,8 +183,16 @@ struct BitmapDirectDecoder {
         }
         const uint32_t f0 = incl - s, f1 = f0 + c0, f2 = f1 + c1, f3 = f2 + c2;
         const uint32_t values = ptx::smem_addr(tile + kBitmapMaskBytes);
-        return {{values + 2 * (f0 + upper * l0), values + 2 * (f1 + upper * l1), values + 2 * (f2 + upper * l2),
-                 values + 2 * (f3 + upper * l3)}};
+        const int jl = 4 * q - 16 * wr;  // the lane's first block, counted from the warp's first
+        if (jl >= 0 && jl < 32) {
+            uint32_t* t = table + upper * 64 + jl;
+            *reinterpret_cast<uint4*>(t) = upper ? make_uint4(m01.y, m01.w, m23.y, m23.w)
+                                                 : make_uint4(m01.x, m01.z, m23.x, m23.z);
+            *reinterpret_cast<uint4*>(t + 32) =
+                make_uint4(values + 2 * (f0 + upper * l0), values + 2 * (f1 + upper * l1),
+                           values + 2 * (f2 + upper * l2), values + 2 * (f3 + upper * l3));
+        }
+        __syncwarp();  // the table is complete for the fragments that follow
     }
     // The lane's fragment register for one block: its mask word, the address p of its first value
     // (prepare) and the block's byte-permute selector (fragment).
@@ -190,28 +201,23 @@ struct BitmapDirectDecoder {
         // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
         return ptx::prmt(ptx::ld_shared_u16(at), ptx::ld_shared_u16(at + 2), sel);
     }
-    // The A fragment of rows 16*wr.., columns 16*kc.. of the tile (blocks 16*wr + 4*kc + q, q = 0..3).
-    static __device__ __forceinline__ ptx::FragA fragment(const uint8_t* tile, const Prefix& pre, const Lane& ln,
-                                                          int wr, int kc) {
-        const int j0 = 16 * wr + 4 * kc;
-        const int src = (j0 >> 2) + (threadIdx.x & 16);  // lane holding this half's prefixes of blocks j0..j0+3
-        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[j0 >> 1];
-        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[(j0 >> 1) + 1];
-        const uint32_t p0 = __shfl_sync(0xFFFFFFFFu, pre.b[0], src), p1 = __shfl_sync(0xFFFFFFFFu, pre.b[1], src);
-        const uint32_t p2 = __shfl_sync(0xFFFFFFFFu, pre.b[2], src), p3 = __shfl_sync(0xFFFFFFFFu, pre.b[3], src);
-        const uint32_t w0 = ptx::prmt(m01.x, m01.y, ln.word_sel), w1 = ptx::prmt(m01.z, m01.w, ln.word_sel);
-        const uint32_t w2 = ptx::prmt(m23.x, m23.y, ln.word_sel), w3 = ptx::prmt(m23.z, m23.w, ln.word_sel);
+    // The A fragment of the warp's group g (rows 16 (wr + g)..), columns 16 kc.. of the tile: blocks
+    // 16 (wr + g) + 4 kc + q, q = 0..3, from the warp's table (prepare).
+    static __device__ __forceinline__ ptx::FragA fragment(const uint32_t* table, const Lane& ln, int g, int kc) {
+        const uint32_t* t = table + (threadIdx.x & 16) * 4 + 16 * g + 4 * kc;  // this half's entries
+        const uint4 w = *reinterpret_cast<const uint4*>(t);        // mask words of the four blocks
+        const uint4 p = *reinterpret_cast<const uint4*>(t + 32);   // addresses of their first values
         // The four blocks' two-bit fields side by side (one per byte), turned into four selector indices at
         // once: byte k of idx holds (2 t_k, 2 t_k + 1) for block k's bits t_k.
-        const uint32_t bytes = ptx::prmt(ptx::prmt(w0, w1, ln.gather), ptx::prmt(w2, w3, ln.gather), 0x5410u);
+        const uint32_t bytes = ptx::prmt(ptx::prmt(w.x, w.y, ln.gather), ptx::prmt(w.z, w.w, ln.gather), 0x5410u);
         const uint32_t idx = ((bytes >> ln.bit) & 0x03030303u) * 0x22u + 0x10101010u;
         const uint32_t s01 = ptx::prmt(kSelectLo, kSelectHi, idx);        // selectors of blocks 0 and 1
         const uint32_t s23 = ptx::prmt(kSelectLo, kSelectHi, idx >> 16);  // blocks 2 and 3
         ptx::FragA a;
-        a.x[0] = pair(w0, p0, s01, ln);
-        a.x[1] = pair(w1, p1, s01 >> 16, ln);
-        a.x[2] = pair(w2, p2, s23, ln);
-        a.x[3] = pair(w3, p3, s23 >> 16, ln);
+        a.x[0] = pair(w.x, p.x, s01, ln);
+        a.x[1] = pair(w.y, p.y, s01 >> 16, ln);
+        a.x[2] = pair(w.z, p.z, s23, ln);
+        a.x[3] = pair(w.w, p.w, s23 >> 16, ln);
         return a;
     }
 };
@@ -273,6 +279,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     static_assert(!kWgmmaDense || (kGroups == kStripes && consumer_warps(kGroups) == 4), "one warpgroup");
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
+    __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? kWarps * Decoder::kTableWords : 1];
     __shared__ int s_is_last;
 
     const int tid = threadIdx.x;
@@ -297,11 +304,16 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     auto w_slot = [&](int stage, int s) { return w0 + size_t(stage * kStripes + s) * p.slot_bytes; };
     auto x_slot = [&](int stage) { return x0 + uint32_t(stage) * kXTileBytes; };
 
-    // Byte offsets of this CTA's tiles (entries 0..nk per stripe; zeros for a stripe past M), read once.
-    __shared__ uint64_t s_off[kStripes][kMaxKTilesPerSplit + 1];
+    // Byte offsets of this CTA's tiles (entries 0..nk per stripe; zeros for a stripe past M), read once: the
+    // first as is, the others relative to it (a CTA's tiles of one stripe span less than 4 GiB).
+    __shared__ uint64_t s_first[kStripes];
+    __shared__ uint32_t s_off[kStripes][kMaxKTilesPerSplit + 1];
     for (int e = tid; e < kStripes * (nk + 1); e += kThreads) {
         const int s = e / (nk + 1), k = e % (nk + 1);
-        s_off[s][k] = mt0 + s < p.tiles_m ? __ldg(p.offsets + (mt0 + s) * p.tiles_k + kt_begin + k) : 0;
+        const uint64_t* row = p.offsets + (mt0 + s) * p.tiles_k + kt_begin;
+        const bool inside = mt0 + s < p.tiles_m;
+        s_off[s][k] = inside ? uint32_t(__ldg(row + k) - __ldg(row)) : 0u;
+        if (k == 0) s_first[s] = inside ? __ldg(row) : 0;
     }
     // Bytes to copy for a tile (clamped to the slot: a corrupted offset table cannot overflow it).
     auto tile_bytes = [&](uint64_t bytes) { return uint32_t(imin<uint64_t>(bytes, p.slot_bytes)); };
@@ -337,7 +349,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         const bool x_bulk = p.x_vec && k0 + 64 <= p.K;
         if (!x_bulk) store_x_tile(i, lane, 32);  // published by lane 0's arrive below (release)
         const uint32_t full = ptx::smem_addr(&s_full[stage]);
-        const uint64_t off = lane < kStripes ? s_off[lane][i] : 0;
+        const uint32_t off = lane < kStripes ? s_off[lane][i] : 0u;
         const uint32_t bytes = lane < kStripes ? tile_bytes(s_off[lane][i + 1] - off) : 0u;
         const int rows = x_bulk ? int(imin<int64_t>(kNTile, p.N - n0)) : 0;
         uint32_t total = bytes;
@@ -348,7 +360,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (lane == 0) ptx::mbarrier_arrive_expect_tx(full, total);
         __syncwarp();  // copies are issued after the expected byte count is set
         if (lane < kStripes && bytes)
-            ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + off, bytes, full);
+            ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + s_first[lane] + off, bytes, full);
         // x rows: 16-byte cp.async from every lane (one bulk copy per 128-byte row would queue up to 64
         // small requests on the copy engine); each lane's copies arrive on the barrier when complete.
         const uint32_t xs = x_slot(stage);
@@ -371,7 +383,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         for (int s = 0; s < kStripes; ++s) {
             const uint32_t bytes = tile_bytes(s_off[s][i + 1] - s_off[s][i]);
             if (tid == 0) s_tile_bytes[stage][s] = bytes;
-            const uint8_t* src = p.data + s_off[s][i];
+            const uint8_t* src = p.data + s_first[s] + s_off[s][i];
             const uint32_t dst = ptx::smem_addr(w_slot(stage, s));
             for (uint32_t c = tid * 16; c < bytes; c += kThreads * 16) ptx::cp_async_16(dst + c, src + c, 16);
         }
@@ -458,10 +470,11 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
                 }
             }
             const typename Decoder::Lane ln = Decoder::lane_constants(lane);
-            const typename Decoder::Prefix pre = Decoder::prepare(tile, lane);
+            uint32_t* const table = s_table + warp * Decoder::kTableWords;
+            Decoder::prepare(tile, lane, wr, table);
             auto decode = [&](ptx::FragA (&a)[kGroups], int kc) {
 #pragma unroll
-                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(tile, pre, ln, wr + g, kc);
+                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, g, kc);
             };
             if constexpr (kWgmma) {
                 // Fragments of chunk kc + 1 are decoded while the MMA of chunk kc runs (two register sets).
