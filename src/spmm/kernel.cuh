@@ -294,11 +294,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     const int64_t kt_end = imin(p.tiles_k, kt_begin + p.k_tiles_per_split);
     const int nk = int(kt_end - kt_begin);
 
-    // Shared memory (params.h, smem_bytes): the x tiles of every stage, 1024-byte aligned (the swizzle of
-    // x_chunk repeats every 1024 bytes), then the compressed-tile slots of every stage, then the dense tiles.
+    // Shared memory (params.h, smem_bytes): the x tiles of every stage (aligned for wgmma where it may read
+    // them), then the compressed-tile slots of every stage, then the dense tiles.
     constexpr uint32_t kXTileBytes = kNTile * kXRowBytes;
     const uint32_t smem0 = ptx::smem_addr(smem);
-    const uint32_t x0 = (smem0 + 1023u) & ~1023u;
+    constexpr uint32_t kXAlign = x_align(kNTile, !Decoder::kDirect);
+    const uint32_t x0 = (smem0 + kXAlign - 1) & ~(kXAlign - 1);
     uint8_t* const w0 = smem + (x0 - smem0) + kStages * kXTileBytes;
     const uint32_t dense0 = (ptx::smem_addr(w0 + size_t(kStages) * kStripes * p.slot_bytes) + 1023u) & ~1023u;
     auto w_slot = [&](int stage, int s) { return w0 + size_t(stage * kStripes + s) * p.slot_bytes; };

@@ -45,16 +45,17 @@ constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots
                                                  // write to; 1024-aligned tiles (wgmma_desc_sw128)
 constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
 constexpr int kXRowBytes = 64 * 2;         // an x row of one K tile in shared memory: 128 bytes, its 16-byte
-                                            // chunks swizzled (kernel.cuh, x_chunk); x tiles are 1024-aligned
-constexpr int kSmemSlack = 1024 + 16;       // aligning the x tiles, and the one value the direct decoder may
-                                            // read past the last compressed tile (+ 1024 to align dense tiles)
+                                            // chunks swizzled (kernel.cuh, x_chunk)
+// Alignment of the x tiles: 1024 bytes where the kernel may read them with wgmma (its descriptors' 128-byte
+// swizzle repeats every 1024 bytes: the direct decoder from 32 tokens, the dense-tile decoders), else 128.
+constexpr int x_align(int n_tile, bool dense) { return dense || n_tile >= 32 ? 1024 : 128; }
 
 // Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
-// Layout: x tiles of every stage (1024-byte aligned), compressed-tile slots of every stage, dense tiles
-// (1024-byte aligned).
+// Layout: x tiles of every stage (aligned: x_align), compressed-tile slots of every stage (+ 16 bytes: the
+// direct decoder may read one value past the last tile), dense tiles (1024-byte aligned).
 inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense, bool sm90) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = kSmemSlack + stages_for(n_tile, dense, sm90) * stage;
+    size_t main = x_align(n_tile, dense) + 16 + stages_for(n_tile, dense, sm90) * stage;
     if (dense) main += 1024 + size_t(kStripes) * kDenseBytes;
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
