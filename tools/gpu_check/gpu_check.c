@@ -170,13 +170,14 @@ int main(void) {
     const fspmm_format_t formats[2] = {FSPMM_FORMAT_BITMAP, FSPMM_FORMAT_TILED_CSL};
     int failed = 0, passed = 0;
     for (int f = 0; f < 2; ++f) {
-        int r[5];
+        int r[6];
         r[0] = run_case(300, 700, 9, 0.7, formats[f], 1);
         r[1] = run_case(300, 700, 33, 0.5, formats[f], 3);
         r[2] = run_case(129, 1000, 1, 0.9, formats[f], 0);
         r[3] = run_case(70, 65, 70, 0.0, formats[f], 2);
         r[4] = run_case(64, 4096, 16, 0.99, formats[f], 0);
-        for (int i = 0; i < 5; ++i) r[i] ? ++failed : ++passed;
+        r[5] = run_case(200, 500, 20, 0.6, formats[f], 0); /* 32-token tile */
+        for (int i = 0; i < 6; ++i) r[i] ? ++failed : ++passed;
         convert_case(200, 333, 0.6, formats[f]) ? ++failed : ++passed;
         convert_case(64, 64, 0.0, formats[f]) ? ++failed : ++passed;
     }
