@@ -164,12 +164,15 @@ struct BitmapDirectDecoder {
     // word). Layout: [half][mask words | addresses][block - 16 wr].
     static constexpr int kTableWords = 2 * 2 * 32;
     // Lane L (q = L % 16) reads the masks of blocks 4q..4q+3, finds their first values by a 16-lane scan and
-    // writes its half's entries of those blocks if they are the warp's (blocks 16 wr .. 16 wr + 31).
-    static __device__ __forceinline__ void prepare(const uint8_t* tile, int lane, int wr, uint32_t* table) {
+    // writes its half's entries of those blocks if they are the warp's (blocks 16 wr .. 16 wr + 31). For a
+    // tile that is not there (valid = false: a stripe past M) the table describes an all-zero tile.
+    static __device__ __forceinline__ void prepare(const uint8_t* tile, int lane, int wr, uint32_t* table,
+                                                   bool valid) {
         const int q = lane & 15;
         const uint32_t upper = uint32_t(lane) >> 4;
-        const uint4 m01 = reinterpret_cast<const uint4*>(tile)[2 * q];
-        const uint4 m23 = reinterpret_cast<const uint4*>(tile)[2 * q + 1];
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        const uint4 m01 = valid ? reinterpret_cast<const uint4*>(tile)[2 * q] : zero;
+        const uint4 m23 = valid ? reinterpret_cast<const uint4*>(tile)[2 * q + 1] : zero;
         const uint32_t l0 = __popc(m01.x), c0 = l0 + __popc(m01.y);
         const uint32_t l1 = __popc(m01.z), c1 = l1 + __popc(m01.w);
         const uint32_t l2 = __popc(m23.x), c2 = l2 + __popc(m23.y);
@@ -458,21 +461,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             const int stage = i % kStages;
             const uint8_t* tile = w_slot(stage, stripe);
             const uint32_t xs = x_slot(stage);
-            if constexpr (kWgmma) {
-                ptx::fence_proxy_async_shared();  // the x tile came through the generic proxy (cp.async, stores)
-                if (!my_stripe) {  // every warp of the warpgroup takes part: a stripe past M multiplies zeros
-                    const ptx::FragA zero[kGroups] = {};
-#pragma unroll
-                    for (int kc = 0; kc < 4; ++kc) {
-                        wgmma_chunk(zero, kc, xs);
-                        ptx::wgmma_wait<0>();
-                    }
-                    return;
-                }
-            }
+            if constexpr (kWgmma) ptx::fence_proxy_async_shared();  // x came through the generic proxy
             const typename Decoder::Lane ln = Decoder::lane_constants(lane);
             uint32_t* const table = s_table + warp * Decoder::kTableWords;
-            Decoder::prepare(tile, lane, wr, table);
+            // On the warpgroup MMA every warp runs the same instructions: a warp whose stripe lies past M
+            // decodes an all-zero tile.
+            Decoder::prepare(tile, lane, wr, table, my_stripe);
             auto decode = [&](ptx::FragA (&a)[kGroups], int kc) {
 #pragma unroll
                 for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, g, kc);
