@@ -45,16 +45,36 @@ struct CslDecoder {
     static constexpr bool kNeedsZero = true;
     static constexpr bool kWarpLocal = false;  // entries are not grouped by warp: a CTA barrier follows
     static constexpr int kTableWords = 0;      // per-warp shared-memory table (the direct decoder's)
+    // Tiles of at least this many bytes (about 12 % density and up) are scattered with 4-byte loads in
+    // thread order, sparser ones with 16-byte loads (measured on H100: 3-5 % faster at 80 % sparsity, 1-2 %
+    // slower at 90 %).
+    static constexpr uint32_t kStridedBytes = 2048;
     static __device__ __forceinline__ void scatter(const uint8_t* tile, uint32_t bytes, uint32_t dense,
                                                    int tid_in_stripe, int stripe_threads) {
-        const uint4* entries = reinterpret_cast<const uint4*>(tile);
-        const int n16 = bytes / 16;
-        for (int i = tid_in_stripe; i < n16; i += stripe_threads) {
-            const uint4 e = entries[i];
-            ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
-            ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
-            ptx::st_shared_u16(dense + (e.z & 0xFFFFu) * 2, e.z >> 16);
-            ptx::st_shared_u16(dense + (e.w & 0xFFFFu) * 2, e.w >> 16);
+        if (bytes >= kStridedBytes) {
+            // Consecutive threads take consecutive entries (sorted by position: few rows apart), so that one
+            // store instruction mostly hits distinct banks; four entries in flight per thread.
+            const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
+            const int n = bytes / 4;
+            for (int i = tid_in_stripe; i < n; i += 4 * stripe_threads) {
+                uint32_t e[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) e[u] = i + u * stripe_threads < n ? entries[i + u * stripe_threads] : 0u;
+#pragma unroll
+                for (int u = 0; u < 4; ++u)
+                    if (i + u * stripe_threads < n) ptx::st_shared_u16(dense + (e[u] & 0xFFFFu) * 2, e[u] >> 16);
+            }
+        } else {
+            // Sparse tiles (entries many rows apart either way): four entries per 16-byte load.
+            const uint4* entries = reinterpret_cast<const uint4*>(tile);
+            const int n16 = bytes / 16;
+            for (int i = tid_in_stripe; i < n16; i += stripe_threads) {
+                const uint4 e = entries[i];
+                ptx::st_shared_u16(dense + (e.x & 0xFFFFu) * 2, e.x >> 16);
+                ptx::st_shared_u16(dense + (e.y & 0xFFFFu) * 2, e.y >> 16);
+                ptx::st_shared_u16(dense + (e.z & 0xFFFFu) * 2, e.z >> 16);
+                ptx::st_shared_u16(dense + (e.w & 0xFFFFu) * 2, e.w >> 16);
+            }
         }
     }
 };
