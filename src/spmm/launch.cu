@@ -35,7 +35,7 @@ int current_device() {
 namespace {
 
 // Bitmap densities at which the decoders change (see kernel_id; measured on H100, docs/PERFORMANCE.md).
-constexpr double kDirectDensity = 0.1;  // above: direct; at or below: scatter
+constexpr double kDirectDensity = 0.02;  // above: direct; at or below (98 % sparsity and more): scatter
 
 // The kernel for (kernel id, dtype, n_tile).
 KernelHandle select_kernel(int format, int dtype, int n_tile) {
@@ -81,7 +81,7 @@ int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
 
 // Which kernel runs a blob. Bitmap blobs have three decoders: "direct" builds the mma fragments in registers
 // without a shared tile (fixed work per element), "scatter" stores each nonzero into a zeroed tile (work per
-// nonzero, the faster one from 90 % sparsity on), "rows" expands every 8-element row in registers and
+// nonzero, the faster one from about 98 % sparsity on), "rows" expands every 8-element row in registers and
 // stores it whole into a dense tile (never the fastest since the direct decoder's rewrite: kept for
 // comparison). FSPMM_BITMAP_DECODER=rows|scatter|direct overrides the density rule (benchmarks and tests).
 int kernel_id(const fspmm_header_t& h) {
@@ -173,7 +173,7 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
 
 // Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
 // work per stored value beats expanding tiles for the Tensor Cores (measured on H100, docs/PERFORMANCE.md).
-constexpr double kGemvDensity = 0.15;
+constexpr double kGemvDensity = 0.12;
 
 // Whether this call runs the CUDA-core kernel. FSPMM_GEMV=1 forces it for every N = 1 call (either format),
 // FSPMM_GEMV=0 never uses it (for benchmarks and tests).
