@@ -221,7 +221,8 @@ struct BitmapDirectDecoder {
     // (prepare) and the block's byte-permute selector (fragment).
     static __device__ __forceinline__ uint32_t pair(uint32_t word, uint32_t p, uint32_t sel, const Lane& ln) {
         const uint32_t at = p + 2 * __popc(word & ln.below);  // shared-memory address of the lane's value
-        // At most one value past the tile's last is read (still inside the stage); the selector ignores it.
+        // At most one value past the tile's last is read (inside the allocation: params.h reserves 16 bytes
+        // after the last slot); the selector ignores it.
         return ptx::prmt(ptx::ld_shared_u16(at), ptx::ld_shared_u16(at + 2), sel);
     }
     // The A fragment of the warp's group g (rows 16 (wr + g)..), columns 16 kc.. of the tile: blocks
@@ -438,12 +439,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     const bool my_stripe = mt0 + stripe < p.tiles_m;
     const uint32_t my_dense = dense0 + stripe * kDenseBytes;  // this stripe's dense tile
 
-    // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
-    // (one per group).
     // This lane's ldmatrix row address in an x tile, chunk 2 kc + (lane / 8) % 2 of token row (lane % 8) +
     // 8 (lane / 16) + 8 j: x_chunk(xs, row, chunk) = ((xs + x_lane) ^ (kc << 5)) + 1024 j (xs is 128-aligned).
     const uint32_t x_lane = ((lane & 7) + (kNTile == 8 ? 0 : (lane >> 4) << 3)) * kXRowBytes +
                             ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
+    // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
+    // (one per group).
     auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
         const uint32_t xk = (xs + x_lane) ^ (kc << 5);
         if constexpr (kNTile == 8) {
