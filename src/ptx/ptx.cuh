@@ -148,7 +148,7 @@ __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
     asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)));
 }
 
-// ---- sm_90a warpgroup MMA (wgmma): A from registers (FragA layout per warp), B from shared memory ----
+// ---- sm_90a warpgroup MMA (wgmma): B from shared memory, A from registers or shared memory -------------
 // Descriptor of a K-major operand in shared memory with the 128-byte swizzle: rows of 128 bytes whose 16-byte
 // chunk c of row r sits at chunk c ^ (r % 8), groups of eight rows 1024 bytes apart; the tile must be
 // 1024-byte aligned, and a step of 16 elements along K adds 32 bytes to addr.
@@ -185,9 +185,9 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 }
 
 // D[64 x N] += A[64 x 16] * B[16 x N] for the warpgroup (this warp: 16 rows of A and D), fp32 accumulate,
-// B (x, K-major) by descriptor. wgmma_<type>: A from registers (this warp's FragA), N = 16, 32, 64;
-// wgmma_ss_<type>: A (K-major, 64 rows) by descriptor too, N = 8 ... 64. d holds N / 8 fragments, in the
-// per-warp layout of mma.m16n8k16's accumulators.
+// B (x, K-major) by descriptor, N = 8, 16, 32 or 64. wgmma_<type>: A from registers (this warp's FragA);
+// wgmma_ss_<type>: A (K-major, 64 rows) by descriptor too. d holds N / 8 fragments, in the per-warp layout of
+// mma.m16n8k16's accumulators.
 #define FSPMM_D(j) "+f"(d[j].x[0]), "+f"(d[j].x[1]), "+f"(d[j].x[2]), "+f"(d[j].x[3])
 #define FSPMM_A "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3])
 #define FSPMM_D1 FSPMM_D(0)
