@@ -94,59 +94,62 @@ int kernel_id(const fspmm_header_t& h) {
     return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
 }
 
+// What a kernel needs to be planned on a device, queried once per (device, kernel): its attributes, the
+// dynamic shared memory it may use there (its limit is raised to that maximum the first time, so any later
+// plan fits) and the SM count. Raises if the device is older than sm_80. The CUDA queries cost more than a
+// launch, and every call plans twice (workspace query, then launch).
+struct KernelInfo {
+    cudaFuncAttributes attr;
+    int max_smem;
+    int sms;
+};
+const KernelInfo& kernel_info(int device, const void* func) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, const void*>, KernelInfo> cache;  // entries are never changed or erased
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find({device, func});
+    if (it != cache.end()) return it->second;
+    KernelInfo info{};
+    int major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    if (major < 8)
+        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
+    check_cuda(cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check_cuda(cudaFuncGetAttributes(&info.attr, func), "cudaFuncGetAttributes");
+    info.max_smem -= int(info.attr.sharedSizeBytes);  // the kernel's static shared memory counts against the limit
+    check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, info.max_smem),
+               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    return cache.emplace(std::make_pair(device, func), info).first->second;
+}
+
 // CTAs of `func` (threads per CTA, smem bytes of dynamic shared memory) that run at once on all the SMs of
-// `device`. Raises if the device is older than sm_80 or the kernel does not fit. The first time a kernel is
-// seen on a device, its dynamic shared-memory limit is raised to the device's maximum, so any later plan fits.
-// Cached per (device, kernel, smem): the CUDA queries cost more than a launch, and every call plans twice
-// (workspace query, then launch).
+// `device`. Raises if the kernel does not fit. Cached per (device, kernel, smem).
 int64_t resident_ctas(int device, const void* func, int threads, size_t smem) {
+    const KernelInfo& info = kernel_info(device, func);
+    if (smem > size_t(info.max_smem))
+        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(smem) +
+                                           " bytes of shared memory per block; the device allows " +
+                                           std::to_string(info.max_smem));
     static std::mutex mutex;
     static std::map<std::tuple<int, const void*, size_t>, int64_t> cache;
-    static std::map<std::pair<int, const void*>, bool> raised;
     std::lock_guard<std::mutex> lock(mutex);
     const auto key = std::make_tuple(device, func, smem);
     const auto it = cache.find(key);
     if (it != cache.end()) return it->second;
-    int max_smem = 0, sms = 0, major = 0;
-    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    if (major < 8)
-        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
-    check_cuda(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-               "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    cudaFuncAttributes attr{};
-    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
-    max_smem -= int(attr.sharedSizeBytes);  // the kernel's static shared memory counts against the limit
-    if (smem > size_t(max_smem))
-        raise(FSPMM_ERR_NOT_SUPPORTED, "this matrix needs " + std::to_string(smem) +
-                                           " bytes of shared memory per block; the device allows " +
-                                           std::to_string(max_smem));
-    if (!raised[{device, func}]) {
-        check_cuda(cudaFuncSetAttribute(func, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem),
-                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-        raised[{device, func}] = true;
-    }
     int blocks = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, func, threads, smem),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     if (blocks < 1) raise(FSPMM_ERR_NOT_SUPPORTED, "the kernel does not fit on this device's multiprocessors");
-    const int64_t slots = int64_t(sms) * blocks;
+    const int64_t slots = int64_t(info.sms) * blocks;
     cache.emplace(key, slots);
     return slots;
 }
 
 // Whether `func` runs on `device` as code compiled for compute capability 9.0 or newer (its PTX version): the
-// kernels' shared-memory layout depends on it (params.h, stages_for). Cached per (device, kernel).
-bool runs_sm90_pipeline(int device, const void* func) {
-    static std::mutex mutex;
-    static std::map<std::pair<int, const void*>, bool> cache;
-    std::lock_guard<std::mutex> lock(mutex);
-    const auto it = cache.find({device, func});
-    if (it != cache.end()) return it->second;
-    cudaFuncAttributes attr{};
-    check_cuda(cudaFuncGetAttributes(&attr, func), "cudaFuncGetAttributes");
-    return cache[{device, func}] = attr.ptxVersion >= 90;
-}
+// kernels' shared-memory layout depends on it (params.h, stages_for).
+bool runs_sm90_pipeline(int device, const void* func) { return kernel_info(device, func).attr.ptxVersion >= 90; }
 
 // Shared-memory bytes reserved per compressed tile: the largest tile of the blob, rounded to 16.
 uint32_t slot_bytes_of(const fspmm_header_t& h) {
