@@ -158,6 +158,28 @@ def test_leading_dimensions(request, fmt, K):
     assert torch.isnan(ybig[:, M:]).all(), "wrote outside the output view"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("ypad,yoff", [(40, 0), (42, 0), (40, 1), (41, 3)])
+@pytest.mark.parametrize("N", [5, 40])
+def test_split_k_output_layouts(request, fmt, ypad, yoff, N):
+    # The split-K epilogue writes y four rows at a time (8-byte stores) where the leading dimension and the
+    # alignment of y allow it, else element by element: the same result either way, nothing outside the view.
+    rng = _rng(request)
+    M, K = 260, 2048
+    w = random_pruned(rng, M, K, 0.7, "float16")
+    W = compress_as(w, fmt)
+    x = torch.randn(N, K, device="cuda", dtype=torch.float16)
+    b = torch.randn(M, device="cuda", dtype=torch.float16)
+    y0 = torch.randn(N, M, device="cuda", dtype=torch.float16)
+    ybig = torch.full((N, M + ypad), float("nan"), device="cuda", dtype=torch.float16)
+    y = ybig[:, yoff:yoff + M]  # ldy = M + ypad, y offset by yoff elements
+    y.copy_(y0)
+    flashspmm.linear(x, W, b, out=y, alpha=0.5, beta=-0.25, split_k=3)
+    torch.cuda.synchronize()
+    check_close(y, reference(x, w, b, 0.5, -0.25, y0), "float16")
+    assert torch.isnan(ybig[:, :yoff]).all() and torch.isnan(ybig[:, yoff + M:]).all(), "wrote outside the view"
+
+
 def test_one_dimensional_x_returns_torch(request):
     rng = _rng(request)
     w = random_pruned(rng, 96, 80, 0.5, "float16")

@@ -688,13 +688,23 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (!s_is_last) return;
     }
     // y element (n, r) of this tile from its sum over K: alpha, bias, beta * y.
-    auto store = [&](int n, int r, float sum) {
-        const int64_t m = m0 + r, nn = n0 + n;
+    auto output = [&](int64_t m, const uint16_t* yp, float sum) {
         float out = p.alpha * sum;
         if (p.bias) out += Dtype::to_float(p.bias[m]);
-        uint16_t* yp = p.y + nn * p.ldy + m;
         if (p.beta != 0.f) out += p.beta * Dtype::to_float(*yp);
-        *yp = Dtype::from_float(out);
+        return uint32_t(Dtype::from_float(out));
+    };
+    auto store = [&](int n, int r, float sum) {
+        uint16_t* yp = p.y + (n0 + n) * p.ldy + m0 + r;
+        *yp = uint16_t(output(m0 + r, yp, sum));
+    };
+    // y elements (n, r..r + 3) with one 8-byte store (m0 is a multiple of 4; needs y_vec4).
+    const bool y_vec4 = p.ldy % 4 == 0 && (reinterpret_cast<uintptr_t>(p.y) & 7) == 0;
+    auto store4 = [&](int n, int r, const float (&sum)[4]) {
+        uint16_t* yp = p.y + (n0 + n) * p.ldy + m0 + r;
+        const int64_t m = m0 + r;
+        *reinterpret_cast<uint2*>(yp) = make_uint2(output(m, yp, sum[0]) | output(m + 1, yp + 1, sum[1]) << 16,
+                                                   output(m + 2, yp + 2, sum[2]) | output(m + 3, yp + 3, sum[3]) << 16);
     };
     // The last CTA sums the splits in order. A thread takes kChunk runs of kVec rows at a time and loads
     // them from kDepth splits at once: the reduction is a chain of L2 round trips on the kernel's critical
@@ -743,6 +753,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
 #pragma unroll
             for (int c = 0; c < kChunk; ++c) {
                 const int v = base + c * kThreads, n = v / (kCtaRows / kVec), r = v % (kCtaRows / kVec) * kVec;
+                if constexpr (kVec == 4) {  // 8-byte stores of y where possible (measured 1-4 % faster at N = 64)
+                    if (ok[c] && y_vec4 && r + 4 <= rows) {
+                        store4(n, r, sum[c]);
+                        continue;
+                    }
+                }
 #pragma unroll
                 for (int e = 0; e < kVec; ++e)
                     if (ok[c] && r + e < rows) store(n, r + e, sum[c][e]);
