@@ -58,7 +58,6 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
     raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
 }
 
-
 // Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`, and each costs
 // its K tiles plus a fixed overhead (prologue, epilogue, reduction) worth about two tiles.
 int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
