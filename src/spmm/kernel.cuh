@@ -153,11 +153,13 @@ using BitmapRowsDecoder = BitmapTileDecoder<true>;
 
 // Bitmap, decoded straight into mma A fragments (no dense tile). Lane L of a warp owns bits 2L and 2L+1 of
 // each 8x8 block's mask (row L / 4, columns 2 (L % 4) and 2 (L % 4) + 1), so its two values sit at (block's
-// first value) + (set bits of the mask below bit 2L), consecutively if both bits are set. Per tile, each warp
-// writes a small table (its blocks' mask words and first-value addresses per half-warp); per block and lane:
-// one popcount, two 16-bit loads of the values at that index (zero-extended, so their upper halves are the
-// zeros a missing element needs) and one byte permute that places them in the fragment register, plus a
-// quarter of the table loads and of the selector arithmetic shared by a fragment's four blocks.
+// first value) + (set bits of the mask below bit 2L), consecutively if both bits are set. Per tile, one
+// half-warp writes a table (the blocks' mask words and first-value addresses per half-warp that reads them):
+// on sm_90 the producer warp, one half per stripe, while the consumers multiply the previous tile; on sm_80
+// each consumer warp for its own stripe. Per block and lane: one popcount, two 16-bit loads of the values at
+// that index (zero-extended, so their upper halves are the zeros a missing element needs) and one byte
+// permute that places them in the fragment register, plus a quarter of the table loads and of the selector
+// arithmetic shared by a fragment's four blocks.
 struct BitmapDirectDecoder {
     static constexpr int kGroups = 2;  // 16-row groups per consumer warp (params.h)
     static constexpr bool kDirect = true;
@@ -178,18 +180,17 @@ struct BitmapDirectDecoder {
         const uint32_t shift = 2u * uint32_t(lane & 15), byte = shift >> 3;
         return {(1u << shift) - 1u, byte | (4u + byte) << 4, shift & 7u};
     }
-    // Per tile, a warp's table in shared memory (kTableWords words): for each of its 32 blocks and each half
-    // of the warp, the block's mask word that the half needs, and the shared-memory address of the half's
-    // first value (lanes 0..15: the block's first value; lanes 16..31: the value after the block's low mask
-    // word). Layout: [half][mask words | addresses][block - 16 wr].
-    static constexpr int kTableWords = 2 * 2 * 32;
-    // Lane L (q = L % 16) reads the masks of blocks 4q..4q+3, finds their first values by a 16-lane scan and
-    // writes its half's entries of those blocks if they are the warp's (blocks 16 wr .. 16 wr + 31). For a
-    // tile that is not there (valid = false: a stripe past M) the table describes an all-zero tile.
-    static __device__ __forceinline__ void prepare(const uint8_t* tile, int lane, int wr, uint32_t* table,
-                                                   bool valid) {
-        const int q = lane & 15;
-        const uint32_t upper = uint32_t(lane) >> 4;
+    // The table of one tile in shared memory (kTableWords words): for each of its 64 blocks and each half of
+    // a warp, the block's mask word that the half needs, and the shared-memory address of the half's first
+    // value (lanes 0..15: the block's first value; lanes 16..31: the value after the block's low mask word).
+    // Layout: [half][mask words | addresses][block].
+    static constexpr int kTableWords = 2 * 2 * 64;
+    // Written by the 16 lanes of a half-warp (q = lane % 16; both halves run the shuffles, only those with
+    // write set store): lane q reads the masks of blocks 4q..4q+3 and finds their first values by a 16-lane
+    // scan. For a tile that is not there (valid = false: a stripe past M) the table describes an all-zero
+    // tile.
+    static __device__ __forceinline__ void prepare(const uint8_t* tile, bool valid, int q, uint32_t* table,
+                                                   bool write) {
         const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
         const uint4 m01 = valid ? reinterpret_cast<const uint4*>(tile)[2 * q] : zero;
         const uint4 m23 = valid ? reinterpret_cast<const uint4*>(tile)[2 * q + 1] : zero;
@@ -204,18 +205,15 @@ struct BitmapDirectDecoder {
             const uint32_t up = __shfl_up_sync(0xFFFFFFFFu, incl, d, 16);
             if (q >= d) incl += up;
         }
-        const uint32_t f0 = incl - s, f1 = f0 + c0, f2 = f1 + c1, f3 = f2 + c2;
-        const uint32_t values = ptx::smem_addr(tile + kBitmapMaskBytes);
-        const int jl = 4 * q - 16 * wr;  // the lane's first block, counted from the warp's first
-        if (jl >= 0 && jl < 32) {
-            uint32_t* t = table + upper * 64 + jl;
-            *reinterpret_cast<uint4*>(t) = upper ? make_uint4(m01.y, m01.w, m23.y, m23.w)
-                                                 : make_uint4(m01.x, m01.z, m23.x, m23.z);
-            *reinterpret_cast<uint4*>(t + 32) =
-                make_uint4(values + 2 * (f0 + upper * l0), values + 2 * (f1 + upper * l1),
-                           values + 2 * (f2 + upper * l2), values + 2 * (f3 + upper * l3));
+        const uint32_t a0 = ptx::smem_addr(tile + kBitmapMaskBytes) + 2 * (incl - s);  // block 4q's first value
+        const uint32_t a1 = a0 + 2 * c0, a2 = a1 + 2 * c1, a3 = a2 + 2 * c2;
+        if (write) {
+            uint4* t = reinterpret_cast<uint4*>(table) + q;  // 16 words per quarter of the table
+            t[0] = make_uint4(m01.x, m01.z, m23.x, m23.z);
+            t[16] = make_uint4(a0, a1, a2, a3);
+            t[32] = make_uint4(m01.y, m01.w, m23.y, m23.w);
+            t[48] = make_uint4(a0 + 2 * l0, a1 + 2 * l1, a2 + 2 * l2, a3 + 2 * l3);
         }
-        __syncwarp();  // the table is complete for the fragments that follow
     }
     // The lane's fragment register for one block: its mask word, the address p of its first value
     // (prepare) and the block's byte-permute selector (fragment).
@@ -225,12 +223,12 @@ struct BitmapDirectDecoder {
         // after the last slot); the selector ignores it.
         return ptx::prmt(ptx::ld_shared_u16(at), ptx::ld_shared_u16(at + 2), sel);
     }
-    // The A fragment of the warp's group g (rows 16 (wr + g)..), columns 16 kc.. of the tile: blocks
-    // 16 (wr + g) + 4 kc + q, q = 0..3, from the warp's table (prepare).
-    static __device__ __forceinline__ ptx::FragA fragment(const uint32_t* table, const Lane& ln, int g, int kc) {
-        const uint32_t* t = table + (threadIdx.x & 16) * 4 + 16 * g + 4 * kc;  // this half's entries
+    // The A fragment of 16-row group r (rows 16 r..), columns 16 kc.. of the tile: blocks 16 r + 4 kc + q,
+    // q = 0..3, from the tile's table (prepare).
+    static __device__ __forceinline__ ptx::FragA fragment(const uint32_t* table, const Lane& ln, int r, int kc) {
+        const uint32_t* t = table + (threadIdx.x & 16) * 8 + 16 * r + 4 * kc;  // this half's entries
         const uint4 w = *reinterpret_cast<const uint4*>(t);        // mask words of the four blocks
-        const uint4 p = *reinterpret_cast<const uint4*>(t + 32);   // addresses of their first values
+        const uint4 p = *reinterpret_cast<const uint4*>(t + 64);   // addresses of their first values
         // The four blocks' two-bit fields side by side (one per byte), turned into four selector indices at
         // once: byte k of idx holds (2 t_k, 2 t_k + 1) for block k's bits t_k.
         const uint32_t bytes = ptx::prmt(ptx::prmt(w.x, w.y, ln.gather), ptx::prmt(w.z, w.w, ln.gather), 0x5410u);
@@ -303,7 +301,10 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     static_assert(!kWgmmaDense || (kGroups == kStripes && consumer_warps(kGroups) == 4), "one warpgroup");
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
-    __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? kWarps * Decoder::kTableWords : 1];
+    // The direct decoder's tile tables (prepare): on sm_90 two buffers (tiles i and i + 1) of one table per
+    // stripe, written by the producer warp; on sm_80 one per consumer warp, for its own stripe.
+    static_assert(!Decoder::kDirect || kWarps == 2 * kStripes, "four tables either way");
+    __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? 2 * kStripes * Decoder::kTableWords : 1];
     __shared__ int s_is_last;
 
     const int tid = threadIdx.x;
@@ -368,6 +369,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     // release a stage through its "empty" mbarrier. No CTA-wide barrier in the main loop.
     __shared__ __align__(8) uint64_t s_full[kStages];   // tile landed (one arrival + transaction bytes)
     __shared__ __align__(8) uint64_t s_empty[kStages];  // every consumer warp is done with the stage
+    __shared__ __align__(8) uint64_t s_ready[2];        // direct decoder: the table of a tile is written
     auto issue = [&](int i) {  // by the producer warp: K tile i < nk into stage i % kStages
         const int stage = i % kStages;
         const int64_t k0 = (kt_begin + i) * 64;
@@ -399,6 +401,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         for (int st = 0; st < kStages; ++st) {
             ptx::mbarrier_init(ptx::smem_addr(&s_full[st]), 1 + 32);  // expect_tx arrive + 32 cp.async arrivals
             ptx::mbarrier_init(ptx::smem_addr(&s_empty[st]), kWarps);
+            if (st < 2) ptx::mbarrier_init(ptx::smem_addr(&s_ready[st]), 1);
         }
 #else
     // sm_80: every thread issues 16-byte cp.async for a share of each tile; completion by cp.async groups.
@@ -475,22 +478,17 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             ptx::wgmma_commit();
         }
     };
-    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile (called
-    // for warps whose stripe lies within M, and for every warp on the warpgroup MMA).
-    auto multiply_direct = [&](int i) {
+    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile, through
+    // the tile's table (called for warps whose stripe lies within M, and for every warp on the warpgroup MMA,
+    // where a warp whose stripe lies past M decodes the all-zero table prepared for it).
+    auto multiply_direct = [&](int i, const uint32_t* table) {
         if constexpr (Decoder::kDirect) {
-            const int stage = i % kStages;
-            const uint8_t* tile = w_slot(stage, stripe);
-            const uint32_t xs = x_slot(stage);
+            const uint32_t xs = x_slot(i % kStages);
             if constexpr (kWgmma) ptx::fence_proxy_async_shared();  // x came through the generic proxy
             const typename Decoder::Lane ln = Decoder::lane_constants(lane);
-            uint32_t* const table = s_table + warp * Decoder::kTableWords;
-            // On the warpgroup MMA every warp runs the same instructions: a warp whose stripe lies past M
-            // decodes an all-zero tile.
-            Decoder::prepare(tile, lane, wr, table, my_stripe);
             auto decode = [&](ptx::FragA (&a)[kGroups], int kc) {
 #pragma unroll
-                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, g, kc);
+                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, wr + g, kc);
             };
             if constexpr (kWgmma) {
                 // Fragments of chunk kc + 1 are decoded while the MMA of chunk kc runs (two register sets).
@@ -573,18 +571,46 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         __syncwarp();
         if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_empty[i % kStages]));
     };
+    auto wait_empty = [&](int i) {  // every consumer warp released K tile i
+        ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), (i / kStages) & 1);
+    };
+    // The direct decoder's table of K tile i (buffer i % 2, one per stripe; s_ready[i % 2] when written).
+    auto table_of = [&](int i, int s) { return s_table + ((i & 1) * kStripes + s) * Decoder::kTableWords; };
     if (warp == kWarps) {
-        // Producer warp: refill a stage as soon as every consumer warp has released it.
-        for (int i = 0; i < nk; ++i) {
-            if (i >= kStages) ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), ((i / kStages) - 1) & 1);
-            issue(i);
+        if constexpr (Decoder::kDirect) {
+            // Producer warp of the direct decoder: it also writes the tables of tile i + 1, one stripe per
+            // half-warp, while the consumer warps multiply tile i (buffer (i + 1) % 2 is free once every
+            // consumer warp released tile i - 1, which is also when stage (i - 1) % kStages can be refilled).
+            auto prepare = [&](int i) {
+                wait_full(i);
+                const int s = lane >> 4;
+                Decoder::prepare(w_slot(i % kStages, s), mt0 + s < p.tiles_m, lane & 15, table_of(i, s), true);
+                __syncwarp();  // the warp's table stores happen before lane 0's release
+                if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_ready[i & 1]));
+            };
+            for (int i = 0; i < imin(nk, kStages); ++i) issue(i);
+            if (nk > 0) prepare(0);
+            for (int i = 0; i < nk; ++i) {
+                if (i > 0) {
+                    wait_empty(i - 1);
+                    if (i - 1 + kStages < nk) issue(i - 1 + kStages);
+                }
+                if (i + 1 < nk) prepare(i + 1);
+            }
+        } else {
+            // Producer warp: refill a stage as soon as every consumer warp has released it.
+            for (int i = 0; i < nk; ++i) {
+                if (i >= kStages) wait_empty(i - kStages);
+                issue(i);
+            }
         }
     } else if constexpr (Decoder::kDirect || Decoder::kWarpLocal) {
         // Consumer warps that decode only their own rows: no barrier between warps.
         for (int i = 0; i < nk; ++i) {
             wait_full(i);
             if constexpr (Decoder::kDirect) {
-                if (my_stripe || kWgmma) multiply_direct(i);  // (the warpgroup MMA needs every warp)
+                ptx::mbarrier_wait_parity(ptx::smem_addr(&s_ready[i & 1]), (i >> 1) & 1);  // tile i's table
+                if (my_stripe || kWgmma) multiply_direct(i, table_of(i, stripe));  // (wgmma: every warp)
             } else {
                 if (my_stripe) scatter_tile(i);
                 __syncwarp();       // each warp decoded exactly the rows it multiplies
@@ -619,7 +645,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         if (i + kStages - 1 < nk) issue(i + kStages - 1);
         ptx::cp_async_commit();
         if constexpr (Decoder::kDirect) {
-            if (consumer && (my_stripe || kWgmma)) multiply_direct(i);
+            if (consumer && (my_stripe || kWgmma)) {
+                uint32_t* const table = s_table + warp * Decoder::kTableWords;  // the warp's own
+                Decoder::prepare(w_slot(i % kStages, stripe), my_stripe, lane & 15, table, lane < 16);
+                __syncwarp();
+                multiply_direct(i, table);
+            }
         } else {
             if (consumer && my_stripe) scatter_tile(i);
             if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // scatter and zeroing -> Tensor Cores
