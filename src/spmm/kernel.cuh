@@ -269,12 +269,21 @@ constexpr int kWgmmaMinTile = FSPMM_WGMMA_MIN_TILE, kWgmmaDenseMinTile = FSPMM_W
 constexpr int kWgmmaMinTile = 1 << 30, kWgmmaDenseMinTile = 1 << 30;  // mma.sync only
 #endif
 
-// Whether this compilation runs the sm_90 pipeline (shared-memory sizes depend on it: params.h).
+// Whether this compilation runs the sm_90 pipeline (shared-memory sizes depend on it: params.h), and with
+// it the bulk copies on mbarriers (unless disabled for racecheck).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 constexpr bool kSm90Pipeline = true;
 #else
 constexpr bool kSm90Pipeline = false;
 #endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+constexpr bool kBulkPipeline = true;
+#else
+constexpr bool kBulkPipeline = false;
+#endif
+// Direct decoder on the bulk pipeline: tile tables in flight (the consumers' tile i and the next; three,
+// written a tile earlier, measured no faster and cost a CTA per SM at 50 % sparsity).
+constexpr int kTableBuffers = 2;
 
 // CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
 // six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
@@ -289,7 +298,7 @@ constexpr int min_ctas(int groups, int n_tile) {
 
 template <class Decoder, class Dtype, int kNTile>
 __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTile))
-    spmm_kernel(const LinearParams p) {
+    spmm_kernel(const __grid_constant__ LinearParams p) {  // (TMA reads p.x_map in place)
     constexpr int kGroups = Decoder::kGroups;               // 16-row groups per consumer warp
     constexpr int kWarps = consumer_warps(kGroups);          // consumer warps; warp kWarps is the producer
     constexpr int kThreads = cta_threads(kGroups);
@@ -301,10 +310,10 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     static_assert(!kWgmmaDense || (kGroups == kStripes && consumer_warps(kGroups) == 4), "one warpgroup");
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
-    // The direct decoder's tile tables (prepare): on sm_90 two buffers (tiles i and i + 1) of one table per
-    // stripe, written by the producer warp; on sm_80 one per consumer warp, for its own stripe.
-    static_assert(!Decoder::kDirect || kWarps == 2 * kStripes, "four tables either way");
-    __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? 2 * kStripes * Decoder::kTableWords : 1];
+    // The direct decoder's tile tables (prepare): on sm_90 kTableBuffers buffers (tiles i, i + 1) of one
+    // table per stripe, written by the producer warp; on sm_80 one per consumer warp, for its own stripe.
+    constexpr int kTables = kBulkPipeline ? kTableBuffers * kStripes : kWarps;
+    __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? kTables * Decoder::kTableWords : 1];
     __shared__ int s_is_last;
 
     const int tid = threadIdx.x;
@@ -323,7 +332,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     // them), then the compressed-tile slots of every stage, then the dense tiles.
     constexpr uint32_t kXTileBytes = kNTile * kXRowBytes;
     const uint32_t smem0 = ptx::smem_addr(smem);
-    constexpr uint32_t kXAlign = x_align(kNTile, !Decoder::kDirect);
+    constexpr uint32_t kXAlign = x_align(kNTile, !Decoder::kDirect, kBulkPipeline);
     const uint32_t x0 = (smem0 + kXAlign - 1) & ~(kXAlign - 1);
     uint8_t* const w0 = smem + (x0 - smem0) + kStages * kXTileBytes;
     const uint32_t dense0 = (ptx::smem_addr(w0 + size_t(kStages) * kStripes * p.slot_bytes) + 1023u) & ~1023u;
@@ -369,39 +378,49 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     // release a stage through its "empty" mbarrier. No CTA-wide barrier in the main loop.
     __shared__ __align__(8) uint64_t s_full[kStages];   // tile landed (one arrival + transaction bytes)
     __shared__ __align__(8) uint64_t s_empty[kStages];  // every consumer warp is done with the stage
-    __shared__ __align__(8) uint64_t s_ready[2];        // direct decoder: the table of a tile is written
+    __shared__ __align__(8) uint64_t s_ready[kTableBuffers];  // direct decoder: a tile's table is written
+    // x rows: 16-byte cp.async from every lane (one bulk copy per 128-byte row would queue up to 64 small
+    // requests on the copy engine); lane L copies chunk L % 8 of token rows L / 8 + 4 j, j = 0, 1, ..., at
+    // x_chunk(xs, n, ck) = xs + 512 j + (x_dst ^ 64 (j % 2)) (n % 8 = L / 8 + 4 (j % 2)). Source and
+    // destination are computed once; per tile only the K offset changes.
+    const int x_row = lane >> 3, x_ck = lane & 7;
+    const uint16_t* const x_src = p.x + (n0 + x_row) * p.ldx + x_ck * 8;
+    const int64_t x_step = 4 * p.ldx;
+    const uint32_t x_dst = uint32_t(x_row) * kXRowBytes + (uint32_t(x_ck ^ x_row) << 4);
+    const int x_rows = int(imin<int64_t>(kNTile, p.N - n0));
     auto issue = [&](int i) {  // by the producer warp: K tile i < nk into stage i % kStages
         const int stage = i % kStages;
         const int64_t k0 = (kt_begin + i) * 64;
-        const bool x_bulk = p.x_vec && k0 + 64 <= p.K;
-        if (!x_bulk) store_x_tile(i, lane, 32);  // published by lane 0's arrive below (release)
+        const bool x_bulk = !p.x_tma && p.x_vec && k0 + 64 <= p.K;  // x by cp.async
+        if (!p.x_tma && !x_bulk) store_x_tile(i, lane, 32);  // published by lane 0's arrive below (release)
         const uint32_t full = ptx::smem_addr(&s_full[stage]);
         const uint32_t off = lane < kStripes ? s_off[lane][i] : 0u;
         const uint32_t bytes = lane < kStripes ? tile_bytes(s_off[lane][i + 1] - off) : 0u;
-        const int rows = x_bulk ? int(imin<int64_t>(kNTile, p.N - n0)) : 0;
         uint32_t total = bytes;
 #pragma unroll
         for (int d = 1; d < kStripes; d <<= 1) total += __shfl_xor_sync(0xFFFFFFFFu, total, d);
+        if (p.x_tma) total += kXTileBytes;  // the whole box, rows past N and columns past K as zeros
         if (lane < kStripes) s_tile_bytes[stage][lane] = bytes;
         __syncwarp();  // the warp's plain stores above happen before lane 0's release
         if (lane == 0) ptx::mbarrier_arrive_expect_tx(full, total);
         __syncwarp();  // copies are issued after the expected byte count is set
         if (lane < kStripes && bytes)
             ptx::bulk_copy_g2s(ptx::smem_addr(w_slot(stage, lane)), p.data + s_first[lane] + off, bytes, full);
-        // x rows: 16-byte cp.async from every lane (one bulk copy per 128-byte row would queue up to 64
-        // small requests on the copy engine); each lane's copies arrive on the barrier when complete.
-        const uint32_t xs = x_slot(stage);
-        for (int c = lane; c < rows * 8; c += 32) {
-            const int n = c >> 3, ck = c & 7;
-            ptx::cp_async_16(x_chunk(xs, n, ck), p.x + (n0 + n) * p.ldx + k0 + ck * 8, 16);
+        if (p.x_tma && lane == 0) ptx::tma_load_2d(x_slot(stage), &p.x_map, int(k0), int(n0), full);
+        if (x_bulk) {
+            const uint32_t xs = x_slot(stage);
+            const uint16_t* src = x_src + k0;
+#pragma unroll 4
+            for (int j = 0; j < kNTile / 4; ++j, src += x_step)
+                if (x_row + 4 * j < x_rows) ptx::cp_async_16(xs + 512 * j + (x_dst ^ (64 * (j & 1))), src, 16);
         }
-        ptx::cp_async_mbarrier_arrive_noinc(full);
+        ptx::cp_async_mbarrier_arrive_noinc(full);  // each lane's copies arrive on the barrier when complete
     };
     if (tid == 0)
         for (int st = 0; st < kStages; ++st) {
             ptx::mbarrier_init(ptx::smem_addr(&s_full[st]), 1 + 32);  // expect_tx arrive + 32 cp.async arrivals
             ptx::mbarrier_init(ptx::smem_addr(&s_empty[st]), kWarps);
-            if (st < 2) ptx::mbarrier_init(ptx::smem_addr(&s_ready[st]), 1);
+            if (st < kTableBuffers) ptx::mbarrier_init(ptx::smem_addr(&s_ready[st]), 1);
         }
 #else
     // sm_80: every thread issues 16-byte cp.async for a share of each tile; completion by cp.async groups.
@@ -574,19 +593,22 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     auto wait_empty = [&](int i) {  // every consumer warp released K tile i
         ptx::mbarrier_wait_parity(ptx::smem_addr(&s_empty[i % kStages]), (i / kStages) & 1);
     };
-    // The direct decoder's table of K tile i (buffer i % 2, one per stripe; s_ready[i % 2] when written).
-    auto table_of = [&](int i, int s) { return s_table + ((i & 1) * kStripes + s) * Decoder::kTableWords; };
+    // The direct decoder's table of K tile i for stripe s (buffer i % kTableBuffers, s_ready[buffer] when
+    // written).
+    auto table_of = [&](int i, int s) {
+        return s_table + ((i % kTableBuffers) * kStripes + s) * Decoder::kTableWords;
+    };
     if (warp == kWarps) {
         if constexpr (Decoder::kDirect) {
-            // Producer warp of the direct decoder: it also writes the tables of tile i + 1, one stripe per
-            // half-warp, while the consumer warps multiply tile i (buffer (i + 1) % 2 is free once every
+            // Producer warp of the direct decoder: it also writes the tables, one stripe per half-warp, that of
+            // tile i + 1 while the consumer warps multiply tile i (its buffer (i + 1) % 2 is free once every
             // consumer warp released tile i - 1, which is also when stage (i - 1) % kStages can be refilled).
             auto prepare = [&](int i) {
                 wait_full(i);
                 const int s = lane >> 4;
                 Decoder::prepare(w_slot(i % kStages, s), mt0 + s < p.tiles_m, lane & 15, table_of(i, s), true);
                 __syncwarp();  // the warp's table stores happen before lane 0's release
-                if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_ready[i & 1]));
+                if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_ready[i % kTableBuffers]));
             };
             for (int i = 0; i < imin(nk, kStages); ++i) issue(i);
             if (nk > 0) prepare(0);
@@ -609,7 +631,8 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
         for (int i = 0; i < nk; ++i) {
             wait_full(i);
             if constexpr (Decoder::kDirect) {
-                ptx::mbarrier_wait_parity(ptx::smem_addr(&s_ready[i & 1]), (i >> 1) & 1);  // tile i's table
+                const int b = i % kTableBuffers;  // tile i's table is written:
+                ptx::mbarrier_wait_parity(ptx::smem_addr(&s_ready[b]), (i / kTableBuffers) & 1);
                 if (my_stripe || kWgmma) multiply_direct(i, table_of(i, stripe));  // (wgmma: every warp)
             } else {
                 if (my_stripe) scatter_tile(i);

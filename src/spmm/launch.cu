@@ -1,6 +1,8 @@
 // Tile configuration, split-K heuristic and kernel dispatch for fspmm_linear.
 #include "spmm/launch.h"
 
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -203,6 +205,38 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     return plan;
 }
 
+// The driver's cuTensorMapEncodeTiled, or nullptr where the driver does not provide it.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+        void* fn = nullptr;
+        cudaDriverEntryPointQueryResult status{};
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status) !=
+                cudaSuccess ||
+            status != cudaDriverEntryPointSuccess) {
+            (void)cudaGetLastError();  // not sticky: clear it, the kernels copy x without TMA
+            return PFN_cuTensorMapEncodeTiled_v12000(nullptr);
+        }
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }();
+    return encode;
+}
+
+// x [N, K] (leading dimension ldx) as a 2-D tensor map whose box is one x tile (64 columns, n_tile rows, the
+// 128-byte swizzle of the kernels' x tiles; zeros outside x). False where TMA cannot read x (not 16-byte
+// aligned, ldx % 8 != 0) or the driver cannot encode the map: the kernels then copy x with cp.async.
+bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64_t K, int n_tile) {
+    if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || ldx % 8 != 0) return false;
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+    if (!encode) return false;
+    const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(N)};
+    const cuuint64_t strides[1] = {cuuint64_t(ldx) * 2};
+    const cuuint32_t box[2] = {64, cuuint32_t(n_tile)};
+    const cuuint32_t element_strides[2] = {1, 1};
+    return encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box,
+                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace
 
 LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device) {
@@ -219,7 +253,8 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     plan.kernel = kernel_id(h);
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
     const bool dense = plan.kernel != kBitmapDirect;
-    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, runs_sm90_pipeline(device, k.func));
+    plan.sm90 = runs_sm90_pipeline(device, k.func);
+    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, plan.sm90);
 
     plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
     return plan;
@@ -241,6 +276,7 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.x = static_cast<const uint16_t*>(x);
     p.ldx = ldx;
     p.x_vec = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ldx % 8 == 0 && h.K % 8 == 0;
+    p.x_tma = plan.sm90 && plan.kernel != kGemv && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
     p.bias = static_cast<const uint16_t*>(bias);
     p.y = static_cast<uint16_t*>(y);
     p.ldy = ldy;

@@ -21,6 +21,7 @@ struct LinearPlan {
     uint32_t slot_bytes;    // shared memory per compressed tile
     size_t smem;            // dynamic shared memory per CTA
     size_t workspace;       // bytes of workspace needed (0 without split-K)
+    bool sm90;              // the kernel runs the sm_90 pipeline (TMA copies of x where x allows)
 };
 
 // Raise FSPMM_ERR_CUDA (or NO_DEVICE) with `what` and CUDA's message if err != cudaSuccess.

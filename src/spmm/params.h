@@ -1,5 +1,6 @@
 // Parameters of one fspmm_linear launch and the launch entry points (host side of the kernels).
 #pragma once
+#include <cuda.h>  // CUtensorMap
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -7,6 +8,7 @@ namespace fspmm {
 
 // Everything a kernel needs; filled by the launcher from the blob header and the call's arguments.
 struct LinearParams {
+    CUtensorMap x_map;         // x as a 2-D tensor (K, N) for whole-tile TMA copies (x_tma; sm_90 pipeline)
     const uint8_t* data;       // tile data section of the blob (device)
     const uint64_t* offsets;   // tile offset table (device), tiles_m * tiles_k + 1 entries
     int64_t M, K, N;
@@ -15,6 +17,7 @@ struct LinearParams {
     const uint16_t* x;         // [N, K], leading dimension ldx (fp16/bf16 bits)
     int64_t ldx;
     bool x_vec;                // x rows can be read with 16-byte copies (aligned, ldx % 8 == 0, K % 8 == 0)
+    bool x_tma;                // x_map is set: the sm_90 pipeline copies x tiles with TMA
     const uint16_t* bias;      // [M] or nullptr
     uint16_t* y;               // [N, M], leading dimension ldy
     int64_t ldy;
@@ -46,16 +49,17 @@ constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots
 constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
 constexpr int kXRowBytes = 64 * 2;         // an x row of one K tile in shared memory: 128 bytes, its 16-byte
                                             // chunks swizzled (kernel.cuh, x_chunk)
-// Alignment of the x tiles: 1024 bytes where the kernel may read them with wgmma (its descriptors' 128-byte
-// swizzle repeats every 1024 bytes: the direct decoder from 32 tokens, the dense-tile decoders), else 128.
-constexpr int x_align(int n_tile, bool dense) { return dense || n_tile >= 32 ? 1024 : 128; }
+// Alignment of the x tiles: 1024 bytes where the kernel may read them with wgmma or write them with TMA (the
+// 128-byte swizzle of both repeats every 1024 bytes: the sm_90 pipeline, and the direct decoder from 32
+// tokens and the dense-tile decoders anywhere), else 128.
+constexpr int x_align(int n_tile, bool dense, bool sm90) { return sm90 || dense || n_tile >= 32 ? 1024 : 128; }
 
 // Shared-memory bytes of a launch with this slot size and N tile (dense: the decoder needs dense tiles).
 // Layout: x tiles of every stage (aligned: x_align), compressed-tile slots of every stage (+ 16 bytes: the
 // direct decoder may read one value past the last tile), dense tiles (1024-byte aligned).
 inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense, bool sm90) {
     size_t stage = size_t(kStripes) * slot_bytes + size_t(n_tile) * kXRowBytes;
-    size_t main = x_align(n_tile, dense) + 16 + stages_for(n_tile, dense, sm90) * stage;
+    size_t main = x_align(n_tile, dense, sm90) + 16 + stages_for(n_tile, dense, sm90) * stage;
     if (dense) main += 1024 + size_t(kStripes) * kDenseBytes;
     size_t epilogue = size_t(n_tile) * kCStride * 4;
     return main > epilogue ? main : epilogue;
