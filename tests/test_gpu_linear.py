@@ -142,14 +142,19 @@ def test_alpha_beta_bias(request, dtype, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("K", [512, 301])  # K % 8 != 0 takes the scalar x path
-def test_leading_dimensions(request, fmt, K):
+@pytest.mark.parametrize("K", [512, 520, 301])  # K % 64 != 0: a partial last x tile; K % 8 != 0: no 16-byte rows
+@pytest.mark.parametrize("offset", [0, 3, 8])  # x starts 16-byte aligned (TMA on sm_90 where ldx allows), or not
+def test_leading_dimensions(request, fmt, K, offset):
+    # x is a view into a larger buffer whose other elements (columns past K, rows past N) are NaN: reading any
+    # of them would poison y (0 * NaN), so this also checks that every x path stops at the view's edges.
     rng = _rng(request)
     M, N = 200, 5
     w = random_pruned(rng, M, K, 0.5, "float16")
     W = compress_as(w, fmt)
-    xbig = torch.randn(N, K + 24, device="cuda", dtype=torch.float16)
-    x = xbig[:, 3:K + 3]  # ldx = K + 24, and a 6-byte offset: not 16-byte aligned
+    ldx = (K + offset + 7) // 8 * 8 + 16  # a multiple of 8
+    xbig = torch.full((N + 3, ldx), float("nan"), device="cuda", dtype=torch.float16)
+    x = xbig[:N, offset:offset + K]
+    x.copy_(torch.randn(N, K, device="cuda", dtype=torch.float16))
     ybig = torch.full((N, M + 40), float("nan"), device="cuda", dtype=torch.float16)
     y = ybig[:, :M]
     flashspmm.linear(x, W, out=y)
