@@ -281,9 +281,8 @@ constexpr bool kBulkPipeline = true;
 #else
 constexpr bool kBulkPipeline = false;
 #endif
-// Direct decoder on the bulk pipeline: tile tables in flight (the consumers' tile i and the next; three,
-// written a tile earlier, measured no faster and cost a CTA per SM at 50 % sparsity).
-constexpr int kTableBuffers = 2;
+// Direct decoder on the bulk pipeline: tile tables in flight (the consumers' tile i and up to two ahead).
+constexpr int kTableBuffers = 3;
 
 // CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
 // six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
@@ -310,7 +309,7 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     static_assert(!kWgmmaDense || (kGroups == kStripes && consumer_warps(kGroups) == 4), "one warpgroup");
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ uint32_t s_tile_bytes[kStages][kStripes];
-    // The direct decoder's tile tables (prepare): on sm_90 kTableBuffers buffers (tiles i, i + 1) of one
+    // The direct decoder's tile tables (prepare): on sm_90 kTableBuffers buffers (tiles i .. i + 2) of one
     // table per stripe, written by the producer warp; on sm_80 one per consumer warp, for its own stripe.
     constexpr int kTables = kBulkPipeline ? kTableBuffers * kStripes : kWarps;
     __shared__ __align__(16) uint32_t s_table[Decoder::kTableWords ? kTables * Decoder::kTableWords : 1];
@@ -600,9 +599,12 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
     };
     if (warp == kWarps) {
         if constexpr (Decoder::kDirect) {
-            // Producer warp of the direct decoder: it also writes the tables, one stripe per half-warp, that of
-            // tile i + 1 while the consumer warps multiply tile i (its buffer (i + 1) % 2 is free once every
-            // consumer warp released tile i - 1, which is also when stage (i - 1) % kStages can be refilled).
+            // Producer warp of the direct decoder: it also writes the tables, one stripe per half-warp, kAhead
+            // tiles ahead of the consumer warps' tile i: right after refilling the stage of tile i - 1 (that
+            // buffer, (i + kAhead) % 3, last held tile i + kAhead - 3 <= i - 1, released by then). Two ahead
+            // with four stages (that tile was copied a stage earlier), one with three (it was just issued).
+            constexpr int kAhead = kStages >= 4 ? 2 : 1;
+            static_assert(kAhead < kTableBuffers, "a buffer per table in flight");
             auto prepare = [&](int i) {
                 wait_full(i);
                 const int s = lane >> 4;
@@ -611,13 +613,13 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
                 if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_ready[i % kTableBuffers]));
             };
             for (int i = 0; i < imin(nk, kStages); ++i) issue(i);
-            if (nk > 0) prepare(0);
+            for (int i = 0; i < imin(nk, kAhead); ++i) prepare(i);
             for (int i = 0; i < nk; ++i) {
                 if (i > 0) {
                     wait_empty(i - 1);
                     if (i - 1 + kStages < nk) issue(i - 1 + kStages);
                 }
-                if (i + 1 < nk) prepare(i + 1);
+                if (i + kAhead < nk) prepare(i + kAhead);
             }
         } else {
             // Producer warp: refill a stage as soon as every consumer warp has released it.

@@ -43,7 +43,7 @@ constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32;
 constexpr int stages_for(int n_tile, bool dense, bool sm90) {
     return n_tile >= 64 || (sm90 && (dense || n_tile >= 32)) ? 3 : 4;
 }
-constexpr int kMaxKTilesPerSplit = 256;     // a CTA's tile offsets are staged in shared memory
+constexpr int kMaxKTilesPerSplit = 128;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
                                                  // write to; 1024-aligned tiles (wgmma_desc_sw128)
 constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
