@@ -5,10 +5,12 @@
 // kNTile tokens; it has a producer warp and consumer warps that multiply one or two 16-row groups each (see
 // params.h). Per K tile:
 //   1. the compressed tiles (their exact bytes) and the x tile are copied into a ring of kStages
-//      shared-memory stages: bulk copies on an mbarrier issued by the producer warp on sm_90, cp.async
-//      from every thread on sm_80;
+//      shared-memory stages: on sm_90 by the producer warp, completing on an mbarrier (bulk copies of the
+//      tiles, one TMA tensor copy of the x tile, or cp.async where x does not allow TMA), on sm_80 by
+//      cp.async from every thread;
 //   2. the format's decoder expands the tile into a swizzled 64x64 dense tile per stripe (or, for the
-//      direct bitmap decoder, straight into mma A fragments);
+//      direct bitmap decoder, straight into mma A fragments, through a per-tile table of mask words and
+//      value addresses that the producer warp writes ahead on sm_90, each consumer warp on sm_80);
 //   3. each warp reads its 16x64 A fragments with ldmatrix (or builds them), the x fragments with ldmatrix,
 //      and runs mma.m16n8k16 (W rows as the 16-row operand, tokens as the n8 side), fp32 accumulate; on
 //      sm_90a the four consumer warps (one warpgroup) use wgmma instead where it measured faster: the direct
