@@ -144,7 +144,9 @@ fspmm_status_t fspmm_linear_workspace_size(const fspmm_header_t* header, int64_t
  * memory (validate it with fspmm_validate_host before uploading it). x, bias, y: device pointers.
  * split_k: 0 = automatic, else the number of K slices (1 = none). workspace: device memory of at least
  * fspmm_linear_workspace_size bytes (may be NULL when that is 0). No allocation and no host
- * synchronisation: the call can be captured in a CUDA graph. */
+ * synchronisation: the call can be captured in a CUDA graph. Fastest with x 16-byte aligned and ldx a
+ * multiple of 8 (whole x tiles are then copied by the Tensor Memory Accelerator on sm_90; any other layout
+ * works, more slowly). */
 fspmm_status_t fspmm_linear(const fspmm_header_t* header, const void* blob, const void* x, int64_t N,
                             int64_t ldx, const void* bias, void* y, int64_t ldy, float alpha, float beta,
                             int split_k, void* workspace, size_t workspace_bytes, void* stream);
