@@ -226,10 +226,9 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // x [N, K] (leading dimension ldx) as a 2-D tensor map whose box is one x tile (64 columns, n_tile rows, the
-// 128-byte swizzle of the kernels' x tiles; zeros outside x). False where TMA cannot read x (not 16-byte
-// aligned, ldx % 8 != 0) or the driver cannot encode the map: the kernels then copy x with cp.async.
+// 128-byte swizzle of the kernels' x tiles; zeros outside x). x must be 16-byte aligned and ldx % 8 == 0.
+// False where the driver cannot encode the map: the kernels then copy x with cp.async.
 bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64_t K, int n_tile) {
-    if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || ldx % 8 != 0) return false;
     const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
     if (!encode) return false;
     const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(N)};
@@ -279,8 +278,9 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.slot_bytes = plan.slot_bytes;
     p.x = static_cast<const uint16_t*>(x);
     p.ldx = ldx;
-    p.x_vec = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && ldx % 8 == 0 && h.K % 8 == 0;
-    p.x_tma = plan.sm90 && plan.kernel != kGemv && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
+    const bool x_rows16 = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 8 == 0;  // 16-byte aligned rows
+    p.x_vec = x_rows16 && h.K % 8 == 0;
+    p.x_tma = x_rows16 && plan.sm90 && plan.kernel != kGemv && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
     p.bias = static_cast<const uint16_t*>(bias);
     p.y = static_cast<uint16_t*>(y);
     p.ldy = ldy;
