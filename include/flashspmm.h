@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #define FSPMM_VERSION_MAJOR 0
-#define FSPMM_VERSION_MINOR 1
+#define FSPMM_VERSION_MINOR 2
 #define FSPMM_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH; fspmm_version() returns the value the library was built with. */
 #define FSPMM_VERSION (FSPMM_VERSION_MAJOR * 10000 + FSPMM_VERSION_MINOR * 100 + FSPMM_VERSION_PATCH)
@@ -62,6 +62,52 @@ typedef enum {
     FSPMM_PRUNE_ROW = 0,    /* the same fraction of every row */
     FSPMM_PRUNE_TENSOR = 1  /* that fraction of the whole matrix */
 } fspmm_prune_scope_t;
+
+/* Which kernel a linear plan runs (fspmm_linear_options_t.kernel). */
+typedef enum {
+    FSPMM_KERNEL_AUTO = 0,        /* chosen from the format, density and N (the measured rule in launch.cu)   */
+    FSPMM_KERNEL_TENSOR_CORE = 1, /* tiles expanded on chip and multiplied on Tensor Cores                    */
+    FSPMM_KERNEL_CUDA_CORE = 2    /* one token (N = 1) only: fp32 FMA per stored value; larger N uses the TC  */
+} fspmm_kernel_t;
+
+/* How the Tensor Core kernel expands bitmap tiles (fspmm_linear_options_t.decoder; Tiled-CSL has one). */
+typedef enum {
+    FSPMM_DECODER_AUTO = 0,    /* chosen from the density                                                   */
+    FSPMM_DECODER_DIRECT = 1,  /* mma fragments built in registers from the masks                           */
+    FSPMM_DECODER_SCATTER = 2, /* nonzeros stored into a zeroed shared tile                                 */
+    FSPMM_DECODER_ROWS = 3     /* whole 8-element rows expanded in registers into a shared tile             */
+} fspmm_decoder_t;
+
+/* A validated compressed matrix (opaque). It keeps the blob's header privately and refers to the blob's
+ * memory, which stays the caller's: keep it alive (and unchanged) while the handle or a plan made from it is
+ * used. A handle is immutable, so it may be shared by threads. */
+typedef struct fspmm_matrix_s* fspmm_matrix_t;
+
+/* A linear plan (opaque): a device matrix, the largest N it serves and the options, with every launch
+ * decision made once. Immutable once created: usable from many threads at once and under CUDA graph
+ * capture. It holds a copy of what it needs from the matrix handle (which may be destroyed first), and refers
+ * to the blob's device memory like the handle. */
+typedef struct fspmm_plan_s* fspmm_plan_t;
+
+/* Options of a linear plan. Initialise with fspmm_linear_options_init (every field AUTO / 0), then set what
+ * you need; `struct_bytes` lets later versions add fields. */
+typedef struct {
+    uint32_t struct_bytes;   /* sizeof(fspmm_linear_options_t), set by fspmm_linear_options_init          */
+    int32_t split_k;         /* 0 = automatic, else the number of K slices (1 = none)                      */
+    fspmm_kernel_t kernel;   /* FSPMM_KERNEL_*                                                             */
+    fspmm_decoder_t decoder; /* FSPMM_DECODER_* (bitmap matrices; ignored for Tiled-CSL)                   */
+} fspmm_linear_options_t;
+
+/* What a plan runs for one N (fspmm_plan_info). */
+typedef struct {
+    fspmm_kernel_t kernel;     /* TENSOR_CORE or CUDA_CORE                                                 */
+    fspmm_decoder_t decoder;   /* bitmap + Tensor Core: DIRECT, SCATTER or ROWS; otherwise AUTO            */
+    int32_t n_tile;            /* tokens per CTA (1 for the CUDA-core kernel)                              */
+    int32_t split_k;           /* K slices                                                                 */
+    int64_t grid_x, grid_y, grid_z;
+    size_t shared_memory_bytes;/* dynamic shared memory per CTA                                            */
+    size_t workspace_bytes;    /* workspace this N needs (<= fspmm_plan_workspace_size)                   */
+} fspmm_plan_info_t;
 
 /* The 128-byte blob header, exactly as stored at the start of every blob (see docs/FORMATS.md). */
 typedef struct {
@@ -121,11 +167,30 @@ fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K,
 fspmm_status_t fspmm_compress_host(const void* dense, int64_t M, int64_t K, int64_t ld,
                                    fspmm_dtype_t dtype, fspmm_format_t format,
                                    void* out, size_t out_bytes, size_t* written);
-/* Blob (validated) -> dense M x K with leading dimension ld >= K. */
-fspmm_status_t fspmm_decompress_host(const void* blob, size_t bytes, void* dense, int64_t ld);
-/* CPU reference linear from a host blob (validated); fp32 accumulation. bias may be NULL. */
-fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, int64_t N, int64_t ldx,
-                                 const void* bias, void* y, int64_t ldy, float alpha, float beta);
+/* ---- matrix handles ------------------------------------------------------------------------------- */
+/* A handle over a blob in host memory: the whole blob is validated (as fspmm_validate_host) once, here.
+ * `bytes` is the size of the buffer (it may be larger than the blob). */
+fspmm_status_t fspmm_matrix_create_host(const void* blob, size_t bytes, fspmm_matrix_t* matrix);
+/* A handle over a blob in device memory (16-byte aligned, on the current device): the header and the tile
+ * offset table are copied to the host on `stream` (the one host synchronisation) and validated, so no kernel
+ * reads outside [blob, blob + bytes). The tiles' contents are not read here: upload only blobs validated on
+ * the host (fspmm_matrix_create_host / fspmm_validate_host) or written by fspmm_compress. */
+fspmm_status_t fspmm_matrix_create_device(const void* blob, size_t bytes, void* stream, fspmm_matrix_t* matrix);
+/* Release a handle (NULL is a no-op). The blob memory is not touched. */
+fspmm_status_t fspmm_matrix_destroy(fspmm_matrix_t matrix);
+/* The blob's header as validated (a copy). */
+fspmm_status_t fspmm_matrix_header(fspmm_matrix_t matrix, fspmm_header_t* out);
+/* Where the blob lives: -1 for host memory, else the CUDA device index. */
+fspmm_status_t fspmm_matrix_device(fspmm_matrix_t matrix, int* device);
+
+/* Host matrix -> dense [rows, cols] with leading dimension ld >= cols; rows and cols must be the matrix's
+ * M and K (the capacity of `dense`, checked). */
+fspmm_status_t fspmm_decompress_host(fspmm_matrix_t matrix, void* dense, int64_t rows, int64_t cols, int64_t ld);
+/* CPU reference linear of a host matrix; fp32 accumulation, products added one by one in k order (stored
+ * values only: a pruned weight contributes nothing, even against Inf or NaN in x). x is [N, K] (ldx), y is
+ * [N, M] (ldy); K and M must be the matrix's. bias ([M]) may be NULL. */
+fspmm_status_t fspmm_linear_host(fspmm_matrix_t matrix, const void* x, int64_t N, int64_t K, int64_t ldx,
+                                 const void* bias, void* y, int64_t M, int64_t ldy, float alpha, float beta);
 
 /* Magnitude pruning in place on the host: in each row (FSPMM_PRUNE_ROW, n = K) or in the whole matrix
  * (FSPMM_PRUNE_TENSOR, n = M * K), zero exactly round(sparsity * n) entries (round half to even) of smallest
@@ -134,22 +199,30 @@ fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, 
 fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
                                 double sparsity, fspmm_prune_scope_t scope);
 
-/* ---- device (GPU) multiply ------------------------------------------------------------------------- */
-/* Workspace bytes fspmm_linear needs for this matrix, N and split_k (0 = automatic, as fspmm_linear
- * chooses it on the current device). */
-fspmm_status_t fspmm_linear_workspace_size(const fspmm_header_t* header, int64_t N, int split_k,
-                                           size_t* bytes);
-/* y = alpha * x * W^T + beta * y (+ bias) on the current CUDA device, ordered on `stream`.
- * header: the blob's header, in host memory (from fspmm_header_read); blob: the whole blob in device
- * memory (validate it with fspmm_validate_host before uploading it). x, bias, y: device pointers.
- * split_k: 0 = automatic, else the number of K slices (1 = none). workspace: device memory of at least
- * fspmm_linear_workspace_size bytes (may be NULL when that is 0). No allocation and no host
- * synchronisation: the call can be captured in a CUDA graph. Fastest with x 16-byte aligned and ldx a
- * multiple of 8 (whole x tiles are then copied by the Tensor Memory Accelerator on sm_90; any other layout
- * works, more slowly). */
-fspmm_status_t fspmm_linear(const fspmm_header_t* header, const void* blob, const void* x, int64_t N,
-                            int64_t ldx, const void* bias, void* y, int64_t ldy, float alpha, float beta,
-                            int split_k, void* workspace, size_t workspace_bytes, void* stream);
+/* ---- device (GPU) multiply: handle -> plan -> workspace -> execute ------------------------------------ */
+/* Every field AUTO / 0 and struct_bytes set. */
+fspmm_status_t fspmm_linear_options_init(fspmm_linear_options_t* options);
+/* Plan y = alpha * x * W^T + beta * y (+ bias) for a device matrix and any N in [1, max_n], on the matrix's
+ * device. options may be NULL (all automatic). A choice the matrix cannot run (a CUDA-core kernel for a format
+ * without one, a bitmap decoder for a Tiled-CSL matrix) is FSPMM_ERR_INVALID_ARGUMENT. */
+fspmm_status_t fspmm_plan_create(fspmm_matrix_t matrix, int64_t max_n, const fspmm_linear_options_t* options,
+                                 fspmm_plan_t* plan);
+/* Release a plan (NULL is a no-op). Work already queued with it is not affected. */
+fspmm_status_t fspmm_plan_destroy(fspmm_plan_t plan);
+/* Workspace bytes that fspmm_linear needs with this plan for any N <= max_n (0: none). */
+fspmm_status_t fspmm_plan_workspace_size(fspmm_plan_t plan, size_t* bytes);
+/* The kernel, decoder, tiling and split this plan launches for N (1 <= N <= max_n). */
+fspmm_status_t fspmm_plan_info(fspmm_plan_t plan, int64_t N, fspmm_plan_info_t* info);
+/* y = alpha * x * W^T + beta * y (+ bias), ordered on `stream`, on the plan's device (made current for the
+ * call if it is not). x: [N, K] device array, leading dimension ldx; y: [N, M], ldy; bias: [M] or NULL; K and
+ * M must be the matrix's and 1 <= N <= max_n. workspace: device memory of at least fspmm_plan_workspace_size
+ * bytes, 16-byte aligned (NULL when that is 0); it must not be used by another call in flight. No allocation,
+ * no host synchronisation, no re-planning: the call can be captured in a CUDA graph. Fastest with x 16-byte
+ * aligned and ldx a multiple of 8 (whole x tiles are then copied by the Tensor Memory Accelerator on sm_90;
+ * any other layout works, more slowly). */
+fspmm_status_t fspmm_linear(fspmm_plan_t plan, const void* x, int64_t N, int64_t K, int64_t ldx, const void* bias,
+                            void* y, int64_t M, int64_t ldy, float alpha, float beta, void* workspace,
+                            size_t workspace_bytes, void* stream);
 
 /* ---- device (GPU) conversion ------------------------------------------------------------------------ */
 /* Dense device matrices (dense: M x K elements of dtype, row-major, leading dimension ld >= K, 2-byte
@@ -179,11 +252,10 @@ fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes
 fspmm_status_t fspmm_compress(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
                               fspmm_format_t format, void* workspace, size_t workspace_bytes, void* out,
                               size_t out_bytes, void* stream);
-/* Blob in device memory (16-byte aligned; its header, in host memory, from fspmm_header_read) -> dense
- * M x K device matrix with leading dimension ld >= K. Tile offsets and positions are bounds-checked on the
- * GPU, so a corrupted blob gives wrong values, never out-of-bounds accesses; validate blobs with
- * fspmm_validate_host before uploading them. */
-fspmm_status_t fspmm_decompress(const fspmm_header_t* header, const void* blob, void* dense, int64_t ld,
+/* Device matrix -> dense [rows, cols] device matrix with leading dimension ld >= cols; rows and cols must be
+ * the matrix's M and K. Tile offsets and positions are bounds-checked on the GPU, so a corrupted tile gives
+ * wrong values, never out-of-bounds accesses. No allocation, no host synchronisation. */
+fspmm_status_t fspmm_decompress(fspmm_matrix_t matrix, void* dense, int64_t rows, int64_t cols, int64_t ld,
                                 void* stream);
 /* Workspace bytes fspmm_prune needs (0 for FSPMM_PRUNE_ROW). */
 fspmm_status_t fspmm_prune_workspace_size(int64_t M, int64_t K, fspmm_prune_scope_t scope, size_t* bytes);

@@ -95,4 +95,11 @@ inline void require_matrix(const void* dense, int64_t M, int64_t K, int64_t ld, 
     require_dtype(dtype);
 }
 
+// Raise INVALID_ARGUMENT unless a dense output described as [rows, cols] is the matrix's [M, K].
+inline void require_output_shape(const fspmm_header_t& h, int64_t rows, int64_t cols) {
+    FSPMM_REQUIRE(rows == h.M && cols == h.K, "the output is [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                                                  "] but the matrix is [M = " + std::to_string(h.M) + ", K = " +
+                                                  std::to_string(h.K) + "]: pass an M x K output");
+}
+
 }  // namespace fspmm

@@ -5,6 +5,7 @@
 
 #include "api/checks.h"
 #include "api/export.h"
+#include "api/handles.h"
 #include "common/error.h"
 #include "convert/convert_device.h"
 #include "format/header.h"
@@ -128,18 +129,17 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress(const void* dense, int64_t M,
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_decompress(const fspmm_header_t* header, const void* blob, void* dense,
-                                                     int64_t ld, void* stream) {
+extern "C" FSPMM_API fspmm_status_t fspmm_decompress(fspmm_matrix_t matrix, void* dense, int64_t rows,
+                                                     int64_t cols, int64_t ld, void* stream) {
     return guard("fspmm_decompress", [&] {
-        require_pointer(header, "header", "the blob's header in host memory (fspmm_header_read)");
-        check_header(*header);
-        require_pointer(blob, "blob", "the blob in device memory");
-        require_aligned16(blob, "blob");
+        const fspmm_matrix_s& m = matrix_arg(matrix, false);
+        const fspmm_header_t& h = m.header;
         require_pointer(dense, "dense", "device memory for the M x K output");
         require_aligned(dense, "dense");
-        require_leading_dim(header->M, header->K, ld, "ld", "K");
-        current_device();
-        launch_decode(*header, blob, dense, ld, static_cast<cudaStream_t>(stream));
+        require_output_shape(h, rows, cols);
+        require_leading_dim(h.M, h.K, ld, "ld", "K");
+        DeviceScope scope(m.device);
+        launch_decode(h, m.blob, dense, ld, static_cast<cudaStream_t>(stream));
         return FSPMM_OK;
     });
 }

@@ -1,4 +1,4 @@
-// C entry points that need a CUDA device: fspmm_linear and the device memory helpers.
+// C entry points that need a CUDA device: fspmm_linear (with a plan) and the device memory helpers.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -8,6 +8,7 @@
 #include "api/export.h"
 #include "common/error.h"
 #include "format/header.h"
+#include "api/handles.h"
 #include "spmm/launch.h"
 
 using fspmm::check_cuda;
@@ -17,50 +18,40 @@ namespace {
 // Overflow-safe check that rows x ld elements (of 2 bytes) are addressable.
 bool fits(int64_t rows, int64_t ld) { return rows <= 0 || ld <= (INT64_MAX / 2) / rows; }
 
-// Checks shared by fspmm_linear and fspmm_linear_workspace_size.
-void check_header_arg(const fspmm_header_t* header) {
-    FSPMM_REQUIRE(header != nullptr, "header is NULL; read it with fspmm_header_read");
-    fspmm::check_header(*header);
-}
-
 }  // namespace
 
-extern "C" FSPMM_API fspmm_status_t fspmm_linear_workspace_size(const fspmm_header_t* header, int64_t N,
-                                                                int split_k, size_t* bytes) {
-    return fspmm::guard("fspmm_linear_workspace_size", [&] {
-        check_header_arg(header);
-        FSPMM_REQUIRE(bytes != nullptr, "bytes is NULL");
-        const int device = fspmm::current_device();
-        *bytes = fspmm::plan_linear(*header, N, split_k, device).workspace;
-        return FSPMM_OK;
-    });
-}
-
-extern "C" FSPMM_API fspmm_status_t fspmm_linear(const fspmm_header_t* header, const void* blob, const void* x,
-                                                 int64_t N, int64_t ldx, const void* bias, void* y, int64_t ldy,
-                                                 float alpha, float beta, int split_k, void* workspace,
-                                                 size_t workspace_bytes, void* stream) {
+extern "C" FSPMM_API fspmm_status_t fspmm_linear(fspmm_plan_t plan, const void* x, int64_t N, int64_t K,
+                                                 int64_t ldx, const void* bias, void* y, int64_t M, int64_t ldy,
+                                                 float alpha, float beta, void* workspace, size_t workspace_bytes,
+                                                 void* stream) {
     return fspmm::guard("fspmm_linear", [&] {
-        check_header_arg(header);
-        const fspmm_header_t& h = *header;
-        FSPMM_REQUIRE(blob != nullptr, "blob is NULL");
-        fspmm::require_aligned16(blob, "blob");
+        FSPMM_REQUIRE(plan != nullptr, "plan is NULL: create one with fspmm_plan_create");
+        const fspmm_header_t& h = plan->header;
         FSPMM_REQUIRE(x != nullptr && y != nullptr, "x and y must be device pointers, not NULL");
         FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(x) % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 2 == 0 &&
                           reinterpret_cast<uintptr_t>(bias) % 2 == 0,
                       "x, y and bias must be 2-byte aligned");
-        FSPMM_REQUIRE(N >= 1, "N must be >= 1, got " + std::to_string(N));
+        FSPMM_REQUIRE(N >= 1 && N <= plan->max_n, "N = " + std::to_string(N) + " is outside [1, max_n = " +
+                                                      std::to_string(plan->max_n) +
+                                                      "] of this plan: create a plan with a larger max_n");
+        FSPMM_REQUIRE(K == h.K, "K = " + std::to_string(K) + " does not match the matrix, which is [M = " +
+                                    std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]: x must be [N, " +
+                                    std::to_string(h.K) + "]");
+        FSPMM_REQUIRE(M == h.M, "M = " + std::to_string(M) + " does not match the matrix, which is [M = " +
+                                    std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]: y must be [N, " +
+                                    std::to_string(h.M) + "]");
         FSPMM_REQUIRE(ldx >= h.K, "ldx (" + std::to_string(ldx) + ") must be >= K (" + std::to_string(h.K) + ")");
         FSPMM_REQUIRE(ldy >= h.M, "ldy (" + std::to_string(ldy) + ") must be >= M (" + std::to_string(h.M) + ")");
         FSPMM_REQUIRE(fits(N, ldx) && fits(N, ldy), "N * ldx or N * ldy overflows 64-bit addressing");
-        const int device = fspmm::current_device();
-        const fspmm::LinearPlan plan = fspmm::plan_linear(h, N, split_k, device);
-        FSPMM_REQUIRE(workspace_bytes >= plan.workspace,
-                      "workspace too small: need " + std::to_string(plan.workspace) + " bytes, got " +
-                          std::to_string(workspace_bytes) + " (ask fspmm_linear_workspace_size)");
-        FSPMM_REQUIRE(plan.workspace == 0 || workspace != nullptr, "workspace is NULL but this call needs one");
-        if (plan.workspace != 0) fspmm::require_aligned16(workspace, "workspace");
-        fspmm::run_linear(h, plan, blob, x, ldx, N, bias, y, ldy, alpha, beta, workspace,
+        const fspmm::LinearPlan& lp = plan->plans[fspmm_plan_s::index(N)];
+        const size_t needed = fspmm::linear_workspace_bytes(h, lp, N);
+        FSPMM_REQUIRE(workspace_bytes >= needed,
+                      "workspace too small: need " + std::to_string(needed) + " bytes, got " +
+                          std::to_string(workspace_bytes) + " (ask fspmm_plan_workspace_size)");
+        FSPMM_REQUIRE(needed == 0 || workspace != nullptr, "workspace is NULL but this call needs one");
+        if (needed != 0) fspmm::require_aligned16(workspace, "workspace");
+        fspmm::DeviceScope scope(plan->device);
+        fspmm::run_linear(h, lp, plan->blob, x, ldx, N, bias, y, ldy, alpha, beta, workspace,
                           static_cast<cudaStream_t>(stream));
         return FSPMM_OK;
     });

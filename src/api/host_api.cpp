@@ -7,6 +7,7 @@
 
 #include "api/checks.h"
 #include "api/export.h"
+#include "api/handles.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "flashspmm.h"
@@ -165,35 +166,40 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_host(const void* dense, int64
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_decompress_host(const void* blob, size_t bytes, void* dense, int64_t ld) {
+extern "C" FSPMM_API fspmm_status_t fspmm_decompress_host(fspmm_matrix_t matrix, void* dense, int64_t rows,
+                                                          int64_t cols, int64_t ld) {
     return guard("fspmm_decompress_host", [&] {
-        require_pointer(blob, "blob", "a pointer to a blob in host memory");
+        const fspmm_matrix_s& m = matrix_arg(matrix, true);
+        const fspmm_header_t& h = m.header;
         require_pointer(dense, "dense", "a pointer to room for the M x K output matrix");
         require_aligned(dense, "dense");
-        const fspmm_header_t h = validate_blob(blob, bytes);
+        require_output_shape(h, rows, cols);
         require_leading_dim(h.M, h.K, ld, "ld", "K");
-        decode_blob(static_cast<const uint8_t*>(blob), h, static_cast<uint16_t*>(dense), ld);
+        decode_blob(static_cast<const uint8_t*>(m.blob), h, static_cast<uint16_t*>(dense), ld);
         return FSPMM_OK;
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(const void* blob, size_t bytes, const void* x, int64_t N,
-                                                      int64_t ldx, const void* bias, void* y, int64_t ldy,
-                                                      float alpha, float beta) {
+extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(fspmm_matrix_t matrix, const void* x, int64_t N, int64_t K,
+                                                      int64_t ldx, const void* bias, void* y, int64_t M,
+                                                      int64_t ldy, float alpha, float beta) {
     return guard("fspmm_linear_host", [&] {
-        require_pointer(blob, "blob", "a pointer to a blob in host memory");
+        const fspmm_matrix_s& m = matrix_arg(matrix, true);
+        const fspmm_header_t& h = m.header;
         require_pointer(x, "x", "a pointer to the N x K input");
         require_pointer(y, "y", "a pointer to the N x M output");
         require_aligned(x, "x");
         require_aligned(y, "y");
         if (bias) require_aligned(bias, "bias");
         FSPMM_REQUIRE(N >= 1, "N = " + std::to_string(N) + " is invalid: N (rows of x and y) must be >= 1");
-        const fspmm_header_t h = validate_blob(blob, bytes);
+        FSPMM_REQUIRE(K == h.K && M == h.M, "x [N, K = " + std::to_string(K) + "] and y [N, M = " +
+                                                std::to_string(M) + "] do not match the matrix, which is [M = " +
+                                                std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]");
         require_leading_dim(N, h.K, ldx, "ldx", "K");
         require_leading_dim(N, h.M, ldy, "ldy", "M");
         const LinearArgs args{static_cast<const uint16_t*>(x), N, ldx, static_cast<const uint16_t*>(bias),
                               static_cast<uint16_t*>(y), ldy, alpha, beta};
-        linear_blob(static_cast<const uint8_t*>(blob), h, args);
+        linear_blob(static_cast<const uint8_t*>(m.blob), h, args);
         return FSPMM_OK;
     });
 }

@@ -245,6 +245,34 @@ void check_header(const fspmm_header_t& h) {
         if (b != 0) corrupt("reserved header bytes are not zero");
 }
 
+fspmm_header_t validate_prefix(const void* prefix, size_t prefix_bytes, size_t blob_bytes) {
+    if (prefix_bytes < static_cast<size_t>(kHeaderBytes) || blob_bytes < static_cast<size_t>(kHeaderBytes))
+        corrupt("buffer holds " + str(uint64_t{blob_bytes < prefix_bytes ? blob_bytes : prefix_bytes}) +
+                " bytes, fewer than the 128-byte header: the blob is truncated");
+    const uint8_t* p = static_cast<const uint8_t*>(prefix);
+    fspmm_header_t h;
+    memcpy(&h, p, kHeaderBytes);
+    check_header(h);
+    if (h.total_bytes > blob_bytes)
+        corrupt("blob is truncated: header says " + str(h.total_bytes) + " bytes but the buffer holds " +
+                str(uint64_t{blob_bytes}));
+    if (prefix_bytes < h.data_offset)
+        corrupt("internal: the prefix does not hold the tile offset table");  // a caller bug, not the blob's
+    const Geometry g = make_geometry(h.M, h.K);
+    check_offsets(p, h, g);
+    // What the kernels rely on without reading the tiles: none is larger than the shared-memory slot sized
+    // from max_tile_bytes, and a bitmap tile holds at least its masks.
+    const uint8_t* table = p + h.offsets_offset;
+    const uint64_t min_tile = h.format == FSPMM_FORMAT_BITMAP ? kBitmapMaskBytes : 0;
+    for (uint64_t t = 0; t < g.tiles; ++t) {
+        const uint64_t size = load_u64(table + 8 * t + 8) - load_u64(table + 8 * t);
+        if (size > h.max_tile_bytes || size < min_tile)
+            corrupt("tile " + str(t) + " holds " + str(size) + " bytes, outside [" + str(min_tile) +
+                    ", max_tile_bytes = " + str(uint64_t{h.max_tile_bytes}) + "]");
+    }
+    return h;
+}
+
 fspmm_header_t validate_blob(const void* blob, size_t bytes) {
     if (bytes < static_cast<size_t>(kHeaderBytes))
         corrupt("buffer holds " + str(uint64_t{bytes}) +

@@ -18,4 +18,10 @@ void check_header(const fspmm_header_t& h);
 // checksum). `bytes` is the buffer size. Raises fspmm::Error on failure; returns the header.
 fspmm_header_t validate_blob(const void* blob, size_t bytes);
 
+// Validation of a blob's prefix [0, data_offset) (header, tile offset table, the gap after it) copied from
+// device memory, for a blob of `blob_bytes` bytes: everything the kernels rely on to stay inside the blob,
+// without the tiles' contents or the payload checksum. `prefix_bytes` is how much of the prefix `prefix`
+// holds (at least data_offset, which the header gives). Raises fspmm::Error; returns the header.
+fspmm_header_t validate_prefix(const void* prefix, size_t prefix_bytes, size_t blob_bytes);
+
 }  // namespace fspmm

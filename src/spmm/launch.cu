@@ -3,8 +3,6 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -32,6 +30,18 @@ int current_device() {
     check_cuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
     if (count == 0) raise(FSPMM_ERR_NO_DEVICE, "no CUDA device is visible");
     return device;
+}
+
+DeviceScope::DeviceScope(int device) {
+    int current = -1;
+    check_cuda(cudaGetDevice(&current), "cudaGetDevice");
+    if (current == device) return;
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    previous_ = current;
+}
+
+DeviceScope::~DeviceScope() {
+    if (previous_ >= 0) (void)cudaSetDevice(previous_);
 }
 
 namespace {
@@ -84,13 +94,17 @@ int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
 // without a shared tile (fixed work per element), "scatter" stores each nonzero into a zeroed tile (work per
 // nonzero, the faster one from about 98 % sparsity on), "rows" expands every 8-element row in registers and
 // stores it whole into a dense tile (never the fastest since the direct decoder's rewrite: kept for
-// comparison). FSPMM_BITMAP_DECODER=rows|scatter|direct overrides the density rule (benchmarks and tests).
-int kernel_id(const fspmm_header_t& h) {
-    if (h.format != FSPMM_FORMAT_BITMAP) return h.format;
-    const char* env = std::getenv("FSPMM_BITMAP_DECODER");
-    if (env && std::strcmp(env, "direct") == 0) return kBitmapDirect;
-    if (env && std::strcmp(env, "rows") == 0) return kBitmapRows;
-    if (env && std::strcmp(env, "scatter") == 0) return FSPMM_FORMAT_BITMAP;
+// comparison). `decoder` (FSPMM_DECODER_*) overrides the density rule.
+int kernel_id(const fspmm_header_t& h, int decoder) {
+    if (h.format != FSPMM_FORMAT_BITMAP) {
+        FSPMM_REQUIRE(decoder == FSPMM_DECODER_AUTO,
+                      "a decoder choice applies to bitmap matrices only; this one is tiled_csl: pass "
+                      "FSPMM_DECODER_AUTO");
+        return h.format;
+    }
+    if (decoder == FSPMM_DECODER_DIRECT) return kBitmapDirect;
+    if (decoder == FSPMM_DECODER_ROWS) return kBitmapRows;
+    if (decoder == FSPMM_DECODER_SCATTER) return FSPMM_FORMAT_BITMAP;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
     return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
 }
@@ -168,24 +182,23 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
     if (splits > 65535) splits = 65535;
     plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
     plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
-    plan.workspace = 0;
-    if (plan.splits > 1) {
-        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
-        plan.workspace = round_up(partial, 256) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
-    }
+    plan.workspace = linear_workspace_bytes(h, plan, N);
+}
+
+// Where the split-K arrival counters start in the workspace: after the partial sums of N tokens.
+uint64_t counters_offset(const fspmm_header_t& h, const LinearPlan& plan, int64_t N) {
+    return round_up(uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4, 256);
 }
 
 // Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
 // work per stored value beats expanding tiles for the Tensor Cores (measured on H100, docs/PERFORMANCE.md).
 constexpr double kGemvDensity = 0.12;
 
-// Whether this call runs the CUDA-core kernel. FSPMM_GEMV=1 forces it for every N = 1 call (either format),
-// FSPMM_GEMV=0 never uses it (for benchmarks and tests).
-bool use_gemv(const fspmm_header_t& h, int64_t N) {
-    if (N != 1) return false;
-    const char* env = std::getenv("FSPMM_GEMV");
-    if (env && std::strcmp(env, "0") == 0) return false;
-    if (env && std::strcmp(env, "1") == 0) return true;
+// Whether this call runs the CUDA-core kernel (either format has one, for N = 1). FSPMM_KERNEL_CUDA_CORE asks
+// for it at N = 1 (larger N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE never uses it.
+bool use_gemv(const fspmm_header_t& h, int64_t N, int kernel) {
+    if (N != 1 || kernel == FSPMM_KERNEL_TENSOR_CORE) return false;
+    if (kernel == FSPMM_KERNEL_CUDA_CORE) return true;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
     return h.format == FSPMM_FORMAT_TILED_CSL && density <= kGemvDensity;
 }
@@ -242,10 +255,29 @@ bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64
 
 }  // namespace
 
-LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device) {
+size_t linear_workspace_bytes(const fspmm_header_t& h, const LinearPlan& plan, int64_t N) {
+    if (plan.splits <= 1) return 0;
+    return counters_offset(h, plan, N) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
+}
+
+int kernel_kind(const LinearPlan& plan) {
+    return plan.kernel == kGemv ? FSPMM_KERNEL_CUDA_CORE : FSPMM_KERNEL_TENSOR_CORE;
+}
+
+int decoder_kind(const LinearPlan& plan) {
+    switch (plan.kernel) {
+        case kBitmapDirect: return FSPMM_DECODER_DIRECT;
+        case kBitmapRows: return FSPMM_DECODER_ROWS;
+        case FSPMM_FORMAT_BITMAP: return FSPMM_DECODER_SCATTER;
+        default: return FSPMM_DECODER_AUTO;
+    }
+}
+
+LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& options, int device) {
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
+    const int split_k = options.split_k;
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    if (use_gemv(h, N)) return plan_gemv(h, split_k, device);
+    if (use_gemv(h, N, options.kernel)) return plan_gemv(h, split_k, device);
     LinearPlan plan{};
     plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
     plan.m_blocks = ceil_div(h.tiles_m, kStripes);
@@ -253,7 +285,7 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int devi
     FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call (at most 65535 * 64 tokens); split x");
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
-    plan.kernel = kernel_id(h);
+    plan.kernel = kernel_id(h, options.decoder);
     const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
     const bool dense = plan.kernel != kBitmapDirect;
     plan.sm90 = runs_sm90_pipeline(device, k.func);
@@ -289,9 +321,8 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.splits = plan.splits;
     p.k_tiles_per_split = plan.k_tiles_per_split;
     if (plan.splits > 1) {
-        const uint64_t partial = uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
         p.partial = static_cast<float*>(workspace);
-        p.counters = reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(workspace) + round_up(partial, 256));
+        p.counters = reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(workspace) + counters_offset(h, plan, N));
         check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
                    "cudaMemsetAsync(split-K counters)");
     }

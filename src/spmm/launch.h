@@ -24,14 +24,41 @@ struct LinearPlan {
     bool sm90;              // the kernel runs the sm_90 pipeline (TMA copies of x where x allows)
 };
 
+// The caller's choices for a plan (fspmm_linear_options_t, validated): split_k 0 = automatic, kernel and
+// decoder FSPMM_KERNEL_* / FSPMM_DECODER_* (AUTO = the measured rules in launch.cu).
+struct LinearOptions {
+    int split_k = 0;
+    int kernel = FSPMM_KERNEL_AUTO;
+    int decoder = FSPMM_DECODER_AUTO;
+};
+
 // Raise FSPMM_ERR_CUDA (or NO_DEVICE) with `what` and CUDA's message if err != cudaSuccess.
 void check_cuda(cudaError_t err, const char* what);
 
 // The current device, or FSPMM_ERR_NO_DEVICE with a message.
 int current_device();
 
-// Plan a call on `device` (split_k = 0: automatic). Raises on bad arguments.
-LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, int split_k, int device);
+// Makes `device` current for its lifetime (only if it is not already) and restores the previous one.
+class DeviceScope {
+   public:
+    explicit DeviceScope(int device);
+    ~DeviceScope();
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+   private:
+    int previous_ = -1;
+};
+
+// Plan a call of N tokens on `device`. Raises on bad arguments or a choice this matrix cannot run.
+LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& options, int device);
+
+// Workspace bytes of a plan for N tokens (split-K partial sums and arrival counters; 0 without split-K).
+size_t linear_workspace_bytes(const fspmm_header_t& h, const LinearPlan& plan, int64_t N);
+
+// The public names of a plan's kernel id: FSPMM_KERNEL_* and FSPMM_DECODER_*.
+int kernel_kind(const LinearPlan& plan);
+int decoder_kind(const LinearPlan& plan);
 
 // Launch the planned call (arguments already validated by the C entry point).
 void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blob, const void* x, int64_t ldx,
