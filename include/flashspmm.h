@@ -272,6 +272,8 @@ typedef enum {
     FSPMM_COPY_DEVICE_TO_DEVICE = 3
 } fspmm_copy_kind_t;
 fspmm_status_t fspmm_get_device(int* device);
+/* The device whose memory `ptr` points into (*device = -1 for host memory the runtime does not know). */
+fspmm_status_t fspmm_pointer_device(const void* ptr, int* device);
 fspmm_status_t fspmm_set_device(int device);
 fspmm_status_t fspmm_device_malloc(void** ptr, size_t bytes);   /* cudaMalloc; *ptr = NULL if bytes == 0 */
 fspmm_status_t fspmm_device_free(void* ptr);                    /* cudaFree; NULL is a no-op            */

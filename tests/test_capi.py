@@ -29,13 +29,23 @@ def test_status_strings():
         assert ffi.string(lib.fspmm_status_string(bogus))
 
 
+def _header_version():
+    import re
+
+    text = (REPO / "include" / "flashspmm.h").read_text()
+    parts = [int(re.search(rf"#define FSPMM_VERSION_{p} (\d+)", text).group(1)) for p in ("MAJOR", "MINOR", "PATCH")]
+    return parts[0] * 10000 + parts[1] * 100 + parts[2], ".".join(map(str, parts))
+
+
 def test_version_and_build_info():
-    assert lib.fspmm_version() == 100  # 0.1.0
-    assert flashspmm.__version__ == "0.1.0"
+    number, text = _header_version()
+    assert lib.fspmm_version() == number
+    assert flashspmm.__version__ == text
     info = ffi.string(lib.fspmm_build_info()).decode()
-    assert "0.1.0" in info and "sm_80" in info
+    archs = info.split("architectures", 1)[1].strip()
+    assert text in info and archs and archs != "unknown" and ("sm_" in archs or "compute_" in archs), info
     d = flashspmm.info()
-    assert d["version"] == "0.1.0" and isinstance(d["device_count"], int)
+    assert d["version"] == text and isinstance(d["device_count"], int)
     assert os.path.isfile(os.path.join(d["cmake_dir"], "flashspmmConfig.cmake"))
     assert os.path.isfile(os.path.join(d["include_dir"], "flashspmm.h"))
 
@@ -108,23 +118,47 @@ def test_bad_sizes_are_invalid_arguments(run_py, case):
         assert int(lines[2]) == 1, f"fspmm_compress_host returned {lines[2]} ({lines[3]!r})"
 
 
+def _host_handle(blob):
+    out = ffi.new("fspmm_matrix_t *")
+    assert lib.fspmm_matrix_create_host(ffi.cast("void *", blob.ctypes.data), blob.size, out) == lib.FSPMM_OK
+    return ffi.gc(out[0], lib.fspmm_matrix_destroy)
+
+
 def test_other_host_functions_reject_bad_arguments():
-    dense = np.zeros((4, 4), np.float16)
+    dense = np.full((4, 4), 0x7E00, np.uint16)  # a sentinel: nothing may be written by a failing call
     blob = flashspmm.compress(np.eye(4, dtype=np.float16)).blob()
     bp = ffi.cast("void *", blob.ctypes.data)
     dp = ffi.cast("void *", dense.ctypes.data)
     inv = lib.FSPMM_ERR_INVALID_ARGUMENT
-    assert lib.fspmm_decompress_host(bp, blob.size, dp, 3) == inv  # ld < K
-    assert lib.fspmm_decompress_host(bp, blob.size, ffi.NULL, 4) == inv
-    assert lib.fspmm_decompress_host(ffi.NULL, blob.size, dp, 4) in (inv, lib.FSPMM_ERR_CORRUPT_BUFFER)
+    W = _host_handle(blob)
+    assert lib.fspmm_decompress_host(W, dp, 4, 4, 3) == inv  # ld < K
+    assert lib.fspmm_decompress_host(W, dp, 5, 4, 4) == inv  # not the matrix's shape: the capacity is checked
+    assert lib.fspmm_decompress_host(W, dp, 4, 3, 4) == inv
+    assert lib.fspmm_decompress_host(W, ffi.NULL, 4, 4, 4) == inv
+    assert lib.fspmm_decompress_host(ffi.NULL, dp, 4, 4, 4) == inv
+    assert (dense == 0x7E00).all()
+    assert lib.fspmm_decompress_host(W, dp, 4, 4, 4) == lib.FSPMM_OK
     x = np.zeros((2, 4), np.float16)
-    y = np.zeros((2, 4), np.float16)
+    y = np.full((2, 4), np.nan, np.float16)
     xp, yp = ffi.cast("void *", x.ctypes.data), ffi.cast("void *", y.ctypes.data)
-    assert lib.fspmm_linear_host(bp, blob.size, xp, 2, 3, ffi.NULL, yp, 4, 1.0, 0.0) == inv  # ldx < K
-    assert lib.fspmm_linear_host(bp, blob.size, xp, 2, 4, ffi.NULL, yp, 3, 1.0, 0.0) == inv  # ldy < M
-    assert lib.fspmm_linear_host(bp, blob.size, xp, -1, 4, ffi.NULL, yp, 4, 1.0, 0.0) == inv
-    assert lib.fspmm_linear_host(bp, blob.size, ffi.NULL, 2, 4, ffi.NULL, yp, 4, 1.0, 0.0) == inv
-    assert lib.fspmm_header_read(bp, 100, ffi.new("fspmm_header_t *")) != lib.FSPMM_OK
+    assert lib.fspmm_linear_host(W, xp, 2, 4, 3, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv  # ldx < K
+    assert lib.fspmm_linear_host(W, xp, 2, 4, 4, ffi.NULL, yp, 4, 3, 1.0, 0.0) == inv  # ldy < M
+    assert lib.fspmm_linear_host(W, xp, 2, 5, 5, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv  # K is not the matrix's
+    assert lib.fspmm_linear_host(W, xp, 2, 4, 4, ffi.NULL, yp, 5, 5, 1.0, 0.0) == inv  # M is not the matrix's
+    assert lib.fspmm_linear_host(W, xp, -1, 4, 4, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv
+    assert lib.fspmm_linear_host(W, ffi.NULL, 2, 4, 4, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv
+    assert lib.fspmm_linear_host(ffi.NULL, xp, 2, 4, 4, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv
+    assert np.isnan(y).all()
+    out = ffi.new("fspmm_matrix_t *")
+    assert lib.fspmm_matrix_create_host(bp, 100, out) == lib.FSPMM_ERR_CORRUPT_BUFFER and out[0] == ffi.NULL
+    assert lib.fspmm_matrix_create_host(ffi.NULL, blob.size, out) == inv
+    assert lib.fspmm_matrix_create_host(bp, blob.size, ffi.NULL) == inv
+    h = ffi.new("fspmm_header_t *")
+    assert lib.fspmm_matrix_header(W, h) == lib.FSPMM_OK and h.M == 4 and h.K == 4
+    device = ffi.new("int *")
+    assert lib.fspmm_matrix_device(W, device) == lib.FSPMM_OK and device[0] == -1
+    assert lib.fspmm_matrix_destroy(ffi.NULL) == lib.FSPMM_OK
+    assert lib.fspmm_header_read(bp, 100, ffi.new("fspmm_header_t *")) == lib.FSPMM_ERR_CORRUPT_BUFFER
     assert lib.fspmm_header_read(bp, blob.size, ffi.NULL) == inv
     assert lib.fspmm_validate_host(bp, blob.size, ffi.NULL) == lib.FSPMM_OK
     bound = ffi.new("size_t *")
@@ -133,6 +167,29 @@ def test_other_host_functions_reject_bad_arguments():
     assert lib.fspmm_set_host_threads(-1) == inv
     assert lib.fspmm_set_host_threads(2) == lib.FSPMM_OK
     assert lib.fspmm_set_host_threads(0) == lib.FSPMM_OK
+
+
+def test_plan_functions_reject_bad_arguments():
+    blob = flashspmm.compress(np.eye(64, dtype=np.float16)).blob()
+    W = _host_handle(blob)
+    inv = lib.FSPMM_ERR_INVALID_ARGUMENT
+    plan = ffi.new("fspmm_plan_t *")
+    options = ffi.new("fspmm_linear_options_t *")
+    assert lib.fspmm_linear_options_init(options) == lib.FSPMM_OK
+    assert options.struct_bytes == ffi.sizeof("fspmm_linear_options_t") and options.split_k == 0
+    assert options.kernel == lib.FSPMM_KERNEL_AUTO and options.decoder == lib.FSPMM_DECODER_AUTO
+    assert lib.fspmm_plan_create(W, 4, options, plan) == inv and plan[0] == ffi.NULL  # a host matrix
+    assert "host memory" in last_error()
+    assert lib.fspmm_plan_create(ffi.NULL, 4, options, plan) == inv
+    assert lib.fspmm_plan_create(W, 4, options, ffi.NULL) == inv
+    assert lib.fspmm_plan_destroy(ffi.NULL) == lib.FSPMM_OK
+    ws = ffi.new("size_t *")
+    assert lib.fspmm_plan_workspace_size(ffi.NULL, ws) == inv
+    assert lib.fspmm_plan_info(ffi.NULL, 1, ffi.new("fspmm_plan_info_t *")) == inv
+    assert lib.fspmm_linear(ffi.NULL, ffi.NULL, 1, 64, 64, ffi.NULL, ffi.NULL, 64, 64, 1.0, 0.0, ffi.NULL, 0,
+                            ffi.NULL) == inv
+    assert "fspmm_plan_create" in last_error()
+    assert lib.fspmm_linear_options_init(ffi.NULL) == inv
 
 
 GPU_CALLS_SCRIPT = r"""
@@ -144,20 +201,17 @@ def report(name, status):
     message = ffi.string(lib.fspmm_last_error()).decode() if status else ""
     print(name, "=", status, ffi.string(lib.fspmm_status_string(status)).decode(), "|", message)
 
-fake = ffi.new("fspmm_header_t *")          # all zero: not a valid header
-h = flashspmm.compress(np.eye(64, dtype=np.float16)).header
-ws = ffi.new("size_t *")
 no_device = flashspmm.device_count() == 0
-report("linear(fake header)", lib.fspmm_linear(fake, ffi.NULL, ffi.NULL, 4, 64, ffi.NULL, ffi.NULL, 64, 1.0, 0.0,
-                                               0, ffi.NULL, 0, ffi.NULL))
-report("workspace_size(fake header)", lib.fspmm_linear_workspace_size(fake, 4, 0, ws))
-report("linear(NULL header)", lib.fspmm_linear(ffi.NULL, ffi.NULL, ffi.NULL, 4, 64, ffi.NULL, ffi.NULL, 64, 1.0,
-                                               0.0, 0, ffi.NULL, 0, ffi.NULL))
-if no_device:  # with a GPU these pointers would be real launches on garbage
+out = ffi.new("fspmm_matrix_t *")
+report("plan_create(NULL matrix)", lib.fspmm_plan_create(ffi.NULL, 4, ffi.NULL, ffi.new("fspmm_plan_t *")))
+report("linear(NULL plan)", lib.fspmm_linear(ffi.NULL, ffi.NULL, 4, 64, 64, ffi.NULL, ffi.NULL, 64, 64, 1.0, 0.0,
+                                             ffi.NULL, 0, ffi.NULL))
+report("decompress(NULL matrix)", lib.fspmm_decompress(ffi.NULL, ffi.NULL, 64, 64, 64, ffi.NULL))
+if no_device:  # with a GPU these pointers would be real memory accesses on garbage
     p = ffi.new("void **")
     fake_ptr = ffi.cast("void *", 256)
-    report("linear(real header)", lib.fspmm_linear(h, fake_ptr, fake_ptr, 4, 64, ffi.NULL, fake_ptr, 64, 1.0, 0.0,
-                                                   0, ffi.NULL, 0, ffi.NULL))
+    report("matrix_create_device", lib.fspmm_matrix_create_device(fake_ptr, 4096, ffi.NULL, out))
+    report("pointer_device", lib.fspmm_pointer_device(fake_ptr, ffi.new("int *")))
     report("device_malloc", lib.fspmm_device_malloc(p, 1024))
     report("set_device(0)", lib.fspmm_set_device(0))
     report("memcpy", lib.fspmm_memcpy(fake_ptr, ffi.cast("void *", 512), 16, lib.FSPMM_COPY_DEVICE_TO_DEVICE,
@@ -166,14 +220,22 @@ if no_device:  # with a GPU these pointers would be real launches on garbage
 print("free(NULL) =", lib.fspmm_device_free(ffi.NULL))
 """
 
+# Without a device the device entry points report FSPMM_ERR_NO_DEVICE; handle checks come first.
+EXPECTED_GPU_STATUS = {"plan_create(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT",
+                       "linear(NULL plan)": "FSPMM_ERR_INVALID_ARGUMENT",
+                       "decompress(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT"}
+
 
 def test_gpu_entry_points_fail_cleanly(run_py):
     proc = run_py(GPU_CALLS_SCRIPT)
     assert proc.returncode == 0, f"crashed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     lines = proc.stdout.splitlines()
+    no_device = flashspmm.device_count() == 0
     for line in lines[:-1]:
-        status = int(line.split("=")[1].split()[0])
-        assert status != 0, f"expected a failure status: {line}"
+        name = line.split(" = ")[0]
+        status_name = line.split("=", 1)[1].split()[1]
+        expected = EXPECTED_GPU_STATUS.get(name, "FSPMM_ERR_NO_DEVICE" if no_device else None)
+        assert status_name == expected, f"expected {expected}: {line}"
         assert "|" in line and line.split("|", 1)[1].strip(), f"no message: {line}"
     assert lines[-1] == "free(NULL) = 0"
 

@@ -46,6 +46,7 @@ class ArrayInfo:
     framework: str
     keep: object = None
     read_only: bool = False
+    requires_grad: bool = False  # a torch tensor that autograd would track (flashspmm computes no gradients)
 
     @property
     def ndim(self):
@@ -122,7 +123,7 @@ def _describe_numpy(a):
     return ArrayInfo(
         obj=a, ptr=int(a.__array_interface__["data"][0]), shape=tuple(a.shape),
         strides=_byte_strides_to_elements(a.strides, a.itemsize, "the array"),
-        dtype=a.dtype.name, device="cpu", stream=None, framework="numpy")
+        dtype=a.dtype.name, device="cpu", stream=None, framework="numpy", read_only=not a.flags.writeable)
 
 
 def _describe_torch(t):
@@ -137,7 +138,8 @@ def _describe_torch(t):
     else:
         raise ValueError(f"torch tensors on {t.device.type!r} are not supported; use a CUDA or CPU tensor")
     return ArrayInfo(obj=t, ptr=int(t.data_ptr()), shape=tuple(t.shape), strides=tuple(t.stride()),
-                     dtype=dtype, device=device, stream=stream, framework="torch")
+                     dtype=dtype, device=device, stream=stream, framework="torch",
+                     requires_grad=bool(t.requires_grad and torch.is_grad_enabled()))
 
 
 def _describe_cupy(a):
@@ -173,12 +175,18 @@ def _describe_cai(obj):
     else:
         strides = _byte_strides_to_elements(cai["strides"], itemsize, "the array")
     ptr = int(cai["data"][0])
-    # The interface does not name the device: the memory belongs to the current one.
-    current = ffi.new("int *")
-    index = int(current[0]) if lib.fspmm_get_device(current) == lib.FSPMM_OK else 0
+    # The interface does not name the device: ask the driver which one holds the memory.
+    try:
+        index = _native.pointer_device(ptr) if ptr else _native.get_device()
+    except _native.Error:  # no driver or device: the array cannot be used on a GPU anyway; say so later
+        index = 0
+    if index < 0:
+        raise ValueError("this __cuda_array_interface__ array points at host memory; pass a numpy array for host "
+                         "data")
     stream = cai.get("stream")
     return ArrayInfo(obj=obj, ptr=ptr, shape=shape, strides=strides, dtype=dtype, device=("cuda", index),
-                     stream=0 if stream is None else int(stream), framework="cuda_array_interface")
+                     stream=0 if stream is None else int(stream), framework="cuda_array_interface",
+                     read_only=bool(cai["data"][1]))
 
 
 def _describe_dlpack(obj, what):
@@ -277,16 +285,108 @@ def flatten_leading(info):
                      dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
 
 
-def reshape_copy(info, shape):
-    """A C-contiguous copy of the array reshaped to ``shape``, in its own framework."""
+def reshape_copy(info, shape, stream=None):
+    """A C-contiguous copy of the array reshaped to ``shape``, in its own framework; on a CUDA device the copy
+    is made on ``stream`` (its memory is then ordered on that stream)."""
     obj = info.obj
     if info.framework == "numpy":
         return np.ascontiguousarray(obj).reshape(shape)
     if info.framework == "torch":
+        torch = sys.modules["torch"]
+        if info.is_cuda and stream is not None and stream != info.stream:
+            with torch.cuda.stream(_torch_external_stream(stream, obj.device)):
+                return obj.contiguous().reshape(shape)
         return obj.contiguous().reshape(shape)
     if info.framework == "cupy":
-        return sys.modules["cupy"].ascontiguousarray(obj).reshape(shape)
+        cupy = sys.modules["cupy"]
+        with cupy.cuda.Device(info.device_index):
+            if stream is not None and stream != info.stream:
+                with _cupy_external_stream(stream):
+                    return cupy.ascontiguousarray(obj).reshape(shape)
+            return cupy.ascontiguousarray(obj).reshape(shape)
     raise ValueError("this array's leading dimensions cannot be flattened without a copy; make it contiguous")
+
+
+def _torch_external_stream(handle, device):
+    # ExternalStream is deprecated in newer torch but still the way to wrap a raw handle
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ExternalStream.*")
+        return sys.modules["torch"].cuda.ExternalStream(handle, device=device)
+
+
+def _cupy_external_stream(handle):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ExternalStream.*")
+        return sys.modules["cupy"].cuda.ExternalStream(handle)
+
+
+def framework_of(obj):
+    """"torch", "cupy", "numpy" or the module name of an array object (None for None)."""
+    if obj is None:
+        return None
+    if isinstance(obj, np.ndarray):
+        return "numpy"
+    return _module_of(obj)
+
+
+def torch_record_stream(tensor, stream):
+    """Tell torch's caching allocator that ``tensor`` is used on ``stream`` (when that is not its own)."""
+    torch = sys.modules["torch"]
+    if tensor.device.type != "cuda" or stream == int(torch.cuda.current_stream(tensor.device).cuda_stream):
+        return
+    tensor.record_stream(_torch_external_stream(stream, tensor.device))
+
+
+def owner_stream(owner):
+    """The stream an array's memory is ordered on by its allocator (cupy: the current stream; else 0)."""
+    if framework_of(owner) == "cupy":
+        return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
+    return 0
+
+
+def used_on(stream, info, *arrays):
+    """Arrays allocated by flashspmm in ``info``'s framework for a call queued on ``stream``: keep torch's
+    allocator from reusing their memory before that stream has run (cupy and flashspmm buffers are ordered
+    by their own stream or freed only when collected)."""
+    if info.framework != "torch" or stream == info.stream:
+        return
+    for a in arrays:
+        if a is not None and framework_of(a) == "torch":
+            torch_record_stream(a, stream)
+
+
+def host_uint8_view(info):
+    """A numpy view of a 1-D host uint8 array described by ``info`` (no copy)."""
+    if info.framework == "numpy":
+        return info.obj
+    import ctypes
+
+    n = info.shape[0]
+    return np.frombuffer((ctypes.c_uint8 * max(n, 1)).from_address(info.ptr), dtype=np.uint8)[:n]
+
+
+def is_immutable(obj):
+    """Whether obj is an array of a library whose arrays cannot be written (JAX)."""
+    return _module_of(obj) in ("jax", "jaxlib")
+
+
+class HostExport:
+    """A host numpy array exported through flashspmm's own DLPack capsule (numpy's refuses bfloat16)."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+
+    def __dlpack_device__(self):
+        return (_dlpack.DEVICE_CPU, 0)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if copy:
+            raise BufferError("flashspmm exports without copying (copy=True is not supported)")
+        a = self.array
+        dtype = "bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name
+        versioned = max_version is not None and tuple(max_version) >= (1, 0)
+        return _dlpack.export_capsule(int(a.__array_interface__["data"][0]), a.shape, dtype, _dlpack.DEVICE_CPU, 0,
+                                      owner=self, versioned=versioned)
 
 
 class DeviceBuffer:
@@ -362,23 +462,15 @@ def workspace(info, nbytes, stream_handle):
         torch = sys.modules["torch"]
         device = info.obj.device
         ws = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        if stream_handle != int(torch.cuda.current_stream(device).cuda_stream):
-            # tell the caching allocator the memory is used on that stream; ExternalStream is deprecated in
-            # newer torch but still the way to wrap a raw handle
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*ExternalStream.*")
-                ws.record_stream(torch.cuda.ExternalStream(stream_handle, device=device))
+        torch_record_stream(ws, stream_handle)  # the allocator orders its reuse after that stream too
         return ws, int(ws.data_ptr())
     if info.framework == "cupy":
         cupy = sys.modules["cupy"]
         with cupy.cuda.Device(info.device_index):
             if stream_handle == int(cupy.cuda.get_current_stream().ptr):
                 ws = cupy.empty(nbytes, dtype=cupy.uint8)
-            else:  # allocate in that stream's order (ExternalStream: deprecated in newer cupy, same reason)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*ExternalStream.*")
-                    stream = cupy.cuda.ExternalStream(stream_handle)
-                with stream:
+            else:  # allocate in that stream's order
+                with _cupy_external_stream(stream_handle):
                     ws = cupy.empty(nbytes, dtype=cupy.uint8)
         return ws, int(ws.data.ptr)
     ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
@@ -448,9 +540,25 @@ class Origin:
                 return int(cupy.cuda.get_current_stream().ptr)
         return 0
 
-    def wrap(self, result):
-        """``result`` (allocated by :meth:`empty`) as the caller's framework sees it (zero-copy)."""
-        return result if self._from_dlpack is None else self._from_dlpack(result)
+    def wrap(self, result, stream=None):
+        """``result`` (allocated by :meth:`empty`, written on ``stream``) as the caller's framework sees it
+        (zero-copy; a DLPack consumer gets it ready on its own stream)."""
+        if self._from_dlpack is None:
+            return result
+        if isinstance(result, DeviceBuffer):
+            result.ready_stream = stream
+        elif isinstance(result, np.ndarray):
+            result = HostExport(result)
+        return self._from_dlpack(result)
+
+    def from_host(self, array):
+        """A host numpy array (float16 / bfloat16) as this origin's framework's CPU array (no copy)."""
+        if self.framework == "torch":
+            torch = sys.modules["torch"]
+            if array.dtype.name == "bfloat16":
+                return torch.from_numpy(np.ascontiguousarray(array).view(np.uint16)).view(torch.bfloat16)
+            return torch.from_numpy(array)
+        return self.wrap(array)
 
 
 def _from_dlpack_of(obj):
@@ -464,12 +572,14 @@ def _from_dlpack_of(obj):
     return getattr(lib_module, "from_dlpack", None)
 
 
-def to_caller(result, info):
-    """Return ``result`` (allocated by flashspmm for a DLPack input) in the input's own library, zero-copy."""
+def to_caller(result, info, stream=None):
+    """``result`` (allocated by flashspmm for ``info``'s call, written on ``stream``) in the input's own library,
+    zero-copy: torch CPU results are torch already; DLPack producers (JAX) get it through their from_dlpack."""
+    if isinstance(result, DeviceBuffer) and stream is not None:
+        result.ready_stream = stream
     if info.framework != "dlpack" or _dlpack.is_capsule(info.obj):
         return result
-    from_dlpack = _from_dlpack_of(info.obj)
-    return result if from_dlpack is None else from_dlpack(result)
+    return Origin.of(info).wrap(result, stream)
 
 
 def resolve_stream(stream, info):

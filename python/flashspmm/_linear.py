@@ -1,11 +1,22 @@
-"""linear(): y = alpha * x @ W.T + bias + beta * out, on the host (numpy) or a GPU (torch, cupy, ...)."""
+"""linear(): y = alpha * x @ W.T + bias + beta * out, on the host (numpy) or a GPU (torch, cupy, ...).
+
+Two paths share one C call. The torch fast path (a CUDA tensor of W's dtype on W's device, the current stream,
+no ``out``) checks only what it must and passes addresses as integers to a second cffi declaration of
+``fspmm_linear``, so one call costs little more than ``torch.nn.functional.linear`` on the host. Every other
+input goes through the general path: the array adapters, a copy of x when its rows cannot be flattened, and
+the stream and ownership rules of the README.
+"""
+
+from __future__ import annotations
 
 import numbers
+import sys
+from typing import Any, Optional
 
 from . import _arrays, _native
 from ._arrays import ArrayInfo
-from ._matrix import SparseMatrix
-from ._native import check, ffi, lib
+from ._matrix import DECODERS, KERNELS, SparseMatrix, _choice
+from ._native import check, lib
 
 __all__ = ["linear"]
 
@@ -21,15 +32,16 @@ def _half_like_w(info, what, W):
         raise TypeError(f"{what} has dtype {info.dtype} but W has dtype {W.dtype}; convert {what} to {W.dtype}")
 
 
-def _as_rows(info, what, allow_copy):
-    """View an array [..., C] as a 2-D [rows, C] ArrayInfo (copying only when allowed)."""
+def _as_rows(info, what, allow_copy, stream=None):
+    """View an array [..., C] as a 2-D [rows, C] ArrayInfo (copying, ordered on ``stream``, only when allowed)."""
     if info.ndim == 1:
         stride = info.strides[0]
         if info.shape[0] > 1 and stride != 1:
             raise ValueError(f"{what} must have unit stride on its last dimension; make it contiguous first: "
                              f"{info.contiguous_hint()}")
         return ArrayInfo(obj=info.obj, ptr=info.ptr, shape=(1, info.shape[0]), strides=(info.shape[0], 1),
-                         dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
+                         dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework,
+                         keep=info.keep)
     flat = _arrays.flatten_leading(info)
     if flat is not None:
         return flat
@@ -39,7 +51,7 @@ def _as_rows(info, what, allow_copy):
     rows = 1
     for n in info.shape[:-1]:
         rows *= n
-    copy = _arrays.reshape_copy(info, (rows, info.shape[-1]))
+    copy = _arrays.reshape_copy(info, (rows, info.shape[-1]), stream)
     return _arrays.describe(copy, what)
 
 
@@ -49,36 +61,116 @@ def _number(value, what):
     return float(value)
 
 
-def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=None):
+def _grad_error():
+    return ValueError("flashspmm.linear computes no gradients, but x requires grad: call it under torch.no_grad() "
+                      "or torch.inference_mode(), or pass x.detach()")
+
+
+# ---- the torch fast path -------------------------------------------------------------------------------
+_torch = None  # the torch module once a tensor has been seen (never imported by flashspmm itself)
+_raw_stream = None
+
+
+def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
+    """The result for a CUDA tensor on the current stream, or None where the general path must decide."""
+    global _raw_stream
+    torch = _torch
+    dtype = W._torch_dtype
+    if dtype is None:
+        dtype = W._torch_dtype = getattr(torch, W.dtype)
+    if x.dtype is not dtype or not x.is_cuda or x.dim() == 0:
+        return None
+    device = x.device
+    if device.index != W._device_index:
+        return None
+    M, K = W.shape
+    if x.shape[-1] != K:
+        return None
+    if x.dim() == 2 and (x.stride(1) == 1 or K == 1):
+        x2 = x
+    elif x.is_contiguous():
+        x2 = x.view(-1, K)
+    else:
+        return None
+    N = x2.shape[0]
+    if N == 0:
+        return None
+    if x.requires_grad and torch.is_grad_enabled():
+        raise _grad_error()
+    bias_ptr = 0
+    if bias is not None:
+        if (type(bias) is not type(x) or bias.dtype is not dtype or bias.device != device or bias.dim() != 1
+                or bias.shape[0] != M or (M > 1 and bias.stride(0) != 1)):
+            return None  # the general path says what is wrong
+        bias_ptr = bias.data_ptr()
+    entry = W._entries.get((N, split_k, kernel, decoder)) or W._entry(N, split_k, kernel, decoder)
+    y = torch.empty(x.shape[:-1] + (M,), dtype=dtype, device=device)
+    if _raw_stream is None:
+        _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+            lambda index: torch.cuda.current_stream(index).cuda_stream)
+    stream = _raw_stream(device.index)
+    ws_bytes = entry.workspace
+    ws_ptr = 0
+    if ws_bytes:
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)  # freed in the current stream's order
+        ws_ptr = ws.data_ptr()
+    ldx = x2.stride(0) if N > 1 else K
+    status = _native.lib_addr.fspmm_linear(entry.address, x2.data_ptr(), N, K, ldx, bias_ptr, y.data_ptr(), M, M,
+                                            alpha, 0.0, ws_ptr, ws_bytes, stream)
+    if status:
+        check(status)
+    return y
+
+
+def linear(x: Any, W: SparseMatrix, bias: Any = None, *, out: Any = None, alpha: float = 1.0, beta: float = 0.0,
+           split_k: int = 0, kernel: str = "auto", decoder: str = "auto", stream: Optional[Any] = None) -> Any:
     """y = alpha * x @ W.T + bias + beta * out, like ``torch.nn.functional.linear`` with a sparse W.
 
     Args:
         x: activations [..., K] (1-D [K] gives a 1-D result; more leading dimensions are flattened into rows
-            and restored). A numpy array with a CPU matrix W (computed by the C++ reference), or a CUDA array
-            (torch, cupy, any ``__cuda_array_interface__`` object) on W's GPU. Same dtype as W; unit stride on
-            the last dimension, any row stride.
+            and restored). A host array (numpy, torch CPU, JAX CPU, ...) with a CPU matrix W (computed by the
+            C++ reference), or a CUDA array (torch, cupy, JAX, any ``__cuda_array_interface__`` object) on W's
+            GPU. Same dtype as W; unit stride on the last dimension, any row stride.
         W: a :class:`SparseMatrix` [M, K].
         bias: optional [M] array, same dtype and device as x.
         out: optional output [..., M] (same leading shape as x); required when ``beta != 0``. With
             ``beta == 0`` its old contents are never read.
         alpha, beta: scalars (fp32 accumulation).
         split_k: GPU only: 0 = automatic, else the number of K slices (1 = none).
+        kernel: GPU only: "auto", "tensor_core" or "cuda_core" (the CUDA-core kernel serves N = 1).
+        decoder: GPU, bitmap matrices only: "auto", "direct", "scatter" or "rows".
         stream: GPU only: a cudaStream_t as an int, or an object with ``.cuda_stream`` (torch) or ``.ptr``
             (cupy); default: x's framework's current stream.
 
     Returns:
         ``out`` if given, else a new array in x's framework and on its device.
+
+    The launch plan for each N (and options) is made once and cached on W.
     """
+    global _torch
     if not isinstance(W, SparseMatrix):
         raise TypeError(f"W must be a flashspmm.SparseMatrix (from flashspmm.compress or load), "
                         f"got {type(W).__qualname__}")
-    alpha = _number(alpha, "alpha")
-    beta = _number(beta, "beta")
+    kernel_code = _choice(kernel, KERNELS, "kernel")
+    decoder_code = _choice(decoder, DECODERS, "decoder")
     if isinstance(split_k, bool) or not isinstance(split_k, numbers.Integral):
         raise TypeError(f"split_k must be an int, got {type(split_k).__qualname__}")
     if split_k < 0:
         raise ValueError(f"split_k must be >= 0 (0 = automatic), got {split_k}")
+    split_k = int(split_k)
+    alpha = _number(alpha, "alpha")
+    beta = _number(beta, "beta")
+    if _torch is None and "torch" in sys.modules:
+        _torch = sys.modules["torch"]
+    if (_torch is not None and out is None and stream is None and beta == 0.0 and W._ptr is not None
+            and isinstance(x, _torch.Tensor)):
+        y = _torch_fast(x, W, bias, alpha, split_k, kernel_code, decoder_code)
+        if y is not None:
+            return y
+    return _linear_general(x, W, bias, out, alpha, beta, split_k, kernel_code, decoder_code, stream)
 
+
+def _linear_general(x, W, bias, out, alpha, beta, split_k, kernel, decoder, stream):
     M, K = W.shape
     xi = _arrays.describe(x, "x")
     _half_like_w(xi, "x", W)
@@ -87,6 +179,8 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
     if xi.shape[-1] != K:
         raise ValueError(f"x.shape[-1] = {xi.shape[-1]} does not match W's in features: W is [M={M}, K={K}], "
                          f"x must be [..., {K}] (got shape {xi.shape})")
+    if xi.requires_grad:
+        raise _grad_error()
 
     if W.device == "cpu" and xi.is_cuda:
         raise ValueError(f"W is on the CPU but x is on {xi.device_name}: move W first, W = W.to('{xi.device_name}')")
@@ -99,8 +193,9 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
     if beta != 0.0 and out is None:
         raise ValueError(f"beta = {beta} needs an `out` array to accumulate into")
 
+    stream_handle = _arrays.resolve_stream(stream, xi) if xi.is_cuda else None
     out_shape = tuple(xi.shape[:-1]) + (M,)
-    x2 = _as_rows(xi, "x", allow_copy=True)
+    x2 = _as_rows(xi, "x", allow_copy=True, stream=stream_handle)
     N, _, ldx = _arrays.matrix_view(x2, "x")
 
     bias_ptr = 0
@@ -118,17 +213,15 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
         result = _arrays.empty_like_framework(xi, out_shape)
         oi = _arrays.describe(result, "out")
     else:
-        if _arrays._module_of(out) in ("jax", "jaxlib"):  # JAX exports legacy capsules without a read-only flag
+        if _arrays.is_immutable(out):
             raise ValueError("out is read-only: JAX arrays are immutable; omit out and use the returned array")
         result = out
         oi = _arrays.describe(out, "out")
         _half_like_w(oi, "out", W)
         _same_device_or_raise(oi, "out", xi)
-        if oi.framework == "numpy" and not out.flags.writeable:
-            raise ValueError("out is a read-only numpy array")
         if oi.read_only:
-            raise ValueError("out is read-only (its DLPack producer says so; JAX arrays are immutable): "
-                             "omit out and use the returned array")
+            raise ValueError("out is read-only (a read-only numpy array, or a DLPack producer says so: JAX arrays "
+                             "are immutable): omit out and use the returned array")
         if tuple(oi.shape) != out_shape:
             raise ValueError(f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
                              f"got {tuple(oi.shape)}")
@@ -136,24 +229,23 @@ def linear(x, W, bias=None, *, out=None, alpha=1.0, beta=0.0, split_k=0, stream=
     _, _, ldy = _arrays.matrix_view(o2, "out")
 
     if N == 0 or M == 0:
-        return result
+        return result if out is not None else _arrays.to_caller(result, xi, stream_handle)
 
     if not xi.is_cuda:
-        blob = W.blob()
-        check(lib.fspmm_linear_host(_native.as_ptr(blob.__array_interface__["data"][0]), blob.size,
-                                    _native.as_ptr(x2.ptr), N, ldx, _native.as_ptr(bias_ptr),
-                                    _native.as_ptr(o2.ptr), ldy, alpha, beta))
+        check(lib.fspmm_linear_host(W._handle, _native.as_ptr(x2.ptr), N, K, ldx, _native.as_ptr(bias_ptr),
+                                    _native.as_ptr(o2.ptr), M, ldy, alpha, beta))
         return result if out is not None else _arrays.to_caller(result, xi)
 
-    stream_handle = _arrays.resolve_stream(stream, xi)
-    with _native.on_device(xi.device_index):
-        ws_bytes = ffi.new("size_t *")
-        check(lib.fspmm_linear_workspace_size(W.header, N, int(split_k), ws_bytes))
-        ws, ws_ptr = _arrays.workspace(xi, int(ws_bytes[0]), stream_handle)
-        check(lib.fspmm_linear(W.header, _native.as_ptr(W.data_ptr), _native.as_ptr(x2.ptr), N, ldx,
-                               _native.as_ptr(bias_ptr), _native.as_ptr(o2.ptr), ldy, alpha, beta, int(split_k),
-                               _native.as_ptr(ws_ptr), int(ws_bytes[0]), _native.as_ptr(stream_handle)))
-    del ws  # the framework's allocator orders its reuse after the stream
+    entry = W._entry(N, split_k, kernel, decoder)
+    ws, ws_ptr = _arrays.workspace(xi, entry.workspace, stream_handle)
+    status = _native.lib_addr.fspmm_linear(entry.address, x2.ptr, N, K, ldx, bias_ptr, o2.ptr, M, ldy, alpha, beta,
+                                            ws_ptr, entry.workspace, stream_handle)
+    check(status)
+    # Everything the kernel reads or writes stays alive until it has run: the framework's allocator orders the
+    # reuse of the workspace, the output and a copy of x after `stream` (record_stream where it is a side
+    # stream), and the blob's owner is told about the stream too.
+    _arrays.used_on(stream_handle, xi, ws, result if out is None else None, x2.obj if x2.obj is not xi.obj else None)
+    W._read_on(stream_handle)
     if isinstance(result, _arrays.DeviceBuffer):
         result.ready_stream = stream_handle
-    return result if out is not None else _arrays.to_caller(result, xi)
+    return result if out is not None else _arrays.to_caller(result, xi, stream_handle)

@@ -83,6 +83,17 @@ except OSError as exc:  # a broken or foreign .so
     raise ImportError(f"flashspmm: cannot load {library_path}: {exc}. {_REINSTALL_HINT}") from exc
 
 
+# The per-call entry point once more, with every address as an integer: arrays give their addresses as ints,
+# and cffi would otherwise need a cast to a pointer object for each of them on every call (the hot path of
+# flashspmm.linear). Same function, same ABI (pointers and uintptr_t are passed alike on every platform the
+# library builds for).
+_ffi_addr = cffi.FFI()
+_ffi_addr.cdef("""int fspmm_linear(uintptr_t plan, uintptr_t x, int64_t N, int64_t K, int64_t ldx, uintptr_t bias,
+                                 uintptr_t y, int64_t M, int64_t ldy, float alpha, float beta, uintptr_t workspace,
+                                 size_t workspace_bytes, uintptr_t stream);""")
+lib_addr = _ffi_addr.dlopen(os.path.abspath(library_path))
+
+
 def status_name(code):
     """Name of a status code, e.g. ``"FSPMM_ERR_CORRUPT_BUFFER"``."""
     return ffi.string(lib.fspmm_status_string(int(code))).decode("utf-8", "replace")
@@ -142,6 +153,13 @@ def get_device():
     """The library's current CUDA device."""
     dev = ffi.new("int *")
     check(lib.fspmm_get_device(dev))
+    return int(dev[0])
+
+
+def pointer_device(address):
+    """The CUDA device holding ``address`` (-1 for host memory)."""
+    dev = ffi.new("int *")
+    check(lib.fspmm_pointer_device(as_ptr(address), dev))
     return int(dev[0])
 
 

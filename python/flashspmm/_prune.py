@@ -53,7 +53,7 @@ def prune(w, sparsity, *, scope="row"):
     host = np.array(np.lib.stride_tricks.as_strided(flat, shape=(m, k), strides=(ld * 2, 2)))
     check(lib.fspmm_prune_host(_native.as_ptr(_addr(host)), m, k, k, DTYPES[info.dtype], sparsity,
                                _SCOPES[scope]))
-    return _arrays.to_caller(host.view(_arrays.numpy_dtype(info.dtype)), info)
+    return _arrays.Origin.of(info).from_host(host.view(_arrays.numpy_dtype(info.dtype)))
 
 
 def _copy_device_matrix(info, out, m, k, ld, stream):
@@ -90,6 +90,4 @@ def _prune_device(info, m, k, ld, sparsity, scope):
         check(lib.fspmm_prune(_native.as_ptr(_arrays.describe(out, "out").ptr), m, k, k, DTYPES[info.dtype],
                               sparsity, scope, _native.as_ptr(ws_ptr), nbytes, _native.as_ptr(stream)))
     del ws  # freed by its framework, ordered after the work on the stream
-    if isinstance(out, _arrays.DeviceBuffer):
-        out.ready_stream = stream
-    return _arrays.to_caller(out, info)
+    return _arrays.to_caller(out, info, stream)

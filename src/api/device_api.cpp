@@ -65,6 +65,23 @@ extern "C" FSPMM_API fspmm_status_t fspmm_get_device(int* device) {
     });
 }
 
+extern "C" FSPMM_API fspmm_status_t fspmm_pointer_device(const void* ptr, int* device) {
+    return fspmm::guard("fspmm_pointer_device", [&] {
+        FSPMM_REQUIRE(device != nullptr, "device is NULL");
+        fspmm::current_device();
+        cudaPointerAttributes attr{};
+        const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+        if (err == cudaErrorInvalidValue) {
+            (void)cudaGetLastError();
+            *device = -1;
+            return FSPMM_OK;
+        }
+        check_cuda(err, "cudaPointerGetAttributes");
+        *device = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ? attr.device : -1;
+        return FSPMM_OK;
+    });
+}
+
 extern "C" FSPMM_API fspmm_status_t fspmm_set_device(int device) {
     return fspmm::guard("fspmm_set_device", [&] {
         int count = 0;

@@ -109,8 +109,13 @@ static void check_roundtrip(const void* blob, size_t bytes, const uint16_t* w) {
     uint16_t* d = (uint16_t*)malloc(sizeof(uint16_t) * M * K);
     int64_t r, c;
     int same = 1;
+    fspmm_matrix_t W = NULL;
     if (!d) return;
-    check(fspmm_decompress_host(blob, bytes, d, K) == FSPMM_OK, "fspmm_decompress_host");
+    check(fspmm_matrix_create_host(blob, bytes, &W) == FSPMM_OK && W != NULL, "fspmm_matrix_create_host");
+    check(fspmm_decompress_host(W, d, M, K, K) == FSPMM_OK, "fspmm_decompress_host");
+    check(fspmm_decompress_host(W, d, M - 1, K, K) == FSPMM_ERR_INVALID_ARGUMENT,
+          "fspmm_decompress_host refuses an output of the wrong shape");
+    fspmm_matrix_destroy(W);
     for (r = 0; r < M; ++r)
         for (c = 0; c < K; ++c) {
             const uint16_t expect = is_stored(w[r * LD + c]) ? w[r * LD + c] : 0;
@@ -125,10 +130,15 @@ static void check_linear(const void* blob, size_t bytes, const uint16_t* w) {
     uint16_t x[N * K], y[N * M], bias[M];
     double max_err = 0.0, max_ref = 0.0, err;
     int i, n, m, k;
+    fspmm_matrix_t W = NULL;
+    check(fspmm_matrix_create_host(blob, bytes, &W) == FSPMM_OK, "fspmm_matrix_create_host");
     for (i = 0; i < N * K; ++i) x[i] = float_to_half((float)(2.0 * uniform() - 1.0));
     for (i = 0; i < M; ++i) bias[i] = float_to_half((float)(uniform() - 0.5));
     for (i = 0; i < N * M; ++i) y[i] = 0x7E00; /* NaN: must never be read with beta == 0 */
-    check(fspmm_linear_host(blob, bytes, x, N, K, bias, y, M, 1.0f, 0.0f) == FSPMM_OK, "fspmm_linear_host");
+    check(fspmm_linear_host(W, x, N, K, K, bias, y, M, M, 1.0f, 0.0f) == FSPMM_OK, "fspmm_linear_host");
+    check(fspmm_linear_host(W, x, N, K + 1, K + 1, bias, y, M, M, 1.0f, 0.0f) == FSPMM_ERR_INVALID_ARGUMENT,
+          "fspmm_linear_host refuses an x whose K is not the matrix's");
+    fspmm_matrix_destroy(W);
     for (n = 0; n < N; ++n)
         for (m = 0; m < M; ++m) {
             double ref = half_to_float(bias[m]);
@@ -142,10 +152,11 @@ static void check_linear(const void* blob, size_t bytes, const uint16_t* w) {
 
 /* A truncated blob must be reported as corrupt, with a message. */
 static void check_truncated(const void* blob, size_t bytes) {
-    uint16_t d[1];
+    fspmm_matrix_t W = NULL;
     check(fspmm_validate_host(blob, bytes - 16, NULL) == FSPMM_ERR_CORRUPT_BUFFER && fspmm_last_error()[0] != '\0',
           "truncated blob gives FSPMM_ERR_CORRUPT_BUFFER and a message");
-    check(fspmm_decompress_host(blob, 100, d, K) == FSPMM_ERR_CORRUPT_BUFFER, "decompress of a 100-byte prefix fails");
+    check(fspmm_matrix_create_host(blob, 100, &W) == FSPMM_ERR_CORRUPT_BUFFER && W == NULL,
+          "a handle over a 100-byte prefix is refused");
 }
 
 int main(void) {

@@ -1,5 +1,6 @@
-/* GPU check through the public C API alone: fspmm_linear vs the library's CPU reference (fspmm_linear_host)
- * on a few shapes, both formats, with and without split-K; the GPU encoder, decoder and pruning vs their CPU
+/* GPU check through the public C API alone: fspmm_linear (matrix handle, plan, workspace) against a float64
+ * reference computed from the dense matrix, on a few shapes, both formats and dtypes, AUTO, alpha/beta, blobs
+ * from the CPU and the GPU encoder, with and without split-K; the GPU encoder, decoder and pruning vs their CPU
  * counterparts. Small on purpose: tools/device-check runs it under
  * compute-sanitizer (memcheck, racecheck, synccheck). Exit status 0 when every case passes. */
 #include <math.h>
@@ -27,10 +28,11 @@ static double uniform(void) { /* xorshift64*, in [0, 1) */
     return (double)((rng_state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
 }
 
-/* float -> IEEE half bits, round to nearest even (normal range and zero are enough here). */
-static uint16_t to_half(float f) {
+/* float -> 16-bit bits of `dtype`, round to nearest even (normal range and zero are enough here). */
+static uint16_t to_bits(float f, fspmm_dtype_t dtype) {
     uint32_t x;
     memcpy(&x, &f, 4);
+    if (dtype == FSPMM_DTYPE_BFLOAT16) return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
     uint32_t sign = (x >> 16) & 0x8000u;
     int32_t exp = (int32_t)((x >> 23) & 0xFF) - 127 + 15;
     uint32_t mant = x & 0x7FFFFFu;
@@ -40,65 +42,126 @@ static uint16_t to_half(float f) {
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
     return (uint16_t)h;
 }
-static float from_half(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FFu, x;
-    if (exp == 0) return sign ? -0.0f : 0.0f; /* inputs here are never subnormal */
+static double from_bits(uint16_t h, fspmm_dtype_t dtype) {
+    uint32_t x;
+    float f;
+    if (dtype == FSPMM_DTYPE_BFLOAT16) {
+        x = (uint32_t)h << 16;
+        memcpy(&f, &x, 4);
+        return f;
+    }
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FFu;
+    if (exp == 0) return sign ? -0.0 : 0.0; /* inputs here are never subnormal */
     if (exp == 31) x = sign | 0x7F800000u | (mant << 13);
     else x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-    float f;
     memcpy(&f, &x, 4);
     return f;
 }
 
-static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_format_t format, int split_k) {
+/* The blob of w, written by the CPU encoder or by the GPU encoder into d_blob (device memory, returned). */
+static int make_blob(const uint16_t* w, int64_t M, int64_t K, fspmm_dtype_t dtype, fspmm_format_t format,
+                     int gpu_encode, void** d_blob, size_t* bytes) {
+    if (!gpu_encode) {
+        CHECK(fspmm_compress_size_host(w, M, K, K, dtype, format, bytes, NULL));
+        void* blob = malloc(*bytes);
+        CHECK(fspmm_compress_host(w, M, K, K, dtype, format, blob, *bytes, NULL));
+        CHECK(fspmm_device_malloc(d_blob, *bytes));
+        CHECK(fspmm_memcpy(*d_blob, blob, *bytes, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+        free(blob);
+        return 0;
+    }
+    void *d_w, *d_ws;
+    size_t ws = 0;
+    CHECK(fspmm_compress_workspace_size(M, K, &ws));
+    CHECK(fspmm_device_malloc(&d_w, sizeof(uint16_t) * M * K));
+    CHECK(fspmm_device_malloc(&d_ws, ws));
+    CHECK(fspmm_memcpy(d_w, w, sizeof(uint16_t) * M * K, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_compress_count(d_w, M, K, K, dtype, d_ws, ws, NULL));
+    CHECK(fspmm_compress_size(d_ws, ws, format, bytes, &format, NULL));
+    CHECK(fspmm_device_malloc(d_blob, *bytes));
+    CHECK(fspmm_compress(d_w, M, K, K, dtype, format, d_ws, ws, *d_blob, *bytes, NULL));
+    CHECK(fspmm_compress_size(d_ws, ws, format, bytes, NULL, NULL));
+    CHECK(fspmm_device_free(d_w));
+    CHECK(fspmm_device_free(d_ws));
+    return 0;
+}
+
+/* fspmm_linear (plan, workspace, execute) against a float64 reference computed from the dense matrix. */
+static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_format_t format, fspmm_dtype_t dtype,
+                    int split_k, float alpha, float beta, int gpu_encode) {
     uint16_t* w = malloc(sizeof(uint16_t) * M * K);
     uint16_t* x = malloc(sizeof(uint16_t) * N * K);
     uint16_t* bias = malloc(sizeof(uint16_t) * M);
-    uint16_t* y_ref = malloc(sizeof(uint16_t) * N * M);
+    uint16_t* y0 = malloc(sizeof(uint16_t) * N * M);
     uint16_t* y_gpu = malloc(sizeof(uint16_t) * N * M);
-    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_half((float)(uniform() * 2 - 1));
-    for (int64_t i = 0; i < N * K; ++i) x[i] = to_half((float)(uniform() * 2 - 1));
-    for (int64_t i = 0; i < M; ++i) bias[i] = to_half((float)(uniform() - 0.5));
+    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_bits((float)(uniform() * 2 - 1), dtype);
+    for (int64_t i = 0; i < N * K; ++i) x[i] = to_bits((float)(uniform() * 2 - 1), dtype);
+    for (int64_t i = 0; i < M; ++i) bias[i] = to_bits((float)(uniform() - 0.5), dtype);
+    for (int64_t i = 0; i < N * M; ++i) y0[i] = beta != 0.0f ? to_bits((float)(uniform() - 0.5), dtype) : 0x7E00;
 
-    size_t bytes = 0;
-    CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
-    void* blob = malloc(bytes);
-    CHECK(fspmm_compress_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, blob, bytes, NULL));
-    fspmm_header_t h;
-    CHECK(fspmm_header_read(blob, bytes, &h));
-    CHECK(fspmm_linear_host(blob, bytes, x, N, K, bias, y_ref, M, 1.0f, 0.0f));
-
-    void *d_blob, *d_x, *d_bias, *d_y, *d_ws = NULL;
-    size_t ws = 0;
-    CHECK(fspmm_linear_workspace_size(&h, N, split_k, &ws));
-    CHECK(fspmm_device_malloc(&d_blob, bytes));
+    void *d_blob = NULL, *d_x, *d_bias, *d_y, *d_ws = NULL;
+    size_t bytes = 0, ws = 0;
+    if (make_blob(w, M, K, dtype, format, gpu_encode, &d_blob, &bytes)) return 1;
+    fspmm_matrix_t W = NULL;
+    fspmm_plan_t plan = NULL;
+    fspmm_linear_options_t options;
+    fspmm_plan_info_t info;
+    CHECK(fspmm_matrix_create_device(d_blob, bytes, NULL, &W));
+    CHECK(fspmm_linear_options_init(&options));
+    options.split_k = split_k;
+    CHECK(fspmm_plan_create(W, N, &options, &plan));
+    CHECK(fspmm_matrix_destroy(W)); /* the plan keeps what it needs */
+    CHECK(fspmm_plan_workspace_size(plan, &ws));
+    CHECK(fspmm_plan_info(plan, N, &info));
     CHECK(fspmm_device_malloc(&d_x, sizeof(uint16_t) * N * K));
     CHECK(fspmm_device_malloc(&d_bias, sizeof(uint16_t) * M));
     CHECK(fspmm_device_malloc(&d_y, sizeof(uint16_t) * N * M));
     CHECK(fspmm_device_malloc(&d_ws, ws));
-    CHECK(fspmm_memcpy(d_blob, blob, bytes, FSPMM_COPY_HOST_TO_DEVICE, NULL));
     CHECK(fspmm_memcpy(d_x, x, sizeof(uint16_t) * N * K, FSPMM_COPY_HOST_TO_DEVICE, NULL));
     CHECK(fspmm_memcpy(d_bias, bias, sizeof(uint16_t) * M, FSPMM_COPY_HOST_TO_DEVICE, NULL));
-    CHECK(fspmm_linear(&h, d_blob, d_x, N, K, d_bias, d_y, M, 1.0f, 0.0f, split_k, d_ws, ws, NULL));
+    CHECK(fspmm_memcpy(d_y, y0, sizeof(uint16_t) * N * M, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+    CHECK(fspmm_linear(plan, d_x, N, K, K, d_bias, d_y, M, M, alpha, beta, d_ws, ws, NULL));
     CHECK(fspmm_memcpy(y_gpu, d_y, sizeof(uint16_t) * N * M, FSPMM_COPY_DEVICE_TO_HOST, NULL));
 
-    double err = 0, ref = 0;
-    for (int64_t i = 0; i < N * M; ++i) {
-        double a = from_half(y_gpu[i]), b = from_half(y_ref[i]);
-        err += (a - b) * (a - b);
-        ref += b * b;
-    }
-    double rel = ref > 0 ? sqrt(err / ref) : sqrt(err);
-    int ok = rel <= 2e-3 && !isnan(rel);
-    printf("%-9s M=%-5lld K=%-5lld N=%-3lld sparsity=%.2f split_k=%d workspace=%zu rel_err=%.2e %s\n",
-           format == FSPMM_FORMAT_BITMAP ? "bitmap" : "tiled_csl", (long long)M, (long long)K, (long long)N,
-           sparsity, split_k, ws, rel, ok ? "ok" : "FAIL");
+    /* element-wise: |gpu - ref| <= eps * |ref| (the one rounding to the dtype) + 1e-4 * sum |terms| (fp32 sums) */
+    const double eps = dtype == FSPMM_DTYPE_BFLOAT16 ? 1.0 / 256 : 1.0 / 2048;
+    int64_t bad = 0, first = -1;
+    double worst = 0;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t m = 0; m < M; ++m) {
+            double ref = from_bits(bias[m], dtype), scale = fabs(ref);
+            for (int64_t k = 0; k < K; ++k) {
+                const double t = from_bits(x[n * K + k], dtype) * from_bits(w[m * K + k], dtype);
+                ref += alpha * t;
+                scale += fabs(alpha * t);
+            }
+            if (beta != 0.0f) {
+                ref += beta * from_bits(y0[n * M + m], dtype);
+                scale += fabs(beta * from_bits(y0[n * M + m], dtype));
+            }
+            const double err = fabs(from_bits(y_gpu[n * M + m], dtype) - ref);
+            const double tol = eps * fabs(ref) + 1e-4 * scale + 1e-30;
+            if (!(err <= tol)) {
+                if (first < 0) first = n * M + m;
+                ++bad;
+            }
+            if (err / tol > worst) worst = err / tol;
+        }
+    int ok = bad == 0;
+    printf("%-9s %-4s M=%-5lld K=%-5lld N=%-3lld sparsity=%.2f split_k=%d (ran %d, n_tile %d, %s) alpha=%.1f "
+           "beta=%.1f %s-encoded err/tol=%.2f %s",
+           format == FSPMM_FORMAT_BITMAP ? "bitmap" : format == FSPMM_FORMAT_TILED_CSL ? "tiled_csl" : "auto",
+           dtype == FSPMM_DTYPE_BFLOAT16 ? "bf16" : "fp16", (long long)M, (long long)K, (long long)N, sparsity,
+           split_k, info.split_k, info.n_tile, info.kernel == FSPMM_KERNEL_CUDA_CORE ? "cuda core" : "tensor core",
+           alpha, beta, gpu_encode ? "GPU" : "CPU", worst, ok ? "ok\n" : "FAIL");
+    if (!ok) printf(" (%lld elements out of tolerance, first at %lld)\n", (long long)bad, (long long)first);
+    CHECK(fspmm_plan_destroy(plan));
     CHECK(fspmm_device_free(d_blob));
     CHECK(fspmm_device_free(d_x));
     CHECK(fspmm_device_free(d_bias));
     CHECK(fspmm_device_free(d_y));
     CHECK(fspmm_device_free(d_ws));
-    free(w), free(x), free(bias), free(y_ref), free(y_gpu), free(blob);
+    free(w), free(x), free(bias), free(y0), free(y_gpu);
     return ok ? 0 : 1;
 }
 
@@ -108,15 +171,12 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
     uint16_t* w = malloc(dense_bytes);
     uint16_t* back = malloc(dense_bytes);
     uint16_t* pruned = malloc(dense_bytes);
-    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_half((float)(uniform() * 2 - 1));
+    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_bits((float)(uniform() * 2 - 1), FSPMM_DTYPE_FLOAT16);
     size_t bytes = 0, ws = 0, gpu_bytes = 0;
     CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
     uint8_t* blob = malloc(bytes);
     uint8_t* gpu_blob = malloc(bytes);
     CHECK(fspmm_compress_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, blob, bytes, NULL));
-    fspmm_header_t h;
-    CHECK(fspmm_header_read(blob, bytes, &h));
-
     void *d_w, *d_ws, *d_blob, *d_back;
     CHECK(fspmm_compress_workspace_size(M, K, &ws));
     CHECK(fspmm_device_malloc(&d_w, dense_bytes));
@@ -133,7 +193,10 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
         CHECK(fspmm_memcpy(gpu_blob, d_blob, bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
         ok = memcmp(gpu_blob, blob, bytes) == 0;
     }
-    CHECK(fspmm_decompress(&h, d_blob, d_back, K, NULL));
+    fspmm_matrix_t W = NULL;
+    CHECK(fspmm_matrix_create_device(d_blob, gpu_bytes, NULL, &W));
+    CHECK(fspmm_decompress(W, d_back, M, K, K, NULL));
+    CHECK(fspmm_matrix_destroy(W));
     CHECK(fspmm_memcpy(back, d_back, dense_bytes, FSPMM_COPY_DEVICE_TO_HOST, NULL));
     for (int64_t i = 0; i < M * K; ++i) ok &= back[i] == (w[i] == 0x8000u ? 0u : w[i]);
     /* prune on the GPU, both scopes, against the CPU */
@@ -169,15 +232,21 @@ int main(void) {
     }
     const fspmm_format_t formats[2] = {FSPMM_FORMAT_BITMAP, FSPMM_FORMAT_TILED_CSL};
     int failed = 0, passed = 0;
+    const fspmm_dtype_t dtypes[2] = {FSPMM_DTYPE_FLOAT16, FSPMM_DTYPE_BFLOAT16};
     for (int f = 0; f < 2; ++f) {
-        int r[6];
-        r[0] = run_case(300, 700, 9, 0.7, formats[f], 1);
-        r[1] = run_case(300, 700, 33, 0.5, formats[f], 3);
-        r[2] = run_case(129, 1000, 1, 0.9, formats[f], 0);
-        r[3] = run_case(70, 65, 70, 0.0, formats[f], 2);
-        r[4] = run_case(64, 4096, 16, 0.99, formats[f], 0);
-        r[5] = run_case(200, 500, 20, 0.6, formats[f], 0); /* 32-token tile */
-        for (int i = 0; i < 6; ++i) r[i] ? ++failed : ++passed;
+        for (int d = 0; d < 2; ++d) {
+            const fspmm_dtype_t dt = dtypes[d];
+            int r[8];
+            r[0] = run_case(300, 700, 9, 0.7, formats[f], dt, 1, 1.0f, 0.0f, 0);
+            r[1] = run_case(300, 700, 33, 0.5, formats[f], dt, 3, 0.5f, 1.0f, 1);
+            r[2] = run_case(129, 1000, 1, 0.9, formats[f], dt, 0, 1.0f, 0.0f, 1);
+            r[3] = run_case(70, 65, 70, 0.0, formats[f], dt, 2, 2.0f, -0.5f, 0);
+            r[4] = run_case(64, 4096, 16, 0.99, formats[f], dt, 0, 1.0f, 0.0f, 1);
+            r[5] = run_case(200, 500, 20, 0.6, formats[f], dt, 0, 1.0f, 0.0f, 0); /* 32-token tile */
+            r[6] = run_case(1000, 300, 100, 0.8, formats[f], dt, 0, 1.0f, 0.0f, 1); /* two 64-token blocks */
+            r[7] = run_case(257, 320, 5, 0.75, FSPMM_FORMAT_AUTO, dt, 0, 1.0f, 0.5f, d);
+            for (int i = 0; i < 8; ++i) r[i] ? ++failed : ++passed;
+        }
         convert_case(200, 333, 0.6, formats[f]) ? ++failed : ++passed;
         convert_case(64, 64, 0.0, formats[f]) ? ++failed : ++passed;
     }
