@@ -3,7 +3,6 @@
     ncu --clock-control none --kernel-name regex:spmm_kernel --metrics ... python3 tools/profile_kernels.py \
         [N] [sparsities, e.g. 0.5,0.9] [variants, e.g. bitmap:rows,tiled_csl]
 """
-import os
 import sys
 
 import torch
@@ -21,8 +20,7 @@ for sparsity in SPARSITIES:
     w.masked_fill_(torch.rand(M, K, device="cuda", generator=gen) < sparsity, 0)
     x = torch.randn(N, K, device="cuda", generator=gen).half()
     for fmt, decoder in VARIANTS:
-        os.environ["FSPMM_BITMAP_DECODER"] = decoder
         W = flashspmm.compress(w, format=fmt)
-        y = flashspmm.linear(x, W)
+        y = flashspmm.linear(x, W, decoder=decoder or "auto")
         torch.cuda.synchronize()
         print(f"sparsity {sparsity} {fmt}:{decoder} done", flush=True)

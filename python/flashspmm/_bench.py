@@ -6,10 +6,8 @@ weights that they are never L2-resident), speedup over cuBLAS, effective bandwid
 Needs PyTorch with CUDA. Writes a CSV and, with matplotlib, a PNG (speedup vs sparsity, one line per N).
 """
 import argparse
-import contextlib
 import csv
 import math
-import os
 import statistics
 import sys
 
@@ -24,19 +22,25 @@ TARGET_SHAPES = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192)]
 TARGETS = {50: (1.3, 1.2, 1.0), 70: (1.9, 1.7, 1.3), 80: (2.5, 2.2, 1.5), 90: (3.5, 2.8, 1.7)}
 
 
-@contextlib.contextmanager
-def _bitmap_decoder(name):
-    """Force the bitmap decoder (FSPMM_BITMAP_DECODER) while a timing is captured."""
-    old = os.environ.get("FSPMM_BITMAP_DECODER")
-    if name:
-        os.environ["FSPMM_BITMAP_DECODER"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FSPMM_BITMAP_DECODER", None)
-        else:
-            os.environ["FSPMM_BITMAP_DECODER"] = old
+# Projection shapes (out x in features) of whole models, for --models: q/o, k/v (grouped-query attention),
+# gate/up and down.
+MODEL_SHAPES = {
+    "llama2-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
+    "llama2-13b": [(5120, 5120), (13824, 5120), (5120, 13824)],
+    "llama3-8b": [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)],
+    "llama2-70b": [(8192, 8192), (1024, 8192), (28672, 8192), (8192, 28672)],
+}
+
+
+def _variant(fmt):
+    """"base[:choice]" -> (base format, linear() keyword arguments): a bitmap decoder (direct, scatter, rows) or
+    a kernel (tensor_core, cuda_core) chosen through the plan options."""
+    base, _, choice = fmt.partition(":")
+    if not choice:
+        return base, {}
+    if choice in ("tensor_core", "cuda_core"):
+        return base, {"kernel": choice}
+    return base, {"decoder": choice}
 
 
 def _bf16():
@@ -151,13 +155,13 @@ def run(args):
                     torch, [lambda d=d: torch.matmul(x, d.t(), out=y) for d in dense_copies], args.reps)
                 io_bytes = N * K * 2 + N * M * 2
                 for fmt in args.formats:
-                    # "bitmap:direct" / "bitmap:scatter" force one of the two bitmap decoders.
-                    base, _, decoder = fmt.partition(":")
+                    base, options = _variant(fmt)
                     real = auto if base == "auto" else base
                     blobs = mats[real]
-                    with _bitmap_decoder(decoder):
-                        t = time_rotation(torch, [lambda W=W: flashspmm.linear(x, W, out=y) for W in blobs],
-                                          args.reps)
+                    if options.get("kernel") == "cuda_core" and N != 1:
+                        continue  # the CUDA-core kernel serves one token
+                    t = time_rotation(torch, [lambda W=W: flashspmm.linear(x, W, out=y, **options) for W in blobs],
+                                      args.reps)
                     nbytes = blobs[0].nbytes + io_bytes
                     row = dict(card=card, M=M, K=K, sparsity=sp, N=N, format=fmt, resolved=real,
                                blob_bytes=blobs[0].nbytes, dense_bytes=dense_bytes, us=t * 1e6,
@@ -238,16 +242,24 @@ def main(argv=None):
     ap.add_argument("--n", type=_parse_list, default=[1, 8, 16, 32, 64], help="token counts, e.g. 1,8,16")
     ap.add_argument("--sparsity", type=_parse_list, default=[50, 60, 70, 80, 90, 95], help="percent list")
     ap.add_argument("--formats", type=lambda s: s.split(","), default=["bitmap", "tiled_csl", "auto"],
-                    help="bitmap, tiled_csl, auto; bitmap:direct or bitmap:scatter force a bitmap decoder")
+                    help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
+                         "FORMAT:cuda_core / FORMAT:tensor_core a kernel (N = 1)")
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="the four target shapes, N 1,16,32,64, sparsity 50-90")
+    ap.add_argument("--models", type=lambda s: s.split(","), default=None,
+                    help=f"the projection shapes of these models instead of --shapes: {', '.join(MODEL_SHAPES)}")
     ap.add_argument("--csv", default="bench.csv")
     ap.add_argument("--png", default="bench.png")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 16, 32, 64], [50, 70, 80, 90]
         args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
+    if args.models:
+        unknown = [m for m in args.models if m not in MODEL_SHAPES]
+        if unknown:
+            ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODEL_SHAPES)}")
+        args.shapes = sorted({s for m in args.models for s in MODEL_SHAPES[m]})
     return run(args)
 
 

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from . import _bench
+from ._matrix import SparseMatrix
 from ._native import check, ffi, lib
 
 DTYPE = {"float16": lib.FSPMM_DTYPE_FLOAT16, "bfloat16": lib.FSPMM_DTYPE_BFLOAT16}
@@ -89,13 +90,11 @@ def run(args):
 
                 t_count, t_write = _median_events(torch, encode, args.reps)
                 check(lib.fspmm_compress_size(_ptr(ws), ws_bytes, FORMAT[fmt], n, ffi.NULL, stream))
-                header = ffi.new("fspmm_header_t *")
-                head = blob[:128].cpu().numpy()
-                check(lib.fspmm_header_read(ffi.cast("void *", head.ctypes.data), 128, header))
+                handle = SparseMatrix.from_array(blob)._handle
 
                 def decode(mark):
                     mark()
-                    check(lib.fspmm_decompress(header, _ptr(blob), _ptr(dense), K, stream))
+                    check(lib.fspmm_decompress(handle, _ptr(dense), M, K, K, stream))
                     mark()
 
                 (t_dec,) = _median_events(torch, decode, args.reps)
