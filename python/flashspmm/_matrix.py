@@ -505,6 +505,11 @@ def _dtype_name(dtype) -> Optional[str]:
     """"float16" / "bfloat16" from a string or a numpy / torch / JAX / ml_dtypes dtype; None for None."""
     if dtype is None:
         return None
+    if isinstance(dtype, type):  # numpy / ml_dtypes scalar types (np.float16, ml_dtypes.bfloat16, jnp.bfloat16)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            pass
     name = str(getattr(dtype, "name", dtype)).replace("torch.", "").lower()
     if name in ("float16", "half"):
         return "float16"
