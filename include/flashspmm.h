@@ -89,13 +89,22 @@ typedef struct fspmm_matrix_s* fspmm_matrix_t;
  * to the blob's device memory like the handle. */
 typedef struct fspmm_plan_s* fspmm_plan_t;
 
+/* Flags of a linear plan (fspmm_linear_options_t.flags). */
+typedef enum {
+    /* The caller keeps one workspace for this plan per stream and zeroes it once before its first use (e.g.
+     * cudaMemset); every launch leaves its split-K counters zero again, so fspmm_linear queues no memset.
+     * Without the flag any workspace will do and each launch clears its counters first. */
+    FSPMM_LINEAR_ZEROED_WORKSPACE = 1
+} fspmm_linear_flags_t;
+
 /* Options of a linear plan. Initialise with fspmm_linear_options_init (every field AUTO / 0), then set what
  * you need; `struct_bytes` lets later versions add fields. */
 typedef struct {
     uint32_t struct_bytes;   /* sizeof(fspmm_linear_options_t), set by fspmm_linear_options_init          */
     int32_t split_k;         /* 0 = automatic, else the number of K slices (1 = none)                      */
     fspmm_kernel_t kernel;   /* FSPMM_KERNEL_*                                                             */
-    fspmm_decoder_t decoder; /* FSPMM_DECODER_* (bitmap matrices; ignored for Tiled-CSL)                   */
+    fspmm_decoder_t decoder; /* FSPMM_DECODER_* (bitmap matrices only)                                     */
+    uint32_t flags;          /* FSPMM_LINEAR_* flags, 0 by default                                         */
 } fspmm_linear_options_t;
 
 /* What a plan runs for one N (fspmm_plan_info). */

@@ -111,11 +111,20 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     stream = _raw_stream(device.index)
     ws_bytes = entry.workspace
     ws_ptr = 0
-    if ws_bytes:
+    plan = entry.address
+    if entry.zeroed:
+        # a small workspace kept for this plan and stream, zeroed once (the kernels leave its counters zero)
+        key = (entry.zeroed, stream)
+        ws = W._kept.get(key)
+        if ws is None or ws.numel() < ws_bytes:
+            ws = W._kept[key] = torch.zeros(ws_bytes, dtype=torch.uint8, device=device)
+        ws_ptr = ws.data_ptr()
+        plan = entry.zeroed
+    elif ws_bytes:
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)  # freed in the current stream's order
         ws_ptr = ws.data_ptr()
     ldx = x2.stride(0) if N > 1 else K
-    status = _native.lib_addr.fspmm_linear(entry.address, x2.data_ptr(), N, K, ldx, bias_ptr, y.data_ptr(), M, M,
+    status = _native.lib_addr.fspmm_linear(plan, x2.data_ptr(), N, K, ldx, bias_ptr, y.data_ptr(), M, M,
                                             alpha, 0.0, ws_ptr, ws_bytes, stream)
     if status:
         check(status)

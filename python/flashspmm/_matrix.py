@@ -125,18 +125,40 @@ def _sync_streams(streams, device_index):
         pass
 
 
+# Workspaces up to this size are kept per (plan, stream) by the torch fast path, zeroed once, and used with a
+# plan that queues no memset of the split-K counters (each launch leaves them zero): one launch and one
+# allocation less per call where the host cost matters most, small matrices; larger ones take a fresh
+# workspace from the caching allocator per call, shared by all matrices.
+_KEEP_WORKSPACE_BYTES = 256 << 10
+
+
 class _PlanEntry:
-    """One cached launch configuration: the C plan (kept alive here), its address, this N's workspace bytes."""
+    """One cached launch configuration: the C plan (kept alive here), its address, this N's workspace bytes, and
+    for small workspaces the same plan with FSPMM_LINEAR_ZEROED_WORKSPACE (``zeroed``: its address or 0)."""
 
-    __slots__ = ("plan", "address", "workspace", "info")
+    __slots__ = ("plan", "address", "workspace", "info", "zeroed_plan", "zeroed")
 
-    def __init__(self, plan, n):
+    def __init__(self, plan, n, zeroed_plan=None):
         self.plan = plan
         self.address = int(ffi.cast("uintptr_t", plan))
         info = ffi.new("fspmm_plan_info_t *")
         check(lib.fspmm_plan_info(plan, n, info))
         self.workspace = int(info.workspace_bytes)
         self.info = info
+        self.zeroed_plan = zeroed_plan
+        self.zeroed = int(ffi.cast("uintptr_t", zeroed_plan)) if zeroed_plan is not None else 0
+
+
+def _create_plan(handle, max_n, split_k, kernel, decoder, flags=0):
+    options = ffi.new("fspmm_linear_options_t *")
+    check(lib.fspmm_linear_options_init(options))
+    options.split_k = split_k
+    options.kernel = kernel
+    options.decoder = decoder
+    options.flags = flags
+    out = ffi.new("fspmm_plan_t *")
+    check(lib.fspmm_plan_create(handle, max_n, options, out))
+    return ffi.gc(out[0], lib.fspmm_plan_destroy)
 
 
 class SparseMatrix:
@@ -165,6 +187,7 @@ class SparseMatrix:
         self._origin = origin              # _arrays.Origin of the dense matrix compressed, or None
         self._plans = {}                   # (max_n, split_k, kernel, decoder) -> cdata fspmm_plan_t
         self._entries = {}                 # (N, split_k, kernel, decoder) -> _PlanEntry
+        self._kept = {}                    # (zeroed plan address, stream) -> workspace tensor kept zeroed
         self._lock = threading.Lock()
         self._side_streams = set()         # streams other than the owner's that read the blob (non-torch owners)
         self._torch_dtype = None
@@ -318,16 +341,15 @@ class SparseMatrix:
             pkey = (max_n, split_k, kernel, decoder)
             plan = self._plans.get(pkey)
             if plan is None:
-                options = ffi.new("fspmm_linear_options_t *")
-                check(lib.fspmm_linear_options_init(options))
-                options.split_k = split_k
-                options.kernel = kernel
-                options.decoder = decoder
-                out = ffi.new("fspmm_plan_t *")
-                check(lib.fspmm_plan_create(self._handle, max_n, options, out))
-                plan = ffi.gc(out[0], lib.fspmm_plan_destroy)
-                self._plans[pkey] = plan
+                plan = self._plans[pkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder)
             entry = _PlanEntry(plan, n)
+            if 0 < entry.workspace <= _KEEP_WORKSPACE_BYTES:
+                zkey = pkey + ("zeroed",)
+                zeroed = self._plans.get(zkey)
+                if zeroed is None:
+                    zeroed = self._plans[zkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder,
+                                                              lib.FSPMM_LINEAR_ZEROED_WORKSPACE)
+                entry = _PlanEntry(plan, n, zeroed)
             self._entries[key] = entry
         return entry
 

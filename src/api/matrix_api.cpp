@@ -44,9 +44,12 @@ LinearOptions options_arg(const fspmm_linear_options_t* o) {
                   "options->kernel = " + std::to_string(kernel) + " is invalid: pass one of FSPMM_KERNEL_*");
     FSPMM_REQUIRE(decoder >= FSPMM_DECODER_AUTO && decoder <= FSPMM_DECODER_ROWS,
                   "options->decoder = " + std::to_string(decoder) + " is invalid: pass one of FSPMM_DECODER_*");
+    FSPMM_REQUIRE((o->flags & ~uint32_t{FSPMM_LINEAR_ZEROED_WORKSPACE}) == 0,
+                  "options->flags = " + std::to_string(o->flags) + " holds unknown bits: pass FSPMM_LINEAR_* flags");
     out.split_k = o->split_k;
     out.kernel = kernel;
     out.decoder = decoder;
+    out.flags = o->flags;
     return out;
 }
 
@@ -154,11 +157,20 @@ extern "C" FSPMM_API fspmm_status_t fspmm_plan_create(fspmm_matrix_t matrix, int
         p->workspace = 0;
         const size_t entries = fspmm_plan_s::index(max_n) + 1;
         p->plans.reserve(entries);
+        std::vector<int64_t> widest(entries);
+        size_t counters = 0;
         for (size_t i = 0; i < entries; ++i) {
-            const int64_t widest = i < 64 ? int64_t(i) + 1 : std::min<int64_t>(int64_t(i - 62) * 64, max_n);
-            const LinearPlan lp = plan_linear(m.header, widest, o, m.device);
+            widest[i] = i < 64 ? int64_t(i) + 1 : std::min<int64_t>(int64_t(i - 62) * 64, max_n);
+            p->plans.push_back(plan_linear(m.header, widest[i], o, m.device));
+            counters = std::max(counters, p->plans.back().counters_bytes);
+        }
+        // One counter area for every N, at the start of the workspace: a workspace the caller keeps (and
+        // zeroed once) then stays zero there whichever N ran last.
+        for (size_t i = 0; i < entries; ++i) {
+            LinearPlan& lp = p->plans[i];
+            if (lp.splits > 1) lp.counters_bytes = counters;
+            lp.workspace = linear_workspace_bytes(m.header, lp, widest[i]);
             p->workspace = std::max(p->workspace, lp.workspace);
-            p->plans.push_back(lp);
         }
         *plan = p.release();
         return FSPMM_OK;

@@ -161,7 +161,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p
         if (row_ok) p.partial[int64_t(split) * p.M + m0 + r] = sum;
         __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0) s_is_last = atomicAdd(p.counters + mt, 1u) == unsigned(p.splits - 1);
+        if (threadIdx.x == 0) {
+            s_is_last = atomicAdd(p.counters + mt, 1u) == unsigned(p.splits - 1);
+            if (s_is_last) p.counters[mt] = 0u;  // every split has arrived: zero again for the next launch
+        }
         __syncthreads();
         if (!s_is_last) return;
         __threadfence();

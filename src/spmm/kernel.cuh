@@ -738,9 +738,11 @@ __global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decode
             // Fences by one thread suffice, being cumulative over the CTA barriers around them: the partial
             // sums of this CTA are visible GPU-wide before its arrival, those of the others after it.
             __threadfence();
-            const unsigned int prev = atomicAdd(p.counters + blockIdx.z * gridDim.x + blockIdx.x, 1u);
+            unsigned int* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
+            const unsigned int prev = atomicAdd(counter, 1u);
             __threadfence();
             s_is_last = prev == unsigned(p.splits - 1);
+            if (s_is_last) *counter = 0u;  // every split has arrived: zero again for the next launch
         }
         __syncthreads();
         if (!s_is_last) return;

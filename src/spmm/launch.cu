@@ -182,12 +182,8 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
     if (splits > 65535) splits = 65535;
     plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
     plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
+    plan.counters_bytes = plan.splits > 1 ? round_up(uint64_t(plan.m_blocks * plan.n_blocks) * 4, 256) : 0;
     plan.workspace = linear_workspace_bytes(h, plan, N);
-}
-
-// Where the split-K arrival counters start in the workspace: after the partial sums of N tokens.
-uint64_t counters_offset(const fspmm_header_t& h, const LinearPlan& plan, int64_t N) {
-    return round_up(uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4, 256);
 }
 
 // Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
@@ -253,11 +249,31 @@ bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64
                   CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Plan of the Tensor Core kernels.
+LinearPlan plan_tensor_core(const fspmm_header_t& h, int64_t N, const LinearOptions& options, int device) {
+    const int split_k = options.split_k;
+    LinearPlan plan{};
+    plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
+    plan.m_blocks = ceil_div(h.tiles_m, kStripes);
+    plan.n_blocks = ceil_div(N, plan.n_tile);
+    FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call (at most 65535 * 64 tokens); split x");
+    FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
+    plan.slot_bytes = slot_bytes_of(h);
+    plan.kernel = kernel_id(h, options.decoder);
+    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
+    const bool dense = plan.kernel != kBitmapDirect;
+    plan.sm90 = runs_sm90_pipeline(device, k.func);
+    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, plan.sm90);
+
+    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
+    return plan;
+}
+
 }  // namespace
 
 size_t linear_workspace_bytes(const fspmm_header_t& h, const LinearPlan& plan, int64_t N) {
     if (plan.splits <= 1) return 0;
-    return counters_offset(h, plan, N) + uint64_t(plan.m_blocks * plan.n_blocks) * 4;
+    return plan.counters_bytes + uint64_t(plan.splits) * uint64_t(N) * uint64_t(h.M) * 4;
 }
 
 int kernel_kind(const LinearPlan& plan) {
@@ -277,21 +293,9 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& 
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     const int split_k = options.split_k;
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    if (use_gemv(h, N, options.kernel)) return plan_gemv(h, split_k, device);
-    LinearPlan plan{};
-    plan.n_tile = N <= 8 ? 8 : N <= 16 ? 16 : N <= 32 ? 32 : 64;
-    plan.m_blocks = ceil_div(h.tiles_m, kStripes);
-    plan.n_blocks = ceil_div(N, plan.n_tile);
-    FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call (at most 65535 * 64 tokens); split x");
-    FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
-    plan.slot_bytes = slot_bytes_of(h);
-    plan.kernel = kernel_id(h, options.decoder);
-    const KernelHandle k = select_kernel(plan.kernel, h.dtype, plan.n_tile);
-    const bool dense = plan.kernel != kBitmapDirect;
-    plan.sm90 = runs_sm90_pipeline(device, k.func);
-    plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, plan.sm90);
-
-    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
+    LinearPlan plan =
+        use_gemv(h, N, options.kernel) ? plan_gemv(h, split_k, device) : plan_tensor_core(h, N, options, device);
+    plan.counters_zeroed = (options.flags & FSPMM_LINEAR_ZEROED_WORKSPACE) != 0;
     return plan;
 }
 
@@ -321,10 +325,13 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.splits = plan.splits;
     p.k_tiles_per_split = plan.k_tiles_per_split;
     if (plan.splits > 1) {
-        p.partial = static_cast<float*>(workspace);
-        p.counters = reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(workspace) + counters_offset(h, plan, N));
-        check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
-                   "cudaMemsetAsync(split-K counters)");
+        // Counters first, at a fixed place for every N of a plan, so a workspace kept by the caller stays zero
+        // there: the last CTA to arrive at a counter sets it back to 0.
+        p.counters = static_cast<unsigned int*>(workspace);
+        p.partial = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + plan.counters_bytes);
+        if (!plan.counters_zeroed)
+            check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
+                       "cudaMemsetAsync(split-K counters)");
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
     const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)

@@ -21,6 +21,8 @@ struct LinearPlan {
     uint32_t slot_bytes;    // shared memory per compressed tile
     size_t smem;            // dynamic shared memory per CTA
     size_t workspace;       // bytes of workspace needed (0 without split-K)
+    size_t counters_bytes;  // the split-K arrival counters at the start of the workspace (partial sums follow)
+    bool counters_zeroed;   // the caller keeps the counters zero (every launch leaves them so): no memset
     bool sm90;              // the kernel runs the sm_90 pipeline (TMA copies of x where x allows)
 };
 
@@ -30,6 +32,7 @@ struct LinearOptions {
     int split_k = 0;
     int kernel = FSPMM_KERNEL_AUTO;
     int decoder = FSPMM_DECODER_AUTO;
+    unsigned flags = 0;  // FSPMM_LINEAR_*
 };
 
 // Raise FSPMM_ERR_CUDA (or NO_DEVICE) with `what` and CUDA's message if err != cudaSuccess.
