@@ -241,7 +241,7 @@ def main(argv=None):
     ap.add_argument("--shapes", type=_parse_shapes, default=SUITE, help="MxK list, e.g. 9216x9216,4096x4096")
     ap.add_argument("--n", type=_parse_list, default=[1, 8, 16, 32, 64], help="token counts, e.g. 1,8,16")
     ap.add_argument("--sparsity", type=_parse_list, default=[50, 60, 70, 80, 90, 95], help="percent list")
-    ap.add_argument("--formats", type=lambda s: s.split(","), default=["bitmap", "tiled_csl", "auto"],
+    ap.add_argument("--formats", type=lambda s: s.split(","), default=None,
                     help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
                          "FORMAT:cuda_core / FORMAT:tensor_core a kernel (N = 1)")
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
@@ -254,7 +254,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 16, 32, 64], [50, 70, 80, 90]
-        args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
+        if args.formats is None:
+            args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
+    if args.formats is None:
+        args.formats = ["bitmap", "tiled_csl", "auto"]
     if args.models:
         unknown = [m for m in args.models if m not in MODEL_SHAPES]
         if unknown:
