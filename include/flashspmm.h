@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #define FSPMM_VERSION_MAJOR 0
-#define FSPMM_VERSION_MINOR 1
+#define FSPMM_VERSION_MINOR 2
 #define FSPMM_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH; fspmm_version() returns the value the library was built with. */
 #define FSPMM_VERSION (FSPMM_VERSION_MAJOR * 10000 + FSPMM_VERSION_MINOR * 100 + FSPMM_VERSION_PATCH)
