@@ -165,6 +165,22 @@ def test_version_2_layout(rng, tmp_path):
     assert len(raw) % 64 == 0 and len(raw) - previous_end < 64
 
 
+def test_worked_example_of_formats_md():
+    """The byte-for-byte example of docs/FORMATS.md, "Model files"."""
+    w = np.array([[1.0, 0.0, -2.0], [0.0, 0.5, -0.0]], dtype=np.float16)
+    W = flashspmm.compress(w, format="tiled_csl")
+    buffer = io.BytesIO()
+    flashspmm.save_model(buffer, {"w": W})
+    raw = buffer.getvalue()
+    text = b'{"version": 2, "matrices": [{"name": "w", "offset": 128, "nbytes": 160}]}'
+    assert len(raw) == 320 and W.nbytes == 160 and len(text) == 73
+    assert raw[:16] == b"FSPMPACK" + (73).to_bytes(8, "little")
+    assert raw[16:24] == bytes([2, 0, 0, 0, 0, 0, 0, 0])
+    assert int.from_bytes(raw[24:32], "little") == 0x414BD427B91469E4 == checksum(text + bytes(7))
+    assert raw[32:105] == text and raw[105:128] == bytes(23)
+    assert raw[128:288] == bytes(W.blob()) and raw[288:] == bytes(32)
+
+
 def test_index_checksum_is_the_blob_checksum(rng):
     """index_checksum agrees with the blob header's own checksum of its first 120 bytes (FORMATS.md)."""
     W = flashspmm.compress(rng.standard_normal((40, 70)).astype(np.float16))
