@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("demo", __name__, "add_demo_parser"),
     ("bench", __name__, "add_bench_parser"),
     ("bench-convert", __name__, "add_bench_convert_parser"),
+    ("bench-overhead", "flashspmm._bench_overhead", "add_parser"),
 ]
 
 

@@ -41,7 +41,7 @@ def add_parser(subparsers):
     p.add_argument("--calls", type=int, default=2000, help="calls per timed loop")
     p.add_argument("--repeats", type=int, default=5, help="timed loops (the median is reported)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of zeros in W")
-    p.set_defaults(func=run)
+    p.set_defaults(run=run)
     return p
 
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="flashspmm")
     add_parser(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(["bench-overhead", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -605,7 +605,9 @@ def load(file, *, device="cpu") -> SparseMatrix:
     model file (:func:`flashspmm.save_model`) is refused with a message naming :func:`flashspmm.load_model`.
     """
     blob = _read_all(file)
-    if blob.size >= 8 and bytes(blob[:8]) == b"FSPMPACK":
+    from ._model import is_model_file  # _model imports this module
+
+    if is_model_file(bytes(blob[:64])):
         name = getattr(file, "name", file)
         raise Error(lib.FSPMM_ERR_CORRUPT_BUFFER,
                     f"{name} is a flashspmm model file (many matrices): read it with flashspmm.load_model()")
