@@ -13,7 +13,7 @@ C API and docs/FORMATS.md for the blob layout.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any
 
 from . import _native
 from ._linear import linear
@@ -55,7 +55,7 @@ def library_path() -> str:
     return os.path.abspath(_native.library_path)
 
 
-def info() -> Dict[str, Any]:
+def info() -> dict[str, Any]:
     """A dict describing the installation: version, build info, CUDA device count, paths."""
     try:
         devices = _native.device_count()

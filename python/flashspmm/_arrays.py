@@ -10,7 +10,7 @@ result. torch, cupy and jax are imported only when an object of theirs is passed
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -21,8 +21,10 @@ from ._adapters import module_of as _module_of
 from ._adapters.cai import DeviceBuffer, free_device
 from ._adapters.dlpack import JAX_MODULES, HostExport
 
-__all__ = ["ArrayInfo", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "resolve_stream",
-           "numpy_dtype", "Origin", "workspace", "ArrayLike", "DeviceLike", "DTypeLike", "StreamLike"]
+__all__ = ["ArrayInfo", "Device", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "HostExport",
+           "free_device", "resolve_stream", "numpy_dtype", "Origin", "workspace", "require_half", "matrix_view",
+           "flatten_leading", "reshape_copy", "framework_of", "record_use", "torch_record_stream", "owner_stream",
+           "used_on", "host_uint8_view", "is_immutable", "ArrayLike", "DeviceLike", "DTypeLike", "StreamLike"]
 
 # Type aliases of the public API (documentation for readers and type checkers; nothing is checked against them).
 ArrayLike = Any    # numpy / torch / cupy / JAX array, __cuda_array_interface__ or __dlpack__ object, DLPack capsule
@@ -44,7 +46,7 @@ def require_half(info: ArrayInfo, what: str) -> None:
         raise TypeError(f"{what} has dtype {info.dtype}; flashspmm supports float16 and bfloat16")
 
 
-def matrix_view(info: ArrayInfo, what: str) -> Tuple[int, int, int]:
+def matrix_view(info: ArrayInfo, what: str) -> tuple[int, int, int]:
     """Check a 2-D array is row-major with unit stride on its last dimension; return (rows, cols, ld)."""
     if info.ndim != 2:
         raise ValueError(f"{what} must be 2-D, got shape {info.shape}")
@@ -65,7 +67,7 @@ def matrix_view(info: ArrayInfo, what: str) -> Tuple[int, int, int]:
     return rows, cols, ld
 
 
-def flatten_leading(info: ArrayInfo) -> Optional[ArrayInfo]:
+def flatten_leading(info: ArrayInfo) -> ArrayInfo | None:
     """Collapse all dimensions but the last into one, without copying; None if the strides do not allow it."""
     if info.ndim == 2:
         return info
@@ -88,13 +90,13 @@ def flatten_leading(info: ArrayInfo) -> Optional[ArrayInfo]:
                      dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
 
 
-def reshape_copy(info: ArrayInfo, shape, stream: Optional[int] = None) -> Any:
+def reshape_copy(info: ArrayInfo, shape, stream: int | None = None) -> Any:
     """A C-contiguous copy of the array reshaped to ``shape``, in its own framework; on a CUDA device the copy
     is made on ``stream`` (its memory is then ordered on that stream). ValueError where the framework has none."""
     return info.adapter.contiguous_copy(info, shape, stream)
 
 
-def framework_of(obj: Any) -> Optional[str]:
+def framework_of(obj: Any) -> str | None:
     """"torch", "cupy", "numpy" or the module name of an array object (None for None)."""
     if obj is None:
         return None
@@ -146,7 +148,7 @@ def is_immutable(obj: Any) -> bool:
     return _module_of(obj) in JAX_MODULES
 
 
-def workspace(info: ArrayInfo, nbytes: int, stream_handle: int) -> Tuple[Any, int]:
+def workspace(info: ArrayInfo, nbytes: int, stream_handle: int) -> tuple[Any, int]:
     """A workspace of nbytes in info's framework, safe to use on stream_handle: (array, device address).
 
     (None, 0) when nbytes is 0.
@@ -156,7 +158,7 @@ def workspace(info: ArrayInfo, nbytes: int, stream_handle: int) -> Tuple[Any, in
     return info.adapter.workspace(nbytes, info, stream_handle)
 
 
-def empty_like_framework(info: ArrayInfo, shape, dtype: Optional[str] = None) -> Any:
+def empty_like_framework(info: ArrayInfo, shape, dtype: str | None = None) -> Any:
     """An uninitialised array of ``shape`` in ``info``'s framework and device (dtype defaults to info's)."""
     return info.adapter.empty(shape, dtype or info.dtype, info.device_index)
 
@@ -171,14 +173,14 @@ class Origin:
 
     __slots__ = ("framework", "device_index", "_from_dlpack", "_adapter")
 
-    def __init__(self, framework: str, device_index: Optional[int], from_dlpack: Optional[Callable] = None):
+    def __init__(self, framework: str, device_index: int | None, from_dlpack: Callable | None = None):
         self.framework = framework
         self.device_index = device_index
         self._from_dlpack = from_dlpack
         self._adapter = adapter_named(framework)
 
     @classmethod
-    def of(cls, info: ArrayInfo) -> "Origin":
+    def of(cls, info: ArrayInfo) -> Origin:
         return cls(info.framework, info.device_index, info.adapter.importer(info.obj))
 
     @property
@@ -193,7 +195,7 @@ class Origin:
         """The framework's current CUDA stream on this device as an int (0: the legacy default stream)."""
         return self._adapter.current_stream(self.device_index)
 
-    def wrap(self, result: Any, stream: Optional[int] = None) -> Any:
+    def wrap(self, result: Any, stream: int | None = None) -> Any:
         """``result`` (allocated by :meth:`empty`, written on ``stream``) as the caller's framework sees it
         (zero-copy; a DLPack consumer gets it ready on its own stream)."""
         return self._adapter.wrap(result, stream, self._from_dlpack)
@@ -203,7 +205,7 @@ class Origin:
         return self._adapter.wrap(self._adapter.from_host(array), None, self._from_dlpack)
 
 
-def to_caller(result: Any, info: ArrayInfo, stream: Optional[int] = None) -> Any:
+def to_caller(result: Any, info: ArrayInfo, stream: int | None = None) -> Any:
     """``result`` (allocated by flashspmm for ``info``'s call, written on ``stream``) in the input's own library,
     zero-copy: torch CPU results are torch already; DLPack producers (JAX) get it through their from_dlpack."""
     return Origin.of(info).wrap(result, stream)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Optional
 
 from . import _arrays, _native
 from ._arrays import ArrayInfo, ArrayLike, StreamLike
@@ -122,9 +121,9 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     return y
 
 
-def linear(x: ArrayLike, W: SparseMatrix, bias: Optional[ArrayLike] = None, *, out: Optional[ArrayLike] = None,
+def linear(x: ArrayLike, W: SparseMatrix, bias: ArrayLike | None = None, *, out: ArrayLike | None = None,
            alpha: float = 1.0, beta: float = 0.0, split_k: int = 0, kernel: str = "auto", decoder: str = "auto",
-           stream: Optional[StreamLike] = None) -> ArrayLike:
+           stream: StreamLike | None = None) -> ArrayLike:
     """y = alpha * x @ W.T + bias + beta * out, like ``torch.nn.functional.linear`` with a sparse W.
 
     Args:

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import threading
 import weakref
-from typing import Any, BinaryIO, Optional, Tuple, Union
+from typing import BinaryIO
 
 import numpy as np
 
@@ -197,8 +197,8 @@ class SparseMatrix:
         return cls._new(handle, device_ptr=ptr, device_index=device_index, owner=owner, origin=origin)
 
     @classmethod
-    def from_blob(cls, data: Union[bytes, bytearray, memoryview, np.ndarray], *,
-                  device: DeviceLike = "cpu") -> "SparseMatrix":
+    def from_blob(cls, data: bytes | bytearray | memoryview | np.ndarray, *,
+                  device: DeviceLike = "cpu") -> SparseMatrix:
         """Wrap a blob given as bytes-like data (bytes, bytearray, memoryview, numpy uint8 array).
 
         The data is copied and validated (:class:`flashspmm.Error` with ``FSPMM_ERR_CORRUPT_BUFFER`` for a
@@ -216,7 +216,7 @@ class SparseMatrix:
         return cls._from_validated_host(blob).to(device)
 
     @classmethod
-    def from_array(cls, blob: ArrayLike) -> "SparseMatrix":
+    def from_array(cls, blob: ArrayLike) -> SparseMatrix:
         """Wrap a 1-D uint8 array that holds a blob, without a copy, keeping a reference to it.
 
         A host array (numpy, torch CPU tensor, ...) is validated in full; a CUDA array (torch, cupy, any
@@ -243,7 +243,7 @@ class SparseMatrix:
     # ---- properties ----------------------------------------------------------------------------------
 
     @property
-    def shape(self) -> Tuple[int, int]:
+    def shape(self) -> tuple[int, int]:
         """(M, K): out features x in features."""
         return (self._meta.M, self._meta.K)
 
@@ -392,7 +392,7 @@ class SparseMatrix:
         if not _arrays.record_use(self._owner, stream):  # its allocator cannot order the reuse: wait when freed
             self._side_streams.add(stream)
 
-    def save(self, file: Union[str, os.PathLike, BinaryIO]) -> None:
+    def save(self, file: str | os.PathLike | BinaryIO) -> None:
         """Write the blob bytes exactly (a path or a binary file object); works for device matrices too."""
         data = self.blob()
         if hasattr(file, "write"):
@@ -401,7 +401,7 @@ class SparseMatrix:
         with open(os.fspath(file), "wb") as f:
             f.write(data.tobytes())
 
-    def to(self, device: DeviceLike) -> "SparseMatrix":
+    def to(self, device: DeviceLike) -> SparseMatrix:
         """This matrix on ``device`` ("cpu", "cuda", "cuda:N" or an int); ``self`` if it is already there.
 
         A blob is validated on the host before it is uploaded.
@@ -428,11 +428,11 @@ class SparseMatrix:
                 raise
         return SparseMatrix._new(handle, device_ptr=ptr, device_index=index)
 
-    def cpu(self) -> "SparseMatrix":
+    def cpu(self) -> SparseMatrix:
         """Shorthand for ``to("cpu")``."""
         return self.to("cpu")
 
-    def cuda(self, device: Optional[DeviceLike] = None) -> "SparseMatrix":
+    def cuda(self, device: DeviceLike | None = None) -> SparseMatrix:
         """Shorthand for ``to("cuda")`` / ``to(device)``."""
         return self.to("cuda" if device is None else device)
 
@@ -501,7 +501,7 @@ def _compress_device(info, m, k, ld, dtype_code, format_code):
                                      stream=stream_int)
 
 
-def _dtype_name(dtype: DTypeLike) -> Optional[str]:
+def _dtype_name(dtype: DTypeLike) -> str | None:
     """"float16" / "bfloat16" from a string or a numpy / torch / JAX / ml_dtypes dtype; None for None."""
     if dtype is None:
         return None
@@ -575,7 +575,7 @@ def _read_all(file):
     return blob[:got]
 
 
-def load(file: Union[str, os.PathLike, BinaryIO], *, device: DeviceLike = "cpu") -> SparseMatrix:
+def load(file: str | os.PathLike | BinaryIO, *, device: DeviceLike = "cpu") -> SparseMatrix:
     """Read a blob written by :meth:`SparseMatrix.save` (a path or a binary file object), validate it and
     place it on ``device``.
 

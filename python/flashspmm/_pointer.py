@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class ExternalArray:
     for as long as the view (and any work queued on it) is in use.
     """
 
-    def __init__(self, ptr: int, shape: Tuple[int, ...], dtype: str, device_index: int, strides: Tuple[int, ...],
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: str, device_index: int, strides: tuple[int, ...],
                  stream: int, readonly: bool):
         self.ptr, self.shape, self.dtype = ptr, shape, dtype
         self.device_index, self.strides, self.stream, self.readonly = device_index, strides, stream, readonly
@@ -53,9 +53,9 @@ def _int(value, what):
     return int(value)
 
 
-def from_pointer(ptr: int, shape: Union[int, Sequence[int]], dtype: DTypeLike, *, device: DeviceLike = "cuda",
-                 strides: Optional[Sequence[int]] = None, stream: Optional[int] = None,
-                 readonly: bool = False) -> Union[np.ndarray, ExternalArray]:
+def from_pointer(ptr: int, shape: int | Sequence[int], dtype: DTypeLike, *, device: DeviceLike = "cuda",
+                 strides: Sequence[int] | None = None, stream: int | None = None,
+                 readonly: bool = False) -> np.ndarray | ExternalArray:
     """An array view of memory at a raw address, for callers that hold C pointers rather than array objects.
 
     Args:

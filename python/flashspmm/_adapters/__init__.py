@@ -22,7 +22,7 @@ memory as :class:`~flashspmm._adapters.cai.DeviceBuffer` (``fspmm_device_malloc`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .._native import check, lib
 __all__ = ["Adapter", "ArrayInfo", "Device", "adapter_for", "adapter_named", "registry", "module_of", "numpy_dtype",
            "dtype_name", "c_strides", "byte_strides_to_elements"]
 
-Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
+Device = Union[str, tuple[str, int]]  # "cpu" or ("cuda", index)
 
 
 # ---- framework-neutral helpers --------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def module_of(obj: Any) -> str:
     return type(obj).__module__.split(".", 1)[0]
 
 
-def bfloat16_numpy() -> Optional[np.dtype]:
+def bfloat16_numpy() -> np.dtype | None:
     """The ml_dtypes bfloat16 numpy dtype, or None if ml_dtypes is not installed."""
     try:
         import ml_dtypes
@@ -79,7 +79,7 @@ def dtype_name(dtype: Any) -> str:
     return str(getattr(dtype, "name", dtype)).replace("torch.", "")
 
 
-def byte_strides_to_elements(strides, itemsize: int, what: str) -> Tuple[int, ...]:
+def byte_strides_to_elements(strides, itemsize: int, what: str) -> tuple[int, ...]:
     out = []
     for s in strides:
         if s % itemsize:
@@ -88,7 +88,7 @@ def byte_strides_to_elements(strides, itemsize: int, what: str) -> Tuple[int, ..
     return tuple(out)
 
 
-def c_strides(shape) -> Tuple[int, ...]:
+def c_strides(shape) -> tuple[int, ...]:
     """Row-major strides (in elements) of ``shape``."""
     strides, acc = [], 1
     for n in reversed(shape):
@@ -113,11 +113,11 @@ class ArrayInfo:
 
     obj: object
     ptr: int
-    shape: Tuple[int, ...]
-    strides: Tuple[int, ...]
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
     dtype: str
     device: Device
-    stream: Optional[int]
+    stream: int | None
     framework: str
     keep: object = None
     read_only: bool = False
@@ -132,7 +132,7 @@ class ArrayInfo:
         return self.device != "cpu"
 
     @property
-    def device_index(self) -> Optional[int]:
+    def device_index(self) -> int | None:
         return self.device[1] if self.is_cuda else None
 
     @property
@@ -140,7 +140,7 @@ class ArrayInfo:
         return "cpu" if self.device == "cpu" else f"cuda:{self.device[1]}"
 
     @property
-    def adapter(self) -> "Adapter":
+    def adapter(self) -> Adapter:
         """The adapter of this array's framework (results, copies and workspaces for it are made there)."""
         return adapter_named(self.framework)
 
@@ -173,17 +173,17 @@ class Adapter:
         """The :class:`ArrayInfo` of ``obj`` (``what`` names it in messages)."""
         raise TypeError(f"{what}: flashspmm cannot read arrays of type {type(obj).__qualname__}")
 
-    def empty(self, shape, dtype: str, device_index: Optional[int]) -> Any:
+    def empty(self, shape, dtype: str, device_index: int | None) -> Any:
         """An uninitialised array of this library on that device (the current stream orders its memory)."""
         if device_index is None:
             return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
         return DeviceBuffer(shape, dtype, device_index)
 
-    def current_stream(self, device_index: Optional[int]) -> int:
+    def current_stream(self, device_index: int | None) -> int:
         """The library's current CUDA stream on that device (0 on the host or where the library has none)."""
         return 0
 
-    def workspace(self, nbytes: int, info: ArrayInfo, stream: int) -> Tuple[Any, int]:
+    def workspace(self, nbytes: int, info: ArrayInfo, stream: int) -> tuple[Any, int]:
         """``nbytes`` (> 0) of scratch memory on ``info``'s device, safe to use on ``stream``: (array, address).
 
         Drop the array after queueing the work: its memory must not be reused before ``stream`` has run it
@@ -191,7 +191,7 @@ class Adapter:
         ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
         return ws, ws.ptr
 
-    def contiguous_copy(self, info: ArrayInfo, shape, stream: Optional[int]) -> Any:
+    def contiguous_copy(self, info: ArrayInfo, shape, stream: int | None) -> Any:
         """A C-contiguous copy of ``info``'s array reshaped to ``shape``, made (on a GPU) on ``stream`` so its
         memory is ordered there."""
         raise ValueError("this array's leading dimensions cannot be flattened without a copy; make it contiguous")
@@ -223,12 +223,12 @@ class Adapter:
         before it lets the array go."""
         return stream == self.owner_stream(array)
 
-    def importer(self, obj: Any) -> Optional[Callable[[Any], Any]]:
+    def importer(self, obj: Any) -> Callable[[Any], Any] | None:
         """The function that turns a DLPack export back into an array of ``obj``'s library, where results reach
         that library only through DLPack (JAX); None elsewhere."""
         return None
 
-    def wrap(self, result: Any, stream: Optional[int] = None, importer: Optional[Callable] = None) -> Any:
+    def wrap(self, result: Any, stream: int | None = None, importer: Callable | None = None) -> Any:
         """``result`` (from :meth:`empty`, written on ``stream``) as the caller's library sees it, zero-copy.
 
         A :class:`DeviceBuffer` remembers ``stream``: a DLPack consumer gets it ready on its own stream."""
@@ -258,7 +258,7 @@ _BY_NAME = {a.name: a for a in _REGISTRY if a is not dlpack.JAX}  # JAX's DLPack
 _GENERIC = Adapter()  # an ArrayInfo made by hand with another framework name: flashspmm's own memory
 
 
-def registry() -> Tuple[Adapter, ...]:
+def registry() -> tuple[Adapter, ...]:
     """The adapters in the order :func:`adapter_for` tries them."""
     return _REGISTRY
 
