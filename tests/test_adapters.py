@@ -2,7 +2,6 @@
 allocate and hand back, the error for anything else, and that no framework is imported before it is needed."""
 
 import importlib.util
-import sys
 
 import numpy as np
 import pytest
