@@ -90,7 +90,7 @@ def flatten_leading(info: ArrayInfo) -> ArrayInfo | None:
                      dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
 
 
-def reshape_copy(info: ArrayInfo, shape, stream: int | None = None) -> Any:
+def reshape_copy(info: ArrayInfo, shape: tuple[int, ...], stream: int | None = None) -> Any:
     """A C-contiguous copy of the array reshaped to ``shape``, in its own framework; on a CUDA device the copy
     is made on ``stream`` (its memory is then ordered on that stream). ValueError where the framework has none."""
     return info.adapter.contiguous_copy(info, shape, stream)
@@ -158,7 +158,7 @@ def workspace(info: ArrayInfo, nbytes: int, stream_handle: int) -> tuple[Any, in
     return info.adapter.workspace(nbytes, info, stream_handle)
 
 
-def empty_like_framework(info: ArrayInfo, shape, dtype: str | None = None) -> Any:
+def empty_like_framework(info: ArrayInfo, shape: tuple[int, ...], dtype: str | None = None) -> Any:
     """An uninitialised array of ``shape`` in ``info``'s framework and device (dtype defaults to info's)."""
     return info.adapter.empty(shape, dtype or info.dtype, info.device_index)
 
@@ -187,7 +187,7 @@ class Origin:
     def is_cuda(self) -> bool:
         return self.device_index is not None
 
-    def empty(self, shape, dtype: str) -> Any:
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
         """An uninitialised array (dtype "float16", "bfloat16" or "uint8") on this origin's device."""
         return self._adapter.empty(shape, dtype, self.device_index)
 

@@ -173,7 +173,7 @@ class Adapter:
         """The :class:`ArrayInfo` of ``obj`` (``what`` names it in messages)."""
         raise TypeError(f"{what}: flashspmm cannot read arrays of type {type(obj).__qualname__}")
 
-    def empty(self, shape, dtype: str, device_index: int | None) -> Any:
+    def empty(self, shape: tuple[int, ...], dtype: str, device_index: int | None) -> Any:
         """An uninitialised array of this library on that device (the current stream orders its memory)."""
         if device_index is None:
             return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
@@ -191,7 +191,7 @@ class Adapter:
         ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
         return ws, ws.ptr
 
-    def contiguous_copy(self, info: ArrayInfo, shape, stream: int | None) -> Any:
+    def contiguous_copy(self, info: ArrayInfo, shape: tuple[int, ...], stream: int | None) -> Any:
         """A C-contiguous copy of ``info``'s array reshaped to ``shape``, made (on a GPU) on ``stream`` so its
         memory is ordered there."""
         raise ValueError("this array's leading dimensions cannot be flattened without a copy; make it contiguous")
