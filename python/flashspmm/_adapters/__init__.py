@@ -174,7 +174,8 @@ class Adapter:
         raise TypeError(f"{what}: flashspmm cannot read arrays of type {type(obj).__qualname__}")
 
     def empty(self, shape: tuple[int, ...], dtype: str, device_index: int | None) -> Any:
-        """An uninitialised array of this library on that device (the current stream orders its memory)."""
+        """An uninitialised array of this library on that device, its memory ordered on the library's current
+        stream (the default: a numpy array on the host, a DeviceBuffer on a GPU)."""
         if device_index is None:
             return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
         return DeviceBuffer(shape, dtype, device_index)
