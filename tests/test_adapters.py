@@ -134,10 +134,11 @@ def test_capsule(rng):
 
 @pytest.mark.skipif(not HAVE_JAX, reason="jax is not installed")
 def test_jax_cpu_array(rng):
+    import jax
     import jax.dlpack
-    import jax.numpy as jnp
 
-    x = jnp.asarray(rng.standard_normal((3, 4)).astype(np.float16))
+    # on the CPU even where JAX has a GPU (its default device there)
+    x = jax.device_put(rng.standard_normal((3, 4)).astype(np.float16), jax.devices("cpu")[0])
     assert _adapters.adapter_for(x) is dlpack.JAX
     info = _arrays.describe(x)
     assert (info.framework, info.device, info.dtype, info.shape) == ("dlpack", "cpu", "float16", (3, 4))
