@@ -10,7 +10,10 @@ The heavy lifting is in the C library libflashspmm.so (loaded through cffi); see
 C API and docs/FORMATS.md for the blob layout.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Any
 
 from . import _native
 from ._linear import linear
@@ -27,32 +30,32 @@ __all__ = ["Error", "SparseMatrix", "ExternalArray", "compress", "load", "linear
 __version__ = _native.version_string()
 
 
-def device_count():
+def device_count() -> int:
     """Number of CUDA devices the library can use (0 without a GPU or driver)."""
     return _native.device_count()
 
 
-def set_host_threads(threads):
+def set_host_threads(threads: int) -> None:
     """Threads used by the CPU functions (compress, to_dense, CPU linear); 0 = all hardware threads."""
     _native.check(_native.lib.fspmm_set_host_threads(int(threads)))
 
 
-def cmake_dir():
+def cmake_dir() -> str:
     """Folder holding flashspmmConfig.cmake: pass it as ``-Dflashspmm_DIR=...`` to CMake."""
     return os.path.join(_native.package_dir, "cmake")
 
 
-def include_dir():
+def include_dir() -> str:
     """Folder holding flashspmm.h."""
     return os.path.join(_native.package_dir, "include")
 
 
-def library_path():
+def library_path() -> str:
     """Path of the loaded libflashspmm.so."""
     return os.path.abspath(_native.library_path)
 
 
-def info():
+def info() -> dict[str, Any]:
     """A dict describing the installation: version, build info, CUDA device count, paths."""
     try:
         devices = _native.device_count()

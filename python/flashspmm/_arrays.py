@@ -1,247 +1,52 @@
-"""Minimal adapters between array libraries and the C API.
+"""The array functions the rest of flashspmm calls, over the per-framework adapters of flashspmm._adapters.
 
-:func:`describe` turns an array (numpy; a torch tensor; a cupy array; any object with
-``__cuda_array_interface__``) into an :class:`ArrayInfo`: address, shape, strides in elements, dtype name,
-device and stream. :func:`empty_like_framework` allocates an output in the same library, on the same device.
-torch and cupy are imported only when an object of theirs is passed in.
+:func:`describe` turns an array (numpy; a torch tensor; a cupy array; a JAX array; any object with
+``__cuda_array_interface__`` or ``__dlpack__``) into an :class:`ArrayInfo`: address, shape, strides in elements,
+dtype name, device and stream. :func:`empty_like_framework` allocates an output in the same library, on the same
+device, and :func:`to_caller` hands a result back in it. What differs between libraries is in the adapters (one
+module each); what is left here is framework-neutral: layout checks, stream arguments, the :class:`Origin` of a
+result. torch, cupy and jax are imported only when an object of theirs is passed in.
 """
 
-import sys
-import warnings
-import weakref
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from __future__ import annotations
+
+from typing import Any, Callable, Union
 
 import numpy as np
 
-from . import _dlpack, _native
-from ._native import ffi, lib
+from . import _adapters
+from ._adapters import ArrayInfo, Device, adapter_for, adapter_named, numpy_dtype
+from ._adapters import c_strides as _c_strides  # noqa: F401  (kept for callers of the old private name)
+from ._adapters import module_of as _module_of
+from ._adapters.cai import DeviceBuffer, free_device
+from ._adapters.dlpack import JAX_MODULES, HostExport
 
-__all__ = ["ArrayInfo", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "resolve_stream",
-           "numpy_dtype", "Origin", "workspace"]
+__all__ = ["ArrayInfo", "Device", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "HostExport",
+           "free_device", "resolve_stream", "numpy_dtype", "Origin", "workspace", "require_half", "matrix_view",
+           "flatten_leading", "reshape_copy", "framework_of", "record_use", "torch_record_stream", "owner_stream",
+           "used_on", "host_uint8_view", "is_immutable", "ArrayLike", "DeviceLike", "DTypeLike", "StreamLike"]
 
-Device = Union[str, Tuple[str, int]]  # "cpu" or ("cuda", index)
+# Type aliases of the public API (documentation for readers and type checkers; nothing is checked against them).
+ArrayLike = Any    # numpy / torch / cupy / JAX array, __cuda_array_interface__ or __dlpack__ object, DLPack capsule
+DeviceLike = Union[str, int, Any]  # "cpu", "cuda", "cuda:N", N, or a torch.device
+DTypeLike = Any    # "float16" / "bfloat16" (...), or a numpy / torch / JAX / ml_dtypes dtype
+StreamLike = Any   # an int cudaStream_t, or an object with .cuda_stream (torch) or .ptr (cupy)
 
 _HALF = ("float16", "bfloat16")
 
 
-@dataclass
-class ArrayInfo:
-    """What the C API needs to know about one array.
-
-    ``strides`` are in elements; ``device`` is ``"cpu"`` or ``("cuda", index)``; ``stream`` is the
-    framework's current CUDA stream as an integer handle (0 = legacy default stream) or None on the CPU;
-    ``framework`` is one of ``"numpy"``, ``"torch"``, ``"cupy"``, ``"cuda_array_interface"``, ``"dlpack"``.
-    ``keep`` holds what must stay alive while ``ptr`` is used (a consumed DLPack tensor); ``read_only`` is
-    the DLPack read-only flag.
-    """
-
-    obj: object
-    ptr: int
-    shape: Tuple[int, ...]
-    strides: Tuple[int, ...]
-    dtype: str
-    device: Device
-    stream: Optional[int]
-    framework: str
-    keep: object = None
-    read_only: bool = False
-    requires_grad: bool = False  # a torch tensor that autograd would track (flashspmm computes no gradients)
-
-    @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
-    def is_cuda(self):
-        return self.device != "cpu"
-
-    @property
-    def device_index(self):
-        return self.device[1] if self.is_cuda else None
-
-    @property
-    def device_name(self):
-        return "cpu" if self.device == "cpu" else f"cuda:{self.device[1]}"
-
-    def contiguous_hint(self):
-        """How to make this array contiguous, in its own framework's words."""
-        if self.framework == "numpy":
-            return "np.ascontiguousarray(a)"
-        if self.framework == "cupy":
-            return "cupy.ascontiguousarray(a)"
-        return "a.contiguous()"
-
-
-def _module_of(obj):
-    return type(obj).__module__.split(".", 1)[0]
-
-
-def _bfloat16_numpy():
-    """The ml_dtypes bfloat16 numpy dtype, or None if ml_dtypes is not installed."""
-    try:
-        import ml_dtypes
-    except ImportError:
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-def numpy_dtype(name):
-    """numpy dtype for "float16" / "bfloat16" (the latter needs ml_dtypes)."""
-    if name == "float16":
-        return np.dtype(np.float16)
-    if name == "bfloat16":
-        dt = _bfloat16_numpy()
-        if dt is None:
-            raise ModuleNotFoundError(
-                "bfloat16 numpy arrays need the ml_dtypes package: pip install ml_dtypes "
-                "(or use to_dense(raw=True) for the raw uint16 bit patterns)")
-        return dt
-    raise ValueError(f"unsupported dtype {name!r}")
-
-
-def _byte_strides_to_elements(strides, itemsize, what):
-    out = []
-    for s in strides:
-        if s % itemsize:
-            raise ValueError(f"{what} has a stride of {s} bytes, not a multiple of its {itemsize}-byte element")
-        out.append(s // itemsize)
-    return tuple(out)
-
-
-def _c_strides(shape):
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(int(n), 1)
-    return tuple(reversed(strides))
-
-
-def _describe_numpy(a):
-    if a.dtype.byteorder == ">":
-        raise TypeError("big-endian arrays are not supported; convert with a.astype(a.dtype.newbyteorder('<'))")
-    return ArrayInfo(
-        obj=a, ptr=int(a.__array_interface__["data"][0]), shape=tuple(a.shape),
-        strides=_byte_strides_to_elements(a.strides, a.itemsize, "the array"),
-        dtype=a.dtype.name, device="cpu", stream=None, framework="numpy", read_only=not a.flags.writeable)
-
-
-def _describe_torch(t):
-    torch = sys.modules["torch"]
-    dtype = str(t.dtype).replace("torch.", "")
-    if t.device.type == "cuda":
-        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-        device = ("cuda", index)
-        stream = int(torch.cuda.current_stream(index).cuda_stream)
-    elif t.device.type == "cpu":
-        device, stream = "cpu", None
-    else:
-        raise ValueError(f"torch tensors on {t.device.type!r} are not supported; use a CUDA or CPU tensor")
-    return ArrayInfo(obj=t, ptr=int(t.data_ptr()), shape=tuple(t.shape), strides=tuple(t.stride()),
-                     dtype=dtype, device=device, stream=stream, framework="torch",
-                     requires_grad=bool(t.requires_grad and torch.is_grad_enabled()))
-
-
-def _describe_cupy(a):
-    cupy = sys.modules["cupy"]
-    index = int(a.device.id)
-    with cupy.cuda.Device(index):
-        stream = int(cupy.cuda.get_current_stream().ptr)
-    return ArrayInfo(obj=a, ptr=int(a.data.ptr), shape=tuple(a.shape),
-                     strides=_byte_strides_to_elements(a.strides, a.itemsize, "the array"),
-                     dtype=a.dtype.name, device=("cuda", index), stream=stream, framework="cupy")
-
-
-def _typestr_dtype(obj, typestr):
-    """dtype name from a __cuda_array_interface__ typestr, with the bfloat16 special case."""
-    if typestr[1:] == "V2":  # opaque 2-byte type: bfloat16 in frameworks that know it
-        name = str(getattr(obj, "dtype", ""))
-        if "bfloat16" in name:
-            return "bfloat16"
-        return "void16"
-    try:
-        return np.dtype(typestr).name
-    except TypeError:
-        return typestr
-
-
-def _describe_cai(obj):
-    cai = obj.__cuda_array_interface__
-    shape = tuple(int(n) for n in cai["shape"])
-    dtype = _typestr_dtype(obj, cai["typestr"])
-    itemsize = int(cai["typestr"][2:]) if cai["typestr"][2:].isdigit() else 1
-    if cai.get("strides") is None:
-        strides = _c_strides(shape)
-    else:
-        strides = _byte_strides_to_elements(cai["strides"], itemsize, "the array")
-    ptr = int(cai["data"][0])
-    # The interface does not name the device: ask the driver which one holds the memory.
-    try:
-        index = _native.pointer_device(ptr) if ptr else _native.get_device()
-    except _native.Error:  # no driver or device: the array cannot be used on a GPU anyway; say so later
-        index = 0
-    if index < 0:
-        raise ValueError("this __cuda_array_interface__ array points at host memory; pass a numpy array for host "
-                         "data")
-    stream = cai.get("stream")
-    return ArrayInfo(obj=obj, ptr=ptr, shape=shape, strides=strides, dtype=dtype, device=("cuda", index),
-                     stream=0 if stream is None else int(stream), framework="cuda_array_interface",
-                     read_only=bool(cai["data"][1]))
-
-
-def _describe_dlpack(obj, what):
-    """Any object with ``__dlpack__`` (JAX arrays, ...) or a DLPack capsule, consumed without a copy.
-
-    For CUDA producers flashspmm asks for the legacy default stream (``stream=1`` in the protocol) and runs
-    on it unless ``stream=`` is given to :func:`flashspmm.linear`.
-    """
-    device = None
-    if not _dlpack.is_capsule(obj) and hasattr(obj, "__dlpack_device__"):
-        device = obj.__dlpack_device__()
-    cuda = device is not None and int(device[0]) in (_dlpack.DEVICE_CUDA, _dlpack.DEVICE_CUDA_MANAGED)
-    imported = _dlpack.import_array(obj, stream=1 if cuda else None)
-    if imported.device_type in (_dlpack.DEVICE_CPU, _dlpack.DEVICE_CUDA_HOST):
-        where, stream = "cpu", None
-    elif imported.device_type in (_dlpack.DEVICE_CUDA, _dlpack.DEVICE_CUDA_MANAGED):
-        where, stream = ("cuda", imported.device_id), 0
-    else:
-        raise ValueError(f"{what} lives on DLPack device type {imported.device_type}; flashspmm reads CPU and "
-                         f"CUDA memory")
-    return ArrayInfo(obj=obj, ptr=imported.ptr, shape=imported.shape, strides=imported.strides,
-                     dtype=imported.dtype, device=where, stream=stream, framework="dlpack", keep=imported,
-                     read_only=imported.read_only)
-
-
-def describe(obj, what="array"):
+def describe(obj: Any, what: str = "array") -> ArrayInfo:
     """Describe ``obj`` as an :class:`ArrayInfo`; TypeError if it is not an array flashspmm understands."""
-    if isinstance(obj, np.ndarray):
-        return _describe_numpy(obj)
-    if hasattr(obj, "_flashspmm_info"):  # flashspmm.from_pointer views know their device
-        return obj._flashspmm_info()
-    module = _module_of(obj)
-    if module == "torch" and hasattr(obj, "data_ptr"):
-        return _describe_torch(obj)
-    if module == "cupy" and hasattr(obj, "__cuda_array_interface__"):
-        return _describe_cupy(obj)
-    if module in ("jax", "jaxlib") and hasattr(obj, "__dlpack__"):
-        # JAX GPU arrays also offer __cuda_array_interface__, but only DLPack leads back to a JAX result
-        return _describe_dlpack(obj, what)
-    if hasattr(obj, "__cuda_array_interface__"):
-        return _describe_cai(obj)
-    if hasattr(obj, "__dlpack__") or _dlpack.is_capsule(obj):
-        return _describe_dlpack(obj, what)
-    raise TypeError(
-        f"{what} must be a numpy array, a torch tensor, a cupy array, an object with __cuda_array_interface__ "
-        f"or __dlpack__ (JAX, ...); got {type(obj).__module__}.{type(obj).__qualname__}")
+    return adapter_for(obj, what).describe(obj, what)
 
 
-def require_half(info, what):
+def require_half(info: ArrayInfo, what: str) -> None:
     """TypeError unless the array is float16 or bfloat16."""
     if info.dtype not in _HALF:
         raise TypeError(f"{what} has dtype {info.dtype}; flashspmm supports float16 and bfloat16")
 
 
-def matrix_view(info, what):
+def matrix_view(info: ArrayInfo, what: str) -> tuple[int, int, int]:
     """Check a 2-D array is row-major with unit stride on its last dimension; return (rows, cols, ld)."""
     if info.ndim != 2:
         raise ValueError(f"{what} must be 2-D, got shape {info.shape}")
@@ -262,7 +67,7 @@ def matrix_view(info, what):
     return rows, cols, ld
 
 
-def flatten_leading(info):
+def flatten_leading(info: ArrayInfo) -> ArrayInfo | None:
     """Collapse all dimensions but the last into one, without copying; None if the strides do not allow it."""
     if info.ndim == 2:
         return info
@@ -285,42 +90,13 @@ def flatten_leading(info):
                      dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
 
 
-def reshape_copy(info, shape, stream=None):
+def reshape_copy(info: ArrayInfo, shape: tuple[int, ...], stream: int | None = None) -> Any:
     """A C-contiguous copy of the array reshaped to ``shape``, in its own framework; on a CUDA device the copy
-    is made on ``stream`` (its memory is then ordered on that stream)."""
-    obj = info.obj
-    if info.framework == "numpy":
-        return np.ascontiguousarray(obj).reshape(shape)
-    if info.framework == "torch":
-        torch = sys.modules["torch"]
-        if info.is_cuda and stream is not None and stream != info.stream:
-            with torch.cuda.stream(_torch_external_stream(stream, obj.device)):
-                return obj.contiguous().reshape(shape)
-        return obj.contiguous().reshape(shape)
-    if info.framework == "cupy":
-        cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(info.device_index):
-            if stream is not None and stream != info.stream:
-                with _cupy_external_stream(stream):
-                    return cupy.ascontiguousarray(obj).reshape(shape)
-            return cupy.ascontiguousarray(obj).reshape(shape)
-    raise ValueError("this array's leading dimensions cannot be flattened without a copy; make it contiguous")
+    is made on ``stream`` (its memory is then ordered on that stream). ValueError where the framework has none."""
+    return info.adapter.contiguous_copy(info, shape, stream)
 
 
-def _torch_external_stream(handle, device):
-    # ExternalStream is deprecated in newer torch but still the way to wrap a raw handle
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ExternalStream.*")
-        return sys.modules["torch"].cuda.ExternalStream(handle, device=device)
-
-
-def _cupy_external_stream(handle):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ExternalStream.*")
-        return sys.modules["cupy"].cuda.ExternalStream(handle)
-
-
-def framework_of(obj):
+def framework_of(obj: Any) -> str | None:
     """"torch", "cupy", "numpy" or the module name of an array object (None for None)."""
     if obj is None:
         return None
@@ -329,33 +105,35 @@ def framework_of(obj):
     return _module_of(obj)
 
 
-def torch_record_stream(tensor, stream):
+def record_use(array: Any, stream: int) -> bool:
+    """Keep ``array``'s memory from being reused before work queued on ``stream`` has run; False when its
+    library cannot (the caller then waits for ``stream`` before it lets the array go)."""
+    return adapter_for(array).record_use(array, stream)
+
+
+def torch_record_stream(tensor: Any, stream: int) -> None:
     """Tell torch's caching allocator that ``tensor`` is used on ``stream`` (when that is not its own)."""
-    torch = sys.modules["torch"]
-    if tensor.device.type != "cuda" or stream == int(torch.cuda.current_stream(tensor.device).cuda_stream):
-        return
-    tensor.record_stream(_torch_external_stream(stream, tensor.device))
+    _adapters.torch.ADAPTER.record_use(tensor, stream)
 
 
-def owner_stream(owner):
+def owner_stream(owner: Any) -> int:
     """The stream an array's memory is ordered on by its allocator (cupy: the current stream; else 0)."""
-    if framework_of(owner) == "cupy":
-        return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
-    return 0
+    return adapter_for(owner).owner_stream(owner)
 
 
-def used_on(stream, info, *arrays):
-    """Arrays allocated by flashspmm in ``info``'s framework for a call queued on ``stream``: keep torch's
-    allocator from reusing their memory before that stream has run (cupy and flashspmm buffers are ordered
-    by their own stream or freed only when collected)."""
-    if info.framework != "torch" or stream == info.stream:
+def used_on(stream: int, info: ArrayInfo, *arrays: Any) -> None:
+    """Arrays allocated by flashspmm in ``info``'s framework for a call queued on ``stream``: keep the
+    allocator from reusing their memory before that stream has run (torch: record_stream; cupy arrays were
+    allocated in that stream's order and flashspmm buffers are freed through cudaFree, which waits)."""
+    if stream == info.stream:
         return
+    adapter = info.adapter
     for a in arrays:
-        if a is not None and framework_of(a) == "torch":
-            torch_record_stream(a, stream)
+        if a is not None:
+            adapter.record_use(a, stream)
 
 
-def host_uint8_view(info):
+def host_uint8_view(info: ArrayInfo) -> np.ndarray:
     """A numpy view of a 1-D host uint8 array described by ``info`` (no copy)."""
     if info.framework == "numpy":
         return info.obj
@@ -365,224 +143,75 @@ def host_uint8_view(info):
     return np.frombuffer((ctypes.c_uint8 * max(n, 1)).from_address(info.ptr), dtype=np.uint8)[:n]
 
 
-def is_immutable(obj):
+def is_immutable(obj: Any) -> bool:
     """Whether obj is an array of a library whose arrays cannot be written (JAX)."""
-    return _module_of(obj) in ("jax", "jaxlib")
+    return _module_of(obj) in JAX_MODULES
 
 
-class HostExport:
-    """A host numpy array exported through flashspmm's own DLPack capsule (numpy's refuses bfloat16)."""
-
-    def __init__(self, array):
-        self.array = np.ascontiguousarray(array)
-
-    def __dlpack_device__(self):
-        return (_dlpack.DEVICE_CPU, 0)
-
-    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        if copy:
-            raise BufferError("flashspmm exports without copying (copy=True is not supported)")
-        a = self.array
-        dtype = "bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name
-        versioned = max_version is not None and tuple(max_version) >= (1, 0)
-        return _dlpack.export_capsule(int(a.__array_interface__["data"][0]), a.shape, dtype, _dlpack.DEVICE_CPU, 0,
-                                      owner=self, versioned=versioned)
-
-
-class DeviceBuffer:
-    """Device memory from fspmm_device_malloc exposing ``__cuda_array_interface__`` (v3).
-
-    Used for outputs and workspaces when the input array comes from a framework flashspmm cannot allocate
-    with (anything that only offers ``__cuda_array_interface__``). Freed when garbage collected.
-    """
-
-    def __init__(self, shape, dtype, device_index, _base=None, _ptr=None):
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = dtype
-        self.device_index = int(device_index)
-        self.itemsize = 1 if dtype == "uint8" else 2
-        count = 1
-        for n in self.shape:
-            count *= n
-        self.nbytes = count * self.itemsize
-        self._base = _base
-        self.ready_stream = None  # the stream whose work last wrote the buffer (set by linear)
-        if _ptr is not None:
-            self.ptr = _ptr
-            return
-        p = ffi.new("void **")
-        with _native.on_device(self.device_index):
-            _native.check(lib.fspmm_device_malloc(p, self.nbytes))
-        self.ptr = int(ffi.cast("uintptr_t", p[0]))
-        if self.ptr:
-            fin = weakref.finalize(self, free_device, self.ptr, self.device_index)
-            fin.atexit = False
-
-    def reshape(self, shape):
-        shape = tuple(int(n) for n in shape)
-        return DeviceBuffer(shape, self.dtype, self.device_index, _base=self, _ptr=self.ptr)
-
-    def __dlpack_device__(self):
-        return (_dlpack.DEVICE_CUDA, self.device_index)
-
-    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        """Export as a DLPack capsule (zero-copy; the buffer lives until the consumer releases it).
-
-        The data is made ready for the consumer's ``stream`` by waiting for the stream flashspmm wrote it on.
-        """
-        if copy:
-            raise BufferError("flashspmm DeviceBuffer exports without copying (copy=True is not supported)")
-        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
-            raise BufferError(f"this buffer is on cuda:{self.device_index}; it cannot be exported to {dl_device}")
-        if stream != -1 and self.ready_stream is not None:
-            with _native.on_device(self.device_index):
-                _native.check(lib.fspmm_stream_synchronize(_native.as_ptr(self.ready_stream)))
-        versioned = max_version is not None and tuple(max_version) >= (1, 0)
-        return _dlpack.export_capsule(self.ptr, self.shape, self.dtype, _dlpack.DEVICE_CUDA, self.device_index,
-                                      owner=self, versioned=versioned)
-
-    @property
-    def __cuda_array_interface__(self):
-        typestr = {"float16": "<f2", "bfloat16": "<V2", "uint8": "|u1"}[self.dtype]
-        return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, False), "strides": None,
-                "version": 3, "stream": None}
-
-    def __repr__(self):
-        return f"DeviceBuffer(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_index})"
-
-
-def workspace(info, nbytes, stream_handle):
+def workspace(info: ArrayInfo, nbytes: int, stream_handle: int) -> tuple[Any, int]:
     """A workspace of nbytes in info's framework, safe to use on stream_handle: (array, device address).
 
     (None, 0) when nbytes is 0.
     """
     if nbytes == 0:
         return None, 0
-    if info.framework == "torch":
-        torch = sys.modules["torch"]
-        device = info.obj.device
-        ws = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        torch_record_stream(ws, stream_handle)  # the allocator orders its reuse after that stream too
-        return ws, int(ws.data_ptr())
-    if info.framework == "cupy":
-        cupy = sys.modules["cupy"]
-        with cupy.cuda.Device(info.device_index):
-            if stream_handle == int(cupy.cuda.get_current_stream().ptr):
-                ws = cupy.empty(nbytes, dtype=cupy.uint8)
-            else:  # allocate in that stream's order
-                with _cupy_external_stream(stream_handle):
-                    ws = cupy.empty(nbytes, dtype=cupy.uint8)
-        return ws, int(ws.data.ptr)
-    ws = DeviceBuffer((nbytes,), "uint8", info.device_index)
-    return ws, ws.ptr
+    return info.adapter.workspace(nbytes, info, stream_handle)
 
 
-def free_device(ptr, device_index):
-    """Free device memory from fspmm_device_malloc; for weakref finalizers (never raises)."""
-    try:
-        with _native.on_device(device_index):
-            lib.fspmm_device_free(ffi.cast("void *", ptr))
-    except Exception:  # never raise from a finalizer
-        pass
-
-
-def empty_like_framework(info, shape, dtype=None):
+def empty_like_framework(info: ArrayInfo, shape: tuple[int, ...], dtype: str | None = None) -> Any:
     """An uninitialised array of ``shape`` in ``info``'s framework and device (dtype defaults to info's)."""
-    return Origin.of(info).empty(shape, dtype or info.dtype)
+    return info.adapter.empty(shape, dtype or info.dtype, info.device_index)
 
 
 class Origin:
     """The array library and device that results go back to, without a reference to the caller's array.
 
     A device :class:`flashspmm.SparseMatrix` remembers the origin of the matrix it was compressed from, so
-    ``to_dense()`` can answer in the same framework.
+    ``to_dense()`` can answer in the same framework. ``framework`` is an :attr:`ArrayInfo.framework`;
+    ``from_dlpack`` the importer of a DLPack producer (:meth:`flashspmm._adapters.Adapter.importer`).
     """
 
-    __slots__ = ("framework", "device_index", "_from_dlpack")
+    __slots__ = ("framework", "device_index", "_from_dlpack", "_adapter")
 
-    def __init__(self, framework, device_index, from_dlpack=None):
+    def __init__(self, framework: str, device_index: int | None, from_dlpack: Callable | None = None):
         self.framework = framework
         self.device_index = device_index
         self._from_dlpack = from_dlpack
+        self._adapter = adapter_named(framework)
 
     @classmethod
-    def of(cls, info):
-        from_dlpack = None
-        if info.framework == "dlpack" and not _dlpack.is_capsule(info.obj):
-            from_dlpack = _from_dlpack_of(info.obj)
-        return cls(info.framework, info.device_index, from_dlpack)
+    def of(cls, info: ArrayInfo) -> Origin:
+        return cls(info.framework, info.device_index, info.adapter.importer(info.obj))
 
     @property
-    def is_cuda(self):
+    def is_cuda(self) -> bool:
         return self.device_index is not None
 
-    def empty(self, shape, dtype):
+    def empty(self, shape: tuple[int, ...], dtype: str) -> Any:
         """An uninitialised array (dtype "float16", "bfloat16" or "uint8") on this origin's device."""
-        if self.framework == "torch":
-            torch = sys.modules["torch"]
-            device = f"cuda:{self.device_index}" if self.is_cuda else "cpu"
-            return torch.empty(shape, dtype=getattr(torch, dtype), device=device)
-        if self.framework == "cupy" and self.is_cuda:
-            cupy = sys.modules["cupy"]
-            with cupy.cuda.Device(self.device_index):  # cupy has no bfloat16: its bit patterns as uint16
-                return cupy.empty(shape, dtype="uint16" if dtype == "bfloat16" else dtype)
-        if not self.is_cuda:  # numpy, or a CPU DLPack producer (handed back through wrap)
-            return np.empty(shape, dtype=np.dtype(np.uint8) if dtype == "uint8" else numpy_dtype(dtype))
-        return DeviceBuffer(shape, dtype, self.device_index)
+        return self._adapter.empty(shape, dtype, self.device_index)
 
-    def stream(self):
+    def stream(self) -> int:
         """The framework's current CUDA stream on this device as an int (0: the legacy default stream)."""
-        if self.framework == "torch" and self.is_cuda:
-            return int(sys.modules["torch"].cuda.current_stream(self.device_index).cuda_stream)
-        if self.framework == "cupy" and self.is_cuda:
-            cupy = sys.modules["cupy"]
-            with cupy.cuda.Device(self.device_index):
-                return int(cupy.cuda.get_current_stream().ptr)
-        return 0
+        return self._adapter.current_stream(self.device_index)
 
-    def wrap(self, result, stream=None):
+    def wrap(self, result: Any, stream: int | None = None) -> Any:
         """``result`` (allocated by :meth:`empty`, written on ``stream``) as the caller's framework sees it
         (zero-copy; a DLPack consumer gets it ready on its own stream)."""
-        if self._from_dlpack is None:
-            return result
-        if isinstance(result, DeviceBuffer):
-            result.ready_stream = stream
-        elif isinstance(result, np.ndarray):
-            result = HostExport(result)
-        return self._from_dlpack(result)
+        return self._adapter.wrap(result, stream, self._from_dlpack)
 
-    def from_host(self, array):
+    def from_host(self, array: np.ndarray) -> Any:
         """A host numpy array (float16 / bfloat16) as this origin's framework's CPU array (no copy)."""
-        if self.framework == "torch":
-            torch = sys.modules["torch"]
-            if array.dtype.name == "bfloat16":
-                return torch.from_numpy(np.ascontiguousarray(array).view(np.uint16)).view(torch.bfloat16)
-            return torch.from_numpy(array)
-        return self.wrap(array)
+        return self._adapter.wrap(self._adapter.from_host(array), None, self._from_dlpack)
 
 
-def _from_dlpack_of(obj):
-    """The ``from_dlpack`` of the library that made ``obj`` (None if unknown)."""
-    module = _module_of(obj)
-    if module in ("jax", "jaxlib"):
-        import jax.dlpack
-
-        return jax.dlpack.from_dlpack
-    lib_module = sys.modules.get(module)
-    return getattr(lib_module, "from_dlpack", None)
-
-
-def to_caller(result, info, stream=None):
+def to_caller(result: Any, info: ArrayInfo, stream: int | None = None) -> Any:
     """``result`` (allocated by flashspmm for ``info``'s call, written on ``stream``) in the input's own library,
     zero-copy: torch CPU results are torch already; DLPack producers (JAX) get it through their from_dlpack."""
-    if isinstance(result, DeviceBuffer) and stream is not None:
-        result.ready_stream = stream
-    if info.framework != "dlpack" or _dlpack.is_capsule(info.obj):
-        return result
     return Origin.of(info).wrap(result, stream)
 
 
-def resolve_stream(stream, info):
+def resolve_stream(stream: Any, info: ArrayInfo) -> int:
     """Stream handle for a device call: the given one (int, or object with .cuda_stream / .ptr),
     else the array framework's current stream."""
     if stream is None:

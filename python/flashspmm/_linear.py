@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any, Optional
 
 from . import _arrays, _native
-from ._arrays import ArrayInfo
+from ._arrays import ArrayInfo, ArrayLike, StreamLike
 from ._matrix import DECODERS, KERNELS, SparseMatrix, _choice
 from ._native import check, lib
 
@@ -131,8 +130,9 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     return y
 
 
-def linear(x: Any, W: SparseMatrix, bias: Any = None, *, out: Any = None, alpha: float = 1.0, beta: float = 0.0,
-           split_k: int = 0, kernel: str = "auto", decoder: str = "auto", stream: Optional[Any] = None) -> Any:
+def linear(x: ArrayLike, W: SparseMatrix, bias: ArrayLike | None = None, *, out: ArrayLike | None = None,
+           alpha: float = 1.0, beta: float = 0.0, split_k: int = 0, kernel: str = "auto", decoder: str = "auto",
+           stream: StreamLike | None = None) -> ArrayLike:
     """y = alpha * x @ W.T + bias + beta * out, like ``torch.nn.functional.linear`` with a sparse W.
 
     Args:

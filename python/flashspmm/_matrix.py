@@ -7,11 +7,12 @@ import dataclasses
 import os
 import threading
 import weakref
-from typing import Any, Optional
+from typing import BinaryIO
 
 import numpy as np
 
 from . import _arrays, _native
+from ._arrays import ArrayLike, DeviceLike, DTypeLike
 from ._native import Error, check, ffi, lib
 
 __all__ = ["SparseMatrix", "BlobHeader", "compress", "load", "FORMATS", "DTYPES", "KERNELS", "DECODERS"]
@@ -219,7 +220,8 @@ class SparseMatrix:
         return cls._new(handle, device_ptr=ptr, device_index=device_index, owner=owner, origin=origin)
 
     @classmethod
-    def from_blob(cls, data, *, device="cpu") -> "SparseMatrix":
+    def from_blob(cls, data: bytes | bytearray | memoryview | np.ndarray, *,
+                  device: DeviceLike = "cpu") -> SparseMatrix:
         """Wrap a blob given as bytes-like data (bytes, bytearray, memoryview, numpy uint8 array).
 
         The data is copied and validated (:class:`flashspmm.Error` with ``FSPMM_ERR_CORRUPT_BUFFER`` for a
@@ -237,7 +239,7 @@ class SparseMatrix:
         return cls._from_validated_host(blob).to(device)
 
     @classmethod
-    def from_array(cls, blob: Any) -> "SparseMatrix":
+    def from_array(cls, blob: ArrayLike) -> SparseMatrix:
         """Wrap a 1-D uint8 array that holds a blob, without a copy, keeping a reference to it.
 
         A host array (numpy, torch CPU tensor, ...) is validated in full; a CUDA array (torch, cupy, any
@@ -264,7 +266,7 @@ class SparseMatrix:
     # ---- properties ----------------------------------------------------------------------------------
 
     @property
-    def shape(self) -> tuple:
+    def shape(self) -> tuple[int, int]:
         """(M, K): out features x in features."""
         return (self._meta.M, self._meta.K)
 
@@ -316,7 +318,7 @@ class SparseMatrix:
         return self._ptr if self._ptr is not None else _addr(self._host)
 
     @property
-    def blob_array(self) -> Any:
+    def blob_array(self) -> ArrayLike:
         """The array holding the blob: read-only numpy for a host matrix; for a device matrix the array it was
         allocated as (a torch tensor or cupy array when compressed from one, the array given to
         :meth:`from_array`, or a :class:`flashspmm.DeviceBuffer`)."""
@@ -379,7 +381,7 @@ class SparseMatrix:
         out.flags.writeable = False
         return out
 
-    def to_dense(self, *, raw: bool = False) -> Any:
+    def to_dense(self, *, raw: bool = False) -> ArrayLike:
         """Decompress to a dense matrix [M, K].
 
         A device matrix compressed from a GPU array (torch, cupy, JAX, ...) is decompressed on the GPU and
@@ -405,16 +407,14 @@ class SparseMatrix:
         check(lib.fspmm_decompress_host(host._handle, _native.as_ptr(_addr(dense)), m, k, k))
         return dense
 
-    def _read_on(self, stream):
+    def _read_on(self, stream: int) -> None:
         """Keep the blob's memory from being reused before work queued on ``stream`` has read it."""
         if self._owner is None:
             return
-        if _arrays.framework_of(self._owner) == "torch":
-            _arrays.torch_record_stream(self._owner, stream)
-        elif stream != _arrays.owner_stream(self._owner):
+        if not _arrays.record_use(self._owner, stream):  # its allocator cannot order the reuse: wait when freed
             self._side_streams.add(stream)
 
-    def save(self, file) -> None:
+    def save(self, file: str | os.PathLike | BinaryIO) -> None:
         """Write the blob bytes exactly (a path or a binary file object); works for device matrices too."""
         data = self.blob()
         if hasattr(file, "write"):
@@ -423,7 +423,7 @@ class SparseMatrix:
         with open(os.fspath(file), "wb") as f:
             f.write(data.tobytes())
 
-    def to(self, device) -> "SparseMatrix":
+    def to(self, device: DeviceLike) -> SparseMatrix:
         """This matrix on ``device`` ("cpu", "cuda", "cuda:N" or an int); ``self`` if it is already there.
 
         A blob is validated on the host before it is uploaded.
@@ -450,11 +450,11 @@ class SparseMatrix:
                 raise
         return SparseMatrix._new(handle, device_ptr=ptr, device_index=index)
 
-    def cpu(self) -> "SparseMatrix":
+    def cpu(self) -> SparseMatrix:
         """Shorthand for ``to("cpu")``."""
         return self.to("cpu")
 
-    def cuda(self, device=None) -> "SparseMatrix":
+    def cuda(self, device: DeviceLike | None = None) -> SparseMatrix:
         """Shorthand for ``to("cuda")`` / ``to(device)``."""
         return self.to("cuda" if device is None else device)
 
@@ -462,7 +462,7 @@ class SparseMatrix:
         # pickle as the blob's bytes plus the device; unpickling validates the blob again
         return (_rebuild, (self.blob().tobytes(), self.device))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         m, k = self.shape
         return (f"SparseMatrix(shape=({m}, {k}), dtype={self.dtype}, format={self.format}, nnz={self.nnz}, "
                 f"density={self.density:.4f}, nbytes={self.nbytes}, device={self.device})")
@@ -523,7 +523,7 @@ def _compress_device(info, m, k, ld, dtype_code, format_code):
                                      stream=stream_int)
 
 
-def _dtype_name(dtype) -> Optional[str]:
+def _dtype_name(dtype: DTypeLike) -> str | None:
     """"float16" / "bfloat16" from a string or a numpy / torch / JAX / ml_dtypes dtype; None for None."""
     if dtype is None:
         return None
@@ -540,7 +540,7 @@ def _dtype_name(dtype) -> Optional[str]:
     raise ValueError(f"dtype must be float16 or bfloat16 (a string, or a numpy / torch / JAX dtype), got {dtype!r}")
 
 
-def compress(w, *, format: str = "auto", dtype=None) -> SparseMatrix:
+def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> SparseMatrix:
     """Compress a dense weight matrix W [M, K] into a :class:`SparseMatrix`.
 
     Args:
@@ -597,7 +597,7 @@ def _read_all(file):
     return blob[:got]
 
 
-def load(file, *, device="cpu") -> SparseMatrix:
+def load(file: str | os.PathLike | BinaryIO, *, device: DeviceLike = "cpu") -> SparseMatrix:
     """Read a blob written by :meth:`SparseMatrix.save` (a path or a binary file object), validate it and
     place it on ``device``.
 

@@ -1,11 +1,15 @@
 """from_pointer(): memory given as a raw address (for callers with C pointers rather than array objects)."""
 
+from __future__ import annotations
+
 import ctypes
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
-from . import _arrays
+from . import _adapters
+from ._arrays import DeviceLike, DTypeLike
 
 __all__ = ["ExternalArray", "from_pointer"]
 
@@ -20,18 +24,19 @@ class ExternalArray:
     for as long as the view (and any work queued on it) is in use.
     """
 
-    def __init__(self, ptr, shape, dtype, device_index, strides, stream, readonly):
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: str, device_index: int, strides: tuple[int, ...],
+                 stream: int, readonly: bool):
         self.ptr, self.shape, self.dtype = ptr, shape, dtype
         self.device_index, self.strides, self.stream, self.readonly = device_index, strides, stream, readonly
 
-    def _flashspmm_info(self):
-        """The :class:`flashspmm._arrays.ArrayInfo` of this view (used by flashspmm's array adapters)."""
-        return _arrays.ArrayInfo(obj=self, ptr=self.ptr, shape=self.shape, strides=self.strides, dtype=self.dtype,
+    def _flashspmm_info(self) -> _adapters.ArrayInfo:
+        """The :class:`flashspmm._adapters.ArrayInfo` of this view (read by the "external" adapter)."""
+        return _adapters.ArrayInfo(obj=self, ptr=self.ptr, shape=self.shape, strides=self.strides, dtype=self.dtype,
                                  device=("cuda", self.device_index), stream=self.stream, framework="external",
                                  read_only=self.readonly)
 
     @property
-    def __cuda_array_interface__(self):
+    def __cuda_array_interface__(self) -> dict:
         typestr = {"float16": "<f2", "bfloat16": "<V2", "uint16": "<u2", "int16": "<i2", "uint8": "|u1"}[self.dtype]
         item = _ITEMSIZE[self.dtype]
         return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, self.readonly),
@@ -48,13 +53,15 @@ def _int(value, what):
     return int(value)
 
 
-def from_pointer(ptr, shape, dtype, *, device="cuda", strides=None, stream=None, readonly=False):
+def from_pointer(ptr: int, shape: int | Sequence[int], dtype: DTypeLike, *, device: DeviceLike = "cuda",
+                 strides: Sequence[int] | None = None, stream: int | None = None,
+                 readonly: bool = False) -> np.ndarray | ExternalArray:
     """An array view of memory at a raw address, for callers that hold C pointers rather than array objects.
 
     Args:
         ptr: the address (int), e.g. from ``cudaMalloc`` or ``ctypes``; not 0, aligned to the element size.
         shape: tuple of non-negative ints.
-        dtype: "float16", "bfloat16", "uint16", "int16" or "uint8".
+        dtype: "float16", "bfloat16", "uint16", "int16" or "uint8", as a string or a numpy / torch / JAX dtype.
         device: "cuda", "cuda:N" or N for device memory (a view with ``__cuda_array_interface__``), or "cpu"
             for host memory (a numpy array on that memory, zero-copy).
         strides: in elements, one per dimension; default C-contiguous.
@@ -67,8 +74,10 @@ def from_pointer(ptr, shape, dtype, *, device="cuda", strides=None, stream=None,
     from ._matrix import _parse_device  # late import: _matrix imports _arrays
 
     ptr = _int(ptr, "ptr")
-    if dtype not in _ITEMSIZE:
+    name = _adapters.dtype_name(dtype)
+    if name not in _ITEMSIZE:
         raise ValueError(f"dtype must be one of {', '.join(_ITEMSIZE)}, got {dtype!r}")
+    dtype = name
     item = _ITEMSIZE[dtype]
     if ptr <= 0 or ptr % item:
         raise ValueError(f"ptr = 0x{ptr:x} is not a valid address of {dtype} elements (non-zero, {item}-byte aligned)")
@@ -78,7 +87,7 @@ def from_pointer(ptr, shape, dtype, *, device="cuda", strides=None, stream=None,
     if any(n < 0 for n in shape):
         raise ValueError(f"shape entries must be >= 0, got {shape}")
     if strides is None:
-        strides = _arrays._c_strides(shape)
+        strides = _adapters.c_strides(shape)
     strides = tuple(_int(s, "strides entries") for s in strides)
     if len(strides) != len(shape):
         raise ValueError(f"strides {strides} must have one entry per dimension of shape {shape}")
@@ -92,7 +101,7 @@ def from_pointer(ptr, shape, dtype, *, device="cuda", strides=None, stream=None,
         buf = (ctypes.c_char * max(span * item, 1)).from_address(ptr)
         flat = np.frombuffer(buf, dtype=np.uint8)[: span * item]
         np_dtype = np.dtype(np.uint8) if dtype == "uint8" else (
-            _arrays.numpy_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype))
+            _adapters.numpy_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype))
         base = flat.view(np_dtype)
         return np.lib.stride_tricks.as_strided(base, shape=shape, strides=tuple(s * item for s in strides))
     if stream is not None:

@@ -1,12 +1,14 @@
 """prune(): magnitude pruning of a dense weight matrix, returned in the caller's framework."""
 
+from __future__ import annotations
+
 import ctypes
 import numbers
-import sys
 
 import numpy as np
 
 from . import _arrays, _native
+from ._arrays import ArrayLike
 from ._matrix import DTYPES, _addr
 from ._native import check, ffi, lib
 
@@ -15,7 +17,7 @@ __all__ = ["prune"]
 _SCOPES = {"row": lib.FSPMM_PRUNE_ROW, "tensor": lib.FSPMM_PRUNE_TENSOR}
 
 
-def prune(w, sparsity, *, scope="row"):
+def prune(w: ArrayLike, sparsity: float, *, scope: str = "row") -> ArrayLike:
     """A copy of ``w`` with the entries of smallest magnitude set to zero.
 
     Exactly ``round(sparsity * n)`` entries are zero afterwards (round half to even), where n is the row
@@ -46,7 +48,7 @@ def prune(w, sparsity, *, scope="row"):
         raise ValueError(f"w must be a non-empty 2-D matrix [M, K], got shape {info.shape}")
     m, k, ld = _arrays.matrix_view(info, "w")
     if info.is_cuda:
-        return _prune_device(info, m, k, ld, sparsity, _SCOPES[scope])
+        return _prune_device(info, m, k, sparsity, _SCOPES[scope])
     # a contiguous copy of the (possibly strided) host matrix
     span = (m - 1) * ld + k
     flat = np.frombuffer((ctypes.c_uint16 * span).from_address(info.ptr), dtype=np.uint16)
@@ -56,33 +58,12 @@ def prune(w, sparsity, *, scope="row"):
     return _arrays.Origin.of(info).from_host(host.view(_arrays.numpy_dtype(info.dtype)))
 
 
-def _copy_device_matrix(info, out, m, k, ld, stream):
-    """out[:, :] = the device matrix of ``info`` (rows ld elements apart), in stream order."""
-    if info.framework == "torch":
-        with sys.modules["torch"].no_grad():  # the result is a plain tensor, as from the host path
-            out.copy_(info.obj)
-        return
-    if info.framework == "cupy":
-        with sys.modules["cupy"].cuda.Device(info.device_index):
-            out[...] = info.obj
-        return
-    # other producers: device-to-device copies through the C API (each waits for the stream)
-    dst = _arrays.describe(out, "out").ptr
-    if ld == k or m == 1:
-        check(lib.fspmm_memcpy(_native.as_ptr(dst), _native.as_ptr(info.ptr), m * k * 2,
-                               lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
-        return
-    for r in range(m):
-        check(lib.fspmm_memcpy(_native.as_ptr(dst + r * k * 2), _native.as_ptr(info.ptr + r * ld * 2), k * 2,
-                               lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
-
-
-def _prune_device(info, m, k, ld, sparsity, scope):
+def _prune_device(info, m, k, sparsity, scope):
     """Prune a copy of a device matrix on its GPU; the copy and the workspace come from its framework."""
     stream = _arrays.resolve_stream(None, info)
     out = _arrays.empty_like_framework(info, (m, k))
     with _native.on_device(info.device_index):
-        _copy_device_matrix(info, out, m, k, ld, stream)
+        info.adapter.copy_into(info, out, stream)  # in stream order: torch and cupy copy, others through the C API
         ws_bytes = ffi.new("size_t *")
         check(lib.fspmm_prune_workspace_size(m, k, scope, ws_bytes))
         nbytes = int(ws_bytes[0])
