@@ -117,17 +117,19 @@ def test_requires_grad_is_a_clear_error(rng):
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_jax_cpu_bfloat16_and_empty(rng):
+    import jax
     import jax.numpy as jnp
 
-    w = jnp.asarray(rng.standard_normal((64, 64)).astype(np.float32)).astype(jnp.bfloat16)
+    cpu = jax.devices("cpu")[0]  # a CPU matrix and CPU arrays, also where JAX has a GPU
+    w = jax.device_put(jnp.asarray(rng.standard_normal((64, 64)).astype(np.float32)), cpu).astype(jnp.bfloat16)
     p = flashspmm.prune(w, 0.5)
     assert p.dtype == jnp.bfloat16 and int((p == 0).sum()) == 64 * 32
     W = flashspmm.compress(p)
-    x = jnp.asarray(rng.standard_normal((3, 64)).astype(np.float32)).astype(jnp.bfloat16)
+    x = jax.device_put(jnp.asarray(rng.standard_normal((3, 64)).astype(np.float32)), cpu).astype(jnp.bfloat16)
     y = flashspmm.linear(x, W)
     assert y.dtype == jnp.bfloat16 and y.shape == (3, 64)
     ref = np.asarray(x, np.float64) @ np.asarray(p, np.float64).T
     assert np.allclose(np.asarray(y, np.float64), ref, rtol=2e-2, atol=2e-2)
-    empty = flashspmm.linear(jnp.zeros((0, 64), jnp.bfloat16), W)
+    empty = flashspmm.linear(jax.device_put(jnp.zeros((0, 64), jnp.bfloat16), cpu), W)
     assert type(empty).__module__.startswith("jax") and empty.shape == (0, 64)
     assert np.array_equal(np.asarray(W.to_dense()).view(np.uint16), np.asarray(p).view(np.uint16))
