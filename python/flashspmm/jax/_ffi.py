@@ -13,6 +13,7 @@ import struct
 from typing import NamedTuple, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import _native
@@ -168,9 +169,10 @@ def _match_varying(operands):
 
 def _result(like, shape, dtype):
     """The type of a result shaped `shape`: plain outside shard_map, varying like `like` inside it."""
+    dtype = jnp.dtype(dtype)  # names too ("bfloat16" needs JAX's dtype table)
     if not _varying(like):
         return jax.ShapeDtypeStruct(shape, dtype)
-    return jax.typeof(like).update(shape=tuple(shape), dtype=np.dtype(dtype), weak_type=False)
+    return jax.typeof(like).update(shape=tuple(shape), dtype=dtype, weak_type=False)
 
 
 # ---- the calls ------------------------------------------------------------------------------------------------

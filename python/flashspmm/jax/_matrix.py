@@ -24,6 +24,12 @@ class _Static:
     nnz: int = -1        # stored values of the whole matrix (-1: the header's)
     axis: object = None  # the mesh axis the shards are spread over
 
+    def __repr__(self):  # the header as its checksum: treedefs print this
+        parts = [f"header={self.header[120:].hex()}"]
+        if self.split:
+            parts.append(f"shards={self.shards}, split={self.split}, axis={self.axis!r}")
+        return f"_Static({', '.join(parts)})"
+
 
 @jax.tree_util.register_pytree_with_keys_class
 class JaxSparseMatrix:
@@ -47,7 +53,7 @@ class JaxSparseMatrix:
         if len(header) != 128:
             raise ValueError(f"header must be the blob's 128 header bytes, got {len(header)}")
         parse_header(header)
-        if shards < 1 or (shards > 1) != (split in ("rows", "cols")):
+        if shards < 1 or split not in ("", "rows", "cols") or (shards > 1 and not split):
             raise ValueError("shards must be 1, or > 1 with split='rows' or 'cols'")
         self.blob = blob
         self._static = _Static(header, int(shards), split, int(nnz), axis)
@@ -85,7 +91,7 @@ class JaxSparseMatrix:
 
     @property
     def split(self) -> Optional[str]:
-        """"rows" or "cols" for a split matrix, else None."""
+        """"rows" or "cols" for a matrix from shard_rows / shard_cols, else None."""
         return self._static.split or None
 
     @property
@@ -98,7 +104,7 @@ class JaxSparseMatrix:
         """The PartitionSpec of the blob: P(axis) for a split matrix, P() otherwise (for shard_map in_specs)."""
         from jax.sharding import PartitionSpec
 
-        return PartitionSpec(self.axis) if self.shards > 1 else PartitionSpec()
+        return PartitionSpec(self.axis) if self.axis is not None else PartitionSpec()
 
     @property
     def shard_shape(self):
@@ -247,7 +253,12 @@ def to_dense(W: JaxSparseMatrix):
     if not isinstance(W, JaxSparseMatrix):
         raise TypeError(f"W must be a flashspmm.jax.JaxSparseMatrix, got {type(W).__qualname__}")
     check_blob(W, "to_dense")
+    if not is_tracer(W.blob):  # eager: the compiled call, cached per matrix
+        return _decompress_compiled(W.header, W.blob, W.dtype.name)
     return decompress_call(W.header, W.blob, W.dtype)
+
+
+_decompress_compiled = jax.jit(decompress_call, static_argnums=(0, 2))
 
 
 def check_blob(W: JaxSparseMatrix, what: str) -> None:

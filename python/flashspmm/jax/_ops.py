@@ -149,6 +149,10 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
     if math.prod(out_shape) == 0:
         return jnp.zeros(out_shape, W.dtype)
     call = _Call(W.header, W.dtype.name, alpha, beta, int(split_k), bias is not None, out is not None)
+    if not any(is_tracer(a) for a in (x, W.blob, bias, out)):
+        # an eager call: run the compiled call (cached per matrix and shapes) instead of re-tracing the
+        # custom_vjp / custom_vmap wrappers every time
+        return _linear_compiled(call, x, W.blob, bias, out)
     return _linear(call, x, W.blob, bias, out)
 
 
@@ -177,6 +181,7 @@ def _linear_bwd(call: _Call, blob, dy):
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd)
+_linear_compiled = jax.jit(_linear, static_argnums=0)
 
 
 # ---- batching ---------------------------------------------------------------------------------------------
