@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
     from jax._src.core import Tracer
 
 __all__ = ["LINEAR", "DECOMPRESS", "HeaderInfo", "parse_header", "launch_header", "linear_call", "decompress_call",
-           "cuda_workspace", "is_tracer"]
+           "cuda_workspace", "is_tracer", "match_varying"]
 
 LINEAR = "flashspmm_linear"
 DECOMPRESS = "flashspmm_decompress"
@@ -162,7 +162,8 @@ def _cast_varying(a, axes: frozenset):
     return jax.lax.pvary(a, missing)
 
 
-def _match_varying(operands):
+def match_varying(operands):
+    """The operands, each marked as varying over every mesh axis any of them varies over."""
     axes = frozenset().union(*(_varying(a) for a in operands))
     return [_cast_varying(a, axes) for a in operands] if axes else list(operands)
 
@@ -185,7 +186,7 @@ def linear_call(header: bytes, x, blob, bias, out, *, alpha: float, beta: float,
     """y = alpha * x @ W.T + bias + beta * out as an FFI call (arguments already checked)."""
     info = parse_header(header)
     operands = [x, blob] + ([bias] if bias is not None else []) + ([out] if out is not None else [])
-    operands = _match_varying(operands)
+    operands = match_varying(operands)
     x = operands[0]
     out_shape = tuple(x.shape[:-1]) + (info.M,)
     y_type = _result(x, out_shape, dtype)

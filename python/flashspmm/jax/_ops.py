@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._matrix import SparseMatrix
-from ._ffi import decompress_call, is_tracer, linear_call
+from ._ffi import decompress_call, is_tracer, linear_call, match_varying
 from ._matrix import JaxSparseMatrix, check_blob
 
 __all__ = ["linear"]
@@ -153,7 +153,10 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
         # an eager call: run the compiled call (cached per matrix and shapes) instead of re-tracing the
         # custom_vjp / custom_vmap wrappers every time
         return _linear_compiled(call, x, W.blob, bias, out)
-    return _linear(call, x, W.blob, bias, out)
+    # inside shard_map the operands must vary over the same mesh axes; casting them here, outside the
+    # custom_vjp, lets JAX transpose the casts (a psum of the gradient of a replicated x)
+    x, blob, bias, out = _unpack(call, match_varying(_pack(call, x, W.blob, bias, out)))
+    return _linear(call, x, blob, bias, out)
 
 
 # ---- gradient ---------------------------------------------------------------------------------------------
