@@ -1,7 +1,7 @@
 """A tensor-parallel LLaMA MLP block with flashspmm weights under jax.shard_map.
 
-gate and up are split by out features (each device holds I/D rows of each, compressed on that device), down
-by in features (I/D columns); x is replicated. Each device computes its slice of silu(x Wg^T) * (x Wu^T) and
+gate and up are split by out features (each device holds F/D rows of each, compressed on that device), down
+by in features (F/D columns); x is replicated. Each device computes its slice of silu(x Wg^T) * (x Wu^T) and
 its partial product with Wd; one psum adds the partials: the only communication of the block.
 
     python examples/jax_tp_mlp.py --cpu-devices 4      # four host CPU devices (no GPU needed)
@@ -37,24 +37,24 @@ def main(argv=None):
 
     devices = jax.devices()
     mesh = jax.make_mesh((len(devices),), ("tp",))
-    H, I, N = args.hidden, args.intermediate, args.tokens
+    H, F, N = args.hidden, args.intermediate, args.tokens  # hidden, intermediate (feed-forward), tokens
     rng = np.random.default_rng(args.seed)
 
     def weight(m, k):
         w = (rng.standard_normal((m, k)) / np.sqrt(k)).astype(np.float16)
         return np.asarray(fj.prune(w, args.sparsity))
 
-    w_gate, w_up, w_down = weight(I, H), weight(I, H), weight(H, I)
+    w_gate, w_up, w_down = weight(F, H), weight(F, H), weight(H, F)
     # eager: each device compresses its own shard; the blobs are padded to one size and laid out P("tp")
     Wg = fj.shard_rows(w_gate, mesh, "tp")
     Wu = fj.shard_rows(w_up, mesh, "tp")
     Wd = fj.shard_cols(w_down, mesh, "tp")
     print(f"{len(devices)} x {devices[0].device_kind}; gate {Wg}\n  down {Wd}")
 
-    def mlp_shard(x, Wg, Wu, Wd):  # per device: x [N, H], Wg / Wu [I/D, H], Wd [H, I/D]
+    def mlp_shard(x, Wg, Wu, Wd):  # per device: x [N, H], Wg / Wu [F/D, H], Wd [H, F/D]
         g = fj.linear(x, Wg).astype(jnp.float32)
         u = fj.linear(x, Wu).astype(jnp.float32)
-        h = (jax.nn.silu(g) * u).astype(x.dtype)                   # [N, I/D]: this device's features
+        h = (jax.nn.silu(g) * u).astype(x.dtype)                   # [N, F/D]: this device's features
         partial = fj.linear(h, Wd).astype(jnp.float32)             # [N, H]: this device's share of the sum
         return jax.lax.psum(partial, "tp").astype(x.dtype)
 
