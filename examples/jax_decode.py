@@ -175,7 +175,8 @@ def check(steps, rng, batch, hidden, kv, head_dim, seq, dtype, tol):
 
 
 def time_step(step, args, repeats, iters):
-    """Median milliseconds per step over `repeats` runs of `iters` back-to-back steps (caches fed back)."""
+    """Median milliseconds per step over `repeats` runs of `iters` back-to-back steps on the same inputs (every
+    variant copies its caches the same way: no donation, which the eager variants could not use)."""
     x, ck, cv, pos = args
     for _ in range(3):  # compile and warm up
         out = step(x, ck, cv, pos)

@@ -161,6 +161,23 @@ def test_shard_map_on_one_gpu(jx, rng):
     assert np.array_equal(bits(rows), bits(eager)) and np.array_equal(bits(cols), bits(eager))
 
 
+def test_pytree_moves_to_the_gpu_and_pickles(jx, rng):
+    jax, jnp, fj, gpu = jx
+    import pickle
+
+    w_bits, _ = sparse_bits(rng, 130, 250, "float16", 0.6, specials=False)
+    Ws = flashspmm.compress(as_dtype(w_bits, "float16"))               # the CPU encoder
+    W_cpu = fj.from_sparse(Ws, device=jax.devices("cpu")[0])
+    W = jax.device_put(W_cpu, gpu)
+    assert isinstance(W, fj.JaxSparseMatrix) and W.blob.devices() == {gpu}
+    x, _ = rand(jx, rng, (7, 250), "float16")
+    y = jax.jit(fj.linear)(x, W)
+    assert y.devices() == {gpu}
+    assert np.array_equal(bits(y), bits(flashspmm.linear(x, Ws.to(f"cuda:{gpu.id}"))))
+    again = jax.device_put(pickle.loads(pickle.dumps(W)), gpu)
+    assert np.array_equal(bits(jax.jit(fj.linear)(x, again)), bits(y))
+
+
 def _busy(jax, jnp, gpu, iterations):
     """A jitted chain of float32 matmuls (unrolled: a straight-line program the host only enqueues) and its
     input; the chain's result stays finite."""
