@@ -146,7 +146,7 @@ def is_tracer(a) -> bool:
 def _varying(a) -> frozenset:
     """The mesh axes `a` varies over inside shard_map (empty elsewhere)."""
     t = jax.typeof(a)
-    mat = getattr(t, "mat", None)  # JAX >= 0.9 names them the manual axis type; before, `vma`
+    mat = getattr(t, "mat", None)  # newer JAX: the manual axis type; older JAX: `vma`
     if mat is not None:
         return frozenset(getattr(mat, "varying", ()))
     return frozenset(getattr(t, "vma", ()))
