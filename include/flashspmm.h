@@ -290,6 +290,14 @@ fspmm_status_t fspmm_device_free(void* ptr);                    /* cudaFree; NUL
 fspmm_status_t fspmm_memcpy(void* dst, const void* src, size_t bytes, fspmm_copy_kind_t kind, void* stream);
 fspmm_status_t fspmm_stream_synchronize(void* stream);
 
+/* ---- XLA FFI handlers (JAX: python/flashspmm/jax registers them with jax.ffi.register_ffi_target) ---- */
+/* The XLA_FFI_Handler* of a target ("linear_cuda", "linear_cpu", "decompress_cuda", "decompress_cpu"),
+ * or NULL for another name. Their arguments and attributes are described in src/api/xla_ffi.cpp. */
+void* fspmm_xla_handler(const char* name);
+/* Workspace bytes and K slices (`splits`, to pass as split_k to the handler) of a linear_cuda call with N rows
+ * of x, planned on the current device. header: the 128 bytes of the launch header. */
+fspmm_status_t fspmm_xla_linear_workspace(const void* header, int64_t N, int split_k, size_t* bytes, int* splits);
+
 /* FSPMM_CDEF_END */
 
 #ifdef __cplusplus
