@@ -53,9 +53,17 @@ fspmm_header_t launch_header(const uint8_t* bytes) {
     return h;
 }
 
+// The plan of a CUDA linear call with N rows of x on the current device: automatic kernel and decoder; the
+// workspace is a fresh result of the call, so its split-K counters are cleared by each launch.
+LinearPlan cuda_plan_of(const fspmm_header_t& h, int64_t N, int split_k) {
+    LinearOptions options;
+    options.split_k = split_k;
+    return plan_linear(h, N, options, current_device());
+}
+
 // Workspace bytes and K slices of a CUDA linear call with N rows of x, planned on the current device.
 void cuda_plan(const fspmm_header_t& h, int64_t N, int split_k, size_t* bytes, int* splits) {
-    const LinearPlan plan = plan_linear(h, N, split_k, current_device());
+    const LinearPlan plan = cuda_plan_of(h, N, split_k);
     *bytes = plan.workspace;
     *splits = plan.splits;
 }
@@ -63,7 +71,7 @@ void cuda_plan(const fspmm_header_t& h, int64_t N, int split_k, size_t* bytes, i
 // y = alpha * x * W^T + bias + beta * y on `stream`; x, y contiguous ([N, K], [N, M]).
 void cuda_linear(const fspmm_header_t& h, const void* blob, const void* x, int64_t N, const void* bias, void* y,
                  float alpha, float beta, int split_k, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-    const LinearPlan plan = plan_linear(h, N, split_k, current_device());
+    const LinearPlan plan = cuda_plan_of(h, N, split_k);
     FSPMM_REQUIRE(workspace_bytes >= plan.workspace,
                   "the workspace result holds " + std::to_string(workspace_bytes) + " bytes but this call needs " +
                       std::to_string(plan.workspace) + " (N = " + std::to_string(N) + ", split_k = " +
