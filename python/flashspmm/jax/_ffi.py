@@ -112,7 +112,7 @@ def _register():
     for target, kind in ((LINEAR, "linear"), (DECOMPRESS, "decompress")):
         jax.ffi.register_ffi_target(target, _handler_capsule(f"{kind}_cpu"), platform="cpu", api_version=1)
         # JAX keeps a CUDA registration until a CUDA backend appears, so this is safe without a GPU too
-        jax.ffi.register_ffi_target(target, _handler_capsule(f"{kind}_cuda"), platform="cuda", api_version=1)
+        jax.ffi.register_ffi_target(target, _handler_capsule(f"{kind}_cuda"), platform="CUDA", api_version=1)
 
 
 _register()
