@@ -22,14 +22,15 @@ TARGET_SHAPES = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192)]
 TARGETS = {50: (1.3, 1.2, 1.0), 70: (1.9, 1.7, 1.3), 80: (2.5, 2.2, 1.5), 90: (3.5, 2.8, 1.7)}
 
 
-# Projection shapes (out x in features) of whole models, for --models: q/o, k/v (grouped-query attention),
-# gate/up and down.
-MODEL_SHAPES = {
-    "llama2-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
-    "llama2-13b": [(5120, 5120), (13824, 5120), (5120, 13824)],
-    "llama3-8b": [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)],
-    "llama2-70b": [(8192, 8192), (1024, 8192), (28672, 8192), (8192, 28672)],
+# Projection shapes (out x in features) of one decoder layer of whole models, with how many of each the layer
+# has (q/o, k/v under grouped-query attention, gate/up, down), for --models and its time-weighted summary.
+MODEL_LAYERS = {
+    "llama2-7b": {(4096, 4096): 4, (11008, 4096): 2, (4096, 11008): 1},
+    "llama2-13b": {(5120, 5120): 4, (13824, 5120): 2, (5120, 13824): 1},
+    "llama3-8b": {(4096, 4096): 2, (1024, 4096): 2, (14336, 4096): 2, (4096, 14336): 1},
+    "llama2-70b": {(8192, 8192): 2, (1024, 8192): 2, (28672, 8192): 2, (8192, 28672): 1},
 }
+MODEL_SHAPES = {name: sorted(layer) for name, layer in MODEL_LAYERS.items()}
 
 
 def _variant(fmt):
@@ -181,6 +182,8 @@ def run(args):
             writer.writeheader()
             writer.writerows(rows)
     summarize(rows, card)
+    if getattr(args, "models", None):
+        summarize_models(rows, args.models, card)
     if args.png:
         plot(rows, args.png, card)
     return 0
@@ -206,6 +209,30 @@ def summarize(rows, card):
                 mark = "" if tgt is None or not sel else (" ok" if g >= tgt else f" <{tgt}")
                 cells.append(f"{g:>8.2f}{mark:<6}" if sel else f"{'-':>14}")
             print(f"{'':>9}  {sp:>3}  " + "  ".join(cells))
+
+
+def summarize_models(rows, models, card):
+    """Time-weighted speedup over cuBLAS of one decoder layer's projections per model: the sum of cuBLAS times
+    over the layer's matrices divided by the sum of flashspmm's (the best format measured for each matrix), as a
+    whole model's decode step would see it, per sparsity and N; and the slowest projection against cuBLAS."""
+    print(f"\n# one decoder layer's projections, time-weighted speedup over cuBLAS, best format per matrix ({card})")
+    print(f"{'model':>11} {'sp%':>4} {'N':>4} {'speedup':>8} {'slowest projection':>28}")
+    for model in models:
+        layer = MODEL_LAYERS[model]
+        for sp in sorted({r["sparsity"] for r in rows}):
+            for n in sorted({r["N"] for r in rows}):
+                dense = sparse = 0.0
+                slowest = (float("inf"), None)
+                for shape, count in layer.items():
+                    sel = [r for r in rows if (r["M"], r["K"]) == shape and r["sparsity"] == sp and r["N"] == n]
+                    if not sel:
+                        break
+                    best = min(sel, key=lambda r: r["us"])
+                    dense += count * best["cublas_us"]
+                    sparse += count * best["us"]
+                    slowest = min(slowest, (best["speedup"], f"{shape[0]}x{shape[1]} {best['format']}"))
+                else:
+                    print(f"{model:>11} {sp:>4} {n:>4} {dense / sparse:>8.2f} {slowest[1]:>22} {slowest[0]:>5.2f}")
 
 
 def plot(rows, path, card):
