@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["TensorEntry", "write_safetensors", "SafetensorsFile", "DTYPES", "dtype_name", "SafetensorsError",
+__all__ = ["TensorEntry", "SafetensorsWriter", "write_safetensors", "SafetensorsFile", "DTYPES", "dtype_name", "SafetensorsError",
            "tensor_bytes"]
 
 # safetensors dtype name -> (torch dtype or None when this torch lacks it, bytes per element)
@@ -79,47 +79,112 @@ class TensorEntry:
         return count * DTYPES[self.dtype][1]
 
 
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, also when some sizes are only known once a tensor is made.
+
+    ``plan`` lists every tensor in file order as (name, dtype, shape, max_nbytes): a known shape, or ``None`` for
+    a 1-D tensor whose size (at most ``max_nbytes``) is learnt from the data given to :meth:`write` (a blob
+    compressed on the fly). The header is written last, into room reserved at the start of the file for the
+    largest header the plan allows (``metadata_room``: metadata whose values are at least as long as the real
+    ones); the real header is padded with spaces to that room, which the format allows. The data therefore
+    starts 64-byte aligned and is written once, front to back, one tensor in memory at a time.
+    """
+
+    def __init__(self, path: str, plan: Sequence[Tuple[str, str, Optional[Tuple[int, ...]], int]],
+                 metadata_room: Optional[Dict[str, str]] = None):
+        self.path = path
+        self.plan = list(plan)
+        names = [p[0] for p in self.plan]
+        if len(set(names)) != len(names) or "__metadata__" in names:
+            raise ValueError("tensor names must be unique and not '__metadata__'")
+        for name, dtype, shape, _ in self.plan:
+            if dtype not in DTYPES:
+                raise TypeError(f"unknown safetensors dtype {dtype!r} for {name}")
+        bound = sum(int(p[3]) for p in self.plan)
+        worst = {name: {"dtype": dtype, "shape": list(shape) if shape is not None else [bound],
+                        "data_offsets": [bound, bound]} for name, dtype, shape, _ in self.plan}
+        self.room = len(self._header_bytes(worst, metadata_room))
+        self.room += -(8 + self.room) % _ALIGN
+        self._file = open(path, "wb")
+        self._file.seek(8 + self.room)
+        self._next = 0
+        self._offset = 0
+        self._entries: Dict[str, Dict[str, object]] = {}
+
+    @staticmethod
+    def _header_bytes(entries: Dict[str, Dict[str, object]], metadata: Optional[Dict[str, str]]) -> bytes:
+        header: Dict[str, object] = {}
+        if metadata:
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+                raise TypeError("safetensors metadata must map strings to strings")
+            header["__metadata__"] = dict(metadata)
+        header.update(entries)
+        return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+    def write(self, name: str, data: np.ndarray) -> int:
+        """Write the next tensor of the plan (its bytes, C order); returns its size in bytes."""
+        if self._next >= len(self.plan) or self.plan[self._next][0] != name:
+            expected = self.plan[self._next][0] if self._next < len(self.plan) else None
+            raise ValueError(f"tensor {name!r} written out of plan order (expected {expected!r})")
+        _, dtype, shape, max_nbytes = self.plan[self._next]
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        if shape is None:
+            if data.size > max_nbytes:
+                raise ValueError(f"{name}: {data.size} bytes, more than the {max_nbytes} planned")
+            shape = (data.size // DTYPES[dtype][1],)
+        count = 1
+        for n in shape:
+            count *= int(n)
+        if data.size != count * DTYPES[dtype][1]:
+            raise ValueError(f"{name}: got {data.size} bytes, dtype {dtype} and shape {tuple(shape)} need "
+                             f"{count * DTYPES[dtype][1]}")
+        self._file.write(memoryview(data))
+        self._entries[name] = {"dtype": dtype, "shape": [int(n) for n in shape],
+                               "data_offsets": [self._offset, self._offset + data.size]}
+        self._offset += data.size
+        self._next += 1
+        return data.size
+
+    def close(self, metadata: Optional[Dict[str, str]] = None) -> int:
+        """Write the header (after every planned tensor); returns the file size."""
+        try:
+            if self._next != len(self.plan):
+                raise ValueError(f"{len(self.plan) - self._next} planned tensor(s) were not written")
+            text = self._header_bytes(self._entries, metadata)
+            if len(text) > self.room:
+                raise ValueError("the header outgrew the room reserved for it (metadata_room too small)")
+            text += b" " * (self.room - len(text))
+            size = self._file.tell()
+            self._file.seek(0)
+            self._file.write(len(text).to_bytes(8, "little"))
+            self._file.write(text)
+        finally:
+            self._file.close()
+        return size
+
+    def abort(self) -> None:
+        """Close without a header (the caller removes the file)."""
+        self._file.close()
+
+
 def write_safetensors(path: str, entries: Sequence[TensorEntry], metadata: Optional[Dict[str, str]] = None,
                       *, progress: Optional[Callable[[int], None]] = None) -> int:
-    """Write ``entries`` to ``path`` in this order, one tensor in memory at a time; returns the file size.
+    """Write ``entries`` (sizes known) to ``path`` in this order, one tensor in memory at a time; returns the size.
 
-    The header is padded with spaces so the data starts 64-byte aligned: a writer that puts tensors of larger
-    elements first (as :func:`flashspmm.torch.save_sparse` does) gets every tensor naturally aligned.
+    Tensors of larger elements first keep every tensor naturally aligned (the data starts 64-byte aligned).
     ``progress(nbytes)`` is called after each tensor. Written straight to ``path``: callers that must leave no
     partial file write to a temporary name and rename it.
     """
-    header: Dict[str, object] = {}
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError("safetensors metadata must map strings to strings")
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    seen = set()
-    for e in entries:
-        if e.name in seen or e.name == "__metadata__":
-            raise ValueError(f"tensor name {e.name!r} is used twice (or reserved)")
-        if e.dtype not in DTYPES:
-            raise TypeError(f"unknown safetensors dtype {e.dtype!r} for {e.name}")
-        seen.add(e.name)
-        header[e.name] = {"dtype": e.dtype, "shape": [int(n) for n in e.shape],
-                          "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-(8 + len(text)) % _ALIGN)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
+    writer = SafetensorsWriter(path, [(e.name, e.dtype, tuple(e.shape), e.nbytes) for e in entries], metadata)
+    try:
         for e in entries:
-            data = e.data()
-            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-            if data.size != e.nbytes:
-                raise ValueError(f"{e.name}: got {data.size} bytes, the header says {e.nbytes}")
-            f.write(memoryview(data))
+            n = writer.write(e.name, e.data())
             if progress is not None:
-                progress(e.nbytes)
-            del data
-        size = f.tell()
-    return size
+                progress(n)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(metadata)
 
 
 @dataclass
