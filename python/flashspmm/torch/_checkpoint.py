@@ -387,13 +387,24 @@ def _materialize_buffers(model: nn.Module, device: torch.device) -> List[str]:
     return failed
 
 
-def _replace_layer(model: nn.Module, name: str, module: nn.Module) -> None:
+def _replace_layer(model: nn.Module, name: str, module: nn.Module, shape=None) -> None:
+    """parent.child = module; with ``shape`` (out, in), the old child must be a Linear of that shape."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
+    if shape is not None:
+        old = getattr(parent, child)
+        if isinstance(old, nn.Linear):
+            if (old.out_features, old.in_features) != tuple(shape):
+                raise ValueError(f"{name} is a Linear({old.in_features} -> {old.out_features}) in the model but "
+                                 f"{shape[1]} -> {shape[0]} in the checkpoint")
+        elif not isinstance(old, (SparseLinear, SparseLinearSlice)):
+            raise TypeError(f"{name} is a {type(old).__name__} in the model, not an nn.Linear: the checkpoint's "
+                            f"matrix [out, in] cannot replace it")
     setattr(parent, child, module)
 
 
-def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, format: str = "auto") -> nn.Module:
+def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fuse: bool = True,
+                format: str = "auto") -> nn.Module:
     """Load a checkpoint written by :func:`save_sparse` (or a compressed-tensors sparse-bitmask one) into ``model``.
 
     ``model`` is the dense architecture (e.g. built from its config, on the meta device to allocate nothing);
@@ -401,7 +412,9 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, for
     tensor is assigned to its parameter or buffer. Tensors are read lazily from memory-mapped files and go to
     ``device`` (default: the model's device, the CPU for a meta model) one at a time; every blob is validated in
     full on the host before it is used or uploaded. ``strict``: a tensor of the checkpoint with no place in the
-    model, or a model tensor the checkpoint does not provide, is an error. Returns ``model``.
+    model, or a model tensor the checkpoint does not provide, is an error. ``fuse``: sibling layers stored
+    separately (as the command line writes them) are fused afterwards (:func:`flashspmm.torch.fuse_sparse`,
+    exact). ``format`` is used for matrices compressed here (sparse-bitmask imports, fusion). Returns ``model``.
     """
     ckpt = path if isinstance(path, Checkpoint) else Checkpoint(path)
     device = torch.device(device) if device is not None else _default_device(model)
@@ -425,14 +438,15 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, for
                                        f"{record['shape']}")
             used.update(x for x in (record["blob"], record.get("bias")) if x)
             if parts is None:
-                _replace_layer(model, name, SparseLinear._from_matrix(W, blob, bias))
+                _replace_layer(model, name, SparseLinear._from_matrix(W, blob, bias), W.shape)
             else:
                 names = [c for c, _ in parts]
                 fused = FusedSparseLinear._from_matrix_parts(W, blob, bias, [s for _, s in parts], names)
-                _replace_layer(model, name, fused)
                 parent_name = name.rpartition(".")[0]
-                for index, child in enumerate(names):
-                    _replace_layer(model, f"{parent_name}.{child}".lstrip("."), SparseLinearSlice(fused, index))
+                for index, (child, rows) in enumerate(parts):
+                    _replace_layer(model, f"{parent_name}.{child}".lstrip("."), SparseLinearSlice(fused, index),
+                                   (rows, W.shape[1]))
+                _replace_layer(model, name, fused)
             del W, blob, bias
         for prefix in _bitmask_prefixes(ckpt):
             if prefix not in modules:
@@ -442,7 +456,7 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, for
             bias = ckpt.tensor(bias_name, device).clone() if bias_name in ckpt.where else None
             layer = SparseLinear.from_dense(dense, bias, format=format)
             del dense
-            _replace_layer(model, prefix, layer)
+            _replace_layer(model, prefix, layer, (layer.out_features, layer.in_features))
             used.update(f"{prefix}.{p}" for p in _BITMASK_PARTS)
             if bias is not None:
                 used.add(bias_name)
@@ -470,6 +484,10 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, for
                 elif leaf in dst._buffers:
                     dst._buffers[leaf] = loaded[target]
                 loaded[alias] = loaded[target]
+    if fuse:
+        from ._sparsify import fuse_sparse
+
+        fuse_sparse(model, format=format)
     tie = getattr(model, "tie_weights", None)
     if callable(tie):
         try:
@@ -493,9 +511,10 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, for
     return model
 
 
-def from_pretrained(path, *, device="cpu", model_class=None, strict: bool = True):
+def from_pretrained(path, *, device="cpu", model_class=None, strict: bool = True, fuse: bool = True):
     """Build a transformers model from the ``config.json`` in ``path`` without allocating its dense weights (on
-    the meta device), then :func:`load_sparse` the checkpoint in ``path`` into it on ``device``; eval mode."""
+    the meta device), then :func:`load_sparse` the checkpoint in ``path`` into it on ``device``; eval mode.
+    ``model_class`` defaults to ``transformers.AutoModelForCausalLM``."""
     try:
         import transformers
     except ImportError:
@@ -504,5 +523,5 @@ def from_pretrained(path, *, device="cpu", model_class=None, strict: bool = True
     cls = model_class or transformers.AutoModelForCausalLM
     with torch.device("meta"):
         model = cls.from_config(config)
-    load_sparse(model, path, device=device, strict=strict)
+    load_sparse(model, path, device=device, strict=strict, fuse=fuse)
     return model.eval()

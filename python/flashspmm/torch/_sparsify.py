@@ -14,7 +14,7 @@ from .. import compress, prune
 from . import _compat
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, blob_tensor
 
-__all__ = ["sparsify", "prune_weight", "wanda_prune", "collect_input_norms", "LayerReport", "SparsifyReport",
+__all__ = ["sparsify", "fuse_sparse", "prune_weight", "wanda_prune", "collect_input_norms", "LayerReport", "SparsifyReport",
            "DEFAULT_FUSE_GROUPS", "select_linears"]
 
 # Children of one parent module that read the same input in the models' code: (names, name of the fused module).
@@ -388,3 +388,48 @@ def sparsify(model: nn.Module, sparsity: float, *, method: str = "magnitude", in
                                       bytes_before=dense_bytes, bytes_after=W.nbytes))
             del members, biases, bias, blob, W, linear
     return report
+
+
+def fuse_sparse(model: nn.Module, fuse: Union[bool, Sequence[Sequence[str]]] = True, *,
+                format: str = "auto") -> int:
+    """Fuse sibling SparseLinear layers of one parent (q/k/v, gate/up, ...) into FusedSparseLinear modules.
+
+    For checkpoints whose layers were compressed one by one (the command line converts tensor by tensor): each
+    group is decompressed on its device, stacked and compressed again, which is exact (the same values, one
+    matrix). Groups whose members differ in in_features, dtype or device are left alone. Returns the number of
+    groups fused.
+    """
+    groups = _fuse_groups(fuse)
+    fused_count = 0
+    for parent_name, parent in list(model.named_modules()):
+        for names, fused_name in groups:
+            members = [getattr(parent, n, None) for n in names]
+            if not all(type(m) is SparseLinear for m in members):
+                continue
+            first = members[0]
+            if not all(m.in_features == first.in_features and m.dtype == first.dtype and m.device == first.device
+                       for m in members):
+                continue
+            with torch.no_grad():
+                weight = torch.cat([m.to_dense() for m in members], dim=0)
+                bias = None
+                if any(m.bias is not None for m in members):
+                    bias = torch.cat([m.bias.detach() if m.bias is not None else
+                                      torch.zeros(m.out_features, dtype=m.dtype, device=m.device) for m in members])
+                W = compress(weight, format=format)
+                del weight
+                blob = blob_tensor(W)
+                if blob.device != first.device:
+                    blob = blob.to(first.device)
+                if blob.device.type != "cuda" or blob.data_ptr() != W.data_ptr:
+                    W = _compat.from_array(blob)
+            fused = FusedSparseLinear._from_matrix_parts(W, blob, bias, [m.out_features for m in members], names)
+            attr = fused_name
+            while hasattr(parent, attr):
+                attr += "_"
+            setattr(parent, attr, fused)
+            for index, child in enumerate(names):
+                setattr(parent, child, SparseLinearSlice(fused, index))
+            fused_count += 1
+            del members, first, fused, W, blob, bias
+    return fused_count
