@@ -342,24 +342,23 @@ def _default_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> bool:
-    """Put ``value`` in the model's parameter or buffer ``name`` (a new object: works on meta skeletons too)."""
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor):
+    """Put ``value`` in the model's parameter or buffer ``name`` (a new object: works on meta skeletons too);
+    returns what the model now holds, or None when the model has no such tensor."""
     module_name, _, leaf = name.rpartition(".")
     try:
         module = model.get_submodule(module_name)
     except AttributeError:
-        return False
-    if leaf in module._parameters and module._parameters[leaf] is not None:
+        return None
+    if leaf in module._parameters:
         old = module._parameters[leaf]
-        module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad and value.is_floating_point())
-        return True
-    if leaf in module._parameters:  # registered as None: load it anyway
-        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-        return True
+        grad = old is not None and old.requires_grad and value.is_floating_point()
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=grad)
+        return module._parameters[leaf]
     if leaf in module._buffers:
         module._buffers[leaf] = value
-        return True
-    return False
+        return value
+    return None
 
 
 def _materialize_buffers(model: nn.Module, device: torch.device) -> List[str]:
@@ -469,25 +468,20 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
             value = ckpt.tensor(name, device)
             if value.device.type == "cpu":
                 value = value.clone()  # own memory, not the file's map
-            if _set_tensor(model, name, value):
-                loaded[name] = value
+            held = _set_tensor(model, name, value)
+            if held is not None:
+                loaded[name] = held
             else:
                 unexpected.append(name)
         for alias, target in ckpt.aliases.items():
             if target in loaded:
                 module_name, _, leaf = alias.rpartition(".")
-                source_module, _, source_leaf = target.rpartition(".")
-                src = model.get_submodule(source_module)
                 dst = model.get_submodule(module_name)
-                if source_leaf in src._parameters and leaf in dst._parameters:
-                    dst._parameters[leaf] = src._parameters[source_leaf]
+                if leaf in dst._parameters and isinstance(loaded[target], nn.Parameter):
+                    dst._parameters[leaf] = loaded[target]
                 elif leaf in dst._buffers:
                     dst._buffers[leaf] = loaded[target]
                 loaded[alias] = loaded[target]
-    if fuse:
-        from ._sparsify import fuse_sparse
-
-        fuse_sparse(model, format=format)
     tie = getattr(model, "tie_weights", None)
     if callable(tie):
         try:
@@ -495,9 +489,19 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
         except TypeError:
             pass
     failed = _materialize_buffers(model, device)
+    # what the model holds now and the checkpoint did not provide (checked before fusion renames layers)
+    provided = {id(m.blob) for m in model.modules() if isinstance(m, SparseLinear)}
+    provided |= {id(m.bias) for m in model.modules() if isinstance(m, SparseLinear) and m.bias is not None}
+    provided |= {id(t) for t in loaded.values()}
+    persistent = model.state_dict(keep_vars=True)
+    missing = [n for n, t in persistent.items() if id(t) not in provided and n not in used and n not in loaded]
+    missing += [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                if t.device.type == "meta" and n not in missing]
+    if fuse:
+        from ._sparsify import fuse_sparse
+
+        fuse_sparse(model, format=format)
     if strict:
-        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                   if t.device.type == "meta"]
         problems = []
         if unexpected:
             problems.append(f"{len(unexpected)} tensor(s) of the checkpoint have no place in the model, e.g. "
