@@ -239,6 +239,7 @@ class Decoder:
         prefill_mask = (keys[None, :] <= positions[:, None]).expand(batch, 1, prompt, cache_len).contiguous()
         with torch.no_grad():
             out = self._forward(ids, positions.expand(batch, prompt), positions, prefill_mask, keep=1)
+        self.prompt_ids = ids
         self.ids = out.logits[:, -1:].argmax(-1)                                  # [B, 1]
         self.position = torch.full((batch, 1), prompt, dtype=torch.long, device=self.device)
         self.cache_position = torch.full((1,), prompt, dtype=torch.long, device=self.device)
