@@ -65,7 +65,8 @@ def test_save_load_round_trip(tmp_path, family, shards):
     blob = stored["model.layers.0.self_attn.qkv_proj.blob" if family == "llama" else
                   "model.decoder.layers.0.self_attn.qkv_proj.blob"]
     assert blob.dtype == torch.uint8
-    assert flashspmm.SparseMatrix.from_blob(blob.numpy().tobytes()).shape == ((192, 64) if family == "opt" else (128, 64))
+    expected = (192, 64) if family == "opt" else (128, 64)
+    assert flashspmm.SparseMatrix.from_blob(blob.numpy().tobytes()).shape == expected
 
     # into a skeleton on the meta device (no dense weights allocated) ...
     skeleton = meta_model(family, tie=(family == "opt"))

@@ -248,6 +248,7 @@ class Decoder:
         self.cache_len = cache_len
         self.logits = None
         self.graph = None
+        self.history = []  # tokens fed by the warm-up steps of capture()
 
     def _forward(self, ids, position_ids, cache_position, mask, keep=None):
         kwargs = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask, self.cache_key: self.cache,
@@ -260,7 +261,6 @@ class Decoder:
 
     def step(self):
         """One decode step for every sequence (device tensors only)."""
-        torch = self.torch
         self.mask.index_fill_(3, self.cache_position, True)
         out = self._forward(self.ids, self.position, self.cache_position, self.mask)
         self.ids.copy_(out.logits[:, -1:].argmax(-1))
@@ -276,6 +276,7 @@ class Decoder:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), torch.no_grad():
             for _ in range(warmup):
+                self.history.append(self.ids.clone())
                 self.step()
                 self.pos += 1
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -391,9 +392,9 @@ def _kv_bytes(config, batch: int, cache_len: int) -> int:
 
 
 def _dense_bytes(config) -> int:
-    H, I, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    H, inter, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     kv = config.num_key_value_heads * (H // config.num_attention_heads)
-    per_layer = H * (H + 2 * kv) + H * H + 3 * H * I + 2 * H
+    per_layer = H * (H + 2 * kv) + H * H + 3 * H * inter + 2 * H
     return 2 * (L * per_layer + 2 * V * H + H)
 
 
@@ -405,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"bench-model needs torch and transformers ({exc.name} is missing)", file=sys.stderr)
         return 2
-    import flashspmm.torch as fst
+    import flashspmm.torch  # noqa: F401  (registers the op before anything is traced or captured)
 
     if args.quick:
         args.layers = 2 if args.layers is None else args.layers
@@ -443,98 +444,99 @@ def run(args: argparse.Namespace) -> int:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     for model_name in models:
         config = make_config(model_name, args.layers)
-        L = config.num_hidden_layers
-        dense_fits = free is None or _dense_bytes(config) + _kv_bytes(config, max(args.batch), cache_len) \
-            < 0.9 * free
+        dense_fits = free is None or \
+            _dense_bytes(config) + _kv_bytes(config, max(args.batch), cache_len) < 0.9 * free
         dense_ms: Dict[tuple, float] = {}
-        base = dict(model=model_name, layers=L, prompt=args.prompt, cache_len=cache_len)
-        variants = [None] + list(args.sparsity)
-        for sparsity in variants:
+        base = dict(model=model_name, layers=config.num_hidden_layers, prompt=args.prompt, cache_len=cache_len)
+        for sparsity in [None] + list(args.sparsity):
             variant = "dense" if sparsity is None else f"sparse{round(sparsity * 100)}"
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            check = ""
-            ksp_weights = {}
+            empty = dict(base, variant=variant, sparsity=sparsity or 0.0, batch="", mode="", ms_per_step="",
+                         tokens_per_s="", speedup="", kernel_speedup="", weight_gb="", peak_gb="",
+                         check_rel_err="", status="")
+            if sparsity is None and not dense_fits:
+                emit(dict(empty, weight_gb=_dense_bytes(config) / 1e9,
+                          status=f"does not fit ({_dense_bytes(config) / 1e9:.0f} GB of dense weights, "
+                                 f"{free / 1e9:.0f} GB free)"))
+                continue
             try:
-                if sparsity is None and not dense_fits:
-                    for batch in args.batch:
-                        for mode in modes:
-                            emit(dict(base, variant=variant, sparsity=0.0, batch=batch, mode=mode, ms_per_step="",
-                                      tokens_per_s="", speedup="", kernel_speedup="",
-                                      weight_gb=_dense_bytes(config) / 1e9, peak_gb="", check_rel_err="",
-                                      status=f"does not fit ({_dense_bytes(config) / 1e9:.0f} GB of dense weights, "
-                                             f"{free / 1e9:.0f} GB free)"))
-                    continue
-                if sparsity is None:
-                    model, _ = build_model(config, device, seed=args.seed, progress=progress)
-                elif dense_fits:
-                    model, _ = build_model(config, device, seed=args.seed, sparsity=sparsity, progress=progress)
-                    reference = None if args.no_check else check_logits(model, device)
-                    if device.type == "cuda" and "graph" in modes:  # the first layers' pruned weights, for kernels
-                        for name, m in model.named_modules():
-                            if isinstance(m, torch.nn.Linear) and ".layers." in name and \
-                                    int(name.split(".layers.")[1].split(".")[0]) < 4:
-                                ksp_weights[name] = m.weight
-                    fst.sparsify(model, sparsity, format=args.format, progress=progress)
-                    if ksp_weights:  # keyed like the fused modules: q/k/v and gate/up stacked as in the model
-                        ksp_weights = _stack_like(model, ksp_weights)
-                    check = "" if reference is None else logits_check(model, reference)
-                    del reference
-                else:
-                    model, check = build_model(config, device, seed=args.seed, sparsity=sparsity,
-                                               compress_layers=True, format=args.format, progress=progress,
-                                               check_first=not args.no_check)
-                    check = "" if check is None else check
-                wbytes = weight_bytes(model)
-                check_ok = check == "" or check <= CHECK_TOL
-                for batch in args.batch:
-                    if free is not None and _kv_bytes(config, batch, cache_len) > 0.9 * torch.cuda.mem_get_info(device)[0]:
-                        emit(dict(base, variant=variant, sparsity=sparsity or 0.0, batch=batch, mode="-",
-                                  ms_per_step="", tokens_per_s="", speedup="", kernel_speedup="",
-                                  weight_gb=wbytes / 1e9, peak_gb="", check_rel_err=check,
-                                  status="KV cache does not fit"))
-                        continue
-                    ksp = ""
-                    if ksp_weights and "graph" in modes:
-                        ksp = kernel_speedup(model, ksp_weights, batch, device)
-                    for mode in modes:
-                        decoder = Decoder(model, batch, args.prompt, cache_len, device, seed=args.seed)
-                        if mode == "graph":
-                            decoder.capture()
-                        else:
-                            decoder.run(2)  # warm-up
-                        steps = min(args.steps, cache_len - decoder.pos)
-                        seconds = decoder.run(steps)
-                        ms = seconds / steps * 1e3
-                        key = (batch, mode)
-                        if sparsity is None:
-                            dense_ms[key] = ms
-                        speedup = dense_ms[key] / ms if key in dense_ms else ""
-                        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else ""
-                        status = "ok" if check_ok else f"CHECK FAILED (> {CHECK_TOL})"
-                        emit(dict(base, variant=variant, sparsity=sparsity or 0.0, batch=batch, mode=mode,
-                                  ms_per_step=ms, tokens_per_s=batch * steps / seconds, speedup=speedup,
-                                  kernel_speedup=ksp if mode == "graph" else "", weight_gb=wbytes / 1e9,
-                                  peak_gb=peak, check_rel_err=check, status=status))
-                        del decoder
-                if not check_ok:
-                    failures += 1
-                del model
-            except torch.cuda.OutOfMemoryError as exc:
-                failures += sparsity is not None
-                emit(dict(base, variant=variant, sparsity=sparsity or 0.0, batch="", mode="", ms_per_step="",
-                          tokens_per_s="", speedup="", kernel_speedup="", weight_gb=0.0, peak_gb="",
-                          check_rel_err="", status=f"out of memory: {str(exc).splitlines()[0][:80]}"))
+                ok = _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len, free, dense_ms,
+                                    lambda **kw: emit(dict(empty, **kw)), progress)
+                failures += not ok
+            except Exception as exc:  # one failing variant must not cost the rest of the run
+                failures += 1
+                import traceback
+
+                traceback.print_exc()
+                oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+                text = str(exc).splitlines()[0][:100] if str(exc) else ""
+                emit(dict(empty, status=("out of memory: " if oom else f"error: {type(exc).__name__}: ") + text))
             finally:
-                ksp_weights = {}
-                model = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     _write_csv(args.csv, rows)
     _plot(args.png, rows)
     print(f"wrote {args.csv}" + (f" and {args.png}" if args.png and _has_matplotlib() else ""))
     return 1 if failures else 0
+
+
+def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len, free, dense_ms, emit,
+                   progress) -> bool:
+    """Build one variant (dense, or sparse at ``sparsity``), check it and time it at every batch size; False when
+    the logits check failed. Rows go to ``emit``; the model is freed when this returns."""
+    import torch
+
+    import flashspmm.torch as fst
+
+    check = ""
+    ksp_weights: Dict[str, object] = {}
+    if sparsity is None:
+        model, _ = build_model(config, device, seed=args.seed, progress=progress)
+    elif dense_fits:
+        model, _ = build_model(config, device, seed=args.seed, sparsity=sparsity, progress=progress)
+        reference = None if args.no_check else check_logits(model, device)
+        if device.type == "cuda" and "graph" in modes:  # the first layers' pruned weights, for kernel timings
+            for name, m in model.named_modules():
+                if isinstance(m, torch.nn.Linear) and ".layers." in name and \
+                        int(name.split(".layers.")[1].split(".")[0]) < 4:
+                    ksp_weights[name] = m.weight
+        fst.sparsify(model, sparsity, format=args.format, progress=progress)
+        if ksp_weights:  # keyed like the sparse modules: q/k/v and gate/up stacked as in the fused matrices
+            ksp_weights = _stack_like(model, ksp_weights)
+        check = "" if reference is None else logits_check(model, reference)
+        del reference
+    else:
+        model, worst = build_model(config, device, seed=args.seed, sparsity=sparsity, compress_layers=True,
+                                   format=args.format, progress=progress, check_first=not args.no_check)
+        check = "" if worst is None else worst
+    wbytes = weight_bytes(model)
+    check_ok = check == "" or check <= CHECK_TOL
+    status = "ok" if check_ok else f"CHECK FAILED (> {CHECK_TOL})"
+    for batch in args.batch:
+        if free is not None and _kv_bytes(config, batch, cache_len) > 0.9 * torch.cuda.mem_get_info(device)[0]:
+            emit(batch=batch, weight_gb=wbytes / 1e9, check_rel_err=check, status="KV cache does not fit")
+            continue
+        ksp = kernel_speedup(model, ksp_weights, batch, device) if ksp_weights and "graph" in modes else ""
+        for mode in modes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            decoder = Decoder(model, batch, args.prompt, cache_len, device, seed=args.seed)
+            if mode == "graph":
+                decoder.capture()
+            else:
+                decoder.run(2)  # warm-up
+            steps = min(args.steps, cache_len - decoder.pos)
+            seconds = decoder.run(steps)
+            ms = seconds / steps * 1e3
+            key = (batch, mode)
+            if sparsity is None:
+                dense_ms[key] = ms
+            peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else ""
+            emit(batch=batch, mode=mode, ms_per_step=ms, tokens_per_s=batch * steps / seconds,
+                 speedup=dense_ms[key] / ms if key in dense_ms else "",
+                 kernel_speedup=ksp if mode == "graph" else "", weight_gb=wbytes / 1e9, peak_gb=peak,
+                 check_rel_err=check, status=status)
+            del decoder
+    return check_ok
 
 
 def _num(value, spec: str, suffix: str = "") -> str:

@@ -23,8 +23,8 @@ from ._ops import register_matrix as register
 from ._sparsify import (DEFAULT_FUSE_GROUPS, LayerReport, SparsifyReport, collect_input_norms, fuse_sparse,
                         prune_weight, select_linears, sparsify, wanda_prune)
 
-__all__ = ["SparseLinear", "FusedSparseLinear", "SparseLinearSlice", "sparsify", "fuse_sparse", "SparsifyReport", "LayerReport",
-           "select_linears", "prune_weight", "wanda_prune", "collect_input_norms", "DEFAULT_FUSE_GROUPS",
+__all__ = ["SparseLinear", "FusedSparseLinear", "SparseLinearSlice", "sparsify", "fuse_sparse", "SparsifyReport",
+           "LayerReport", "select_linears", "prune_weight", "wanda_prune", "collect_input_norms", "DEFAULT_FUSE_GROUPS",
            "save_sparse", "load_sparse", "from_pretrained", "read_sparse_bitmask", "register", "linear"]
 
 

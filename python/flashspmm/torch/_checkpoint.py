@@ -30,9 +30,8 @@ from torch import nn
 from .. import compress
 from .._matrix import SparseMatrix
 from . import _compat
-from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, blob_tensor
-from ._safetensors import DTYPES, SafetensorsError, SafetensorsFile, TensorEntry, dtype_name, tensor_bytes, \
-    write_safetensors
+from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice
+from ._safetensors import SafetensorsError, SafetensorsFile, TensorEntry, dtype_name, tensor_bytes, write_safetensors
 
 __all__ = ["save_sparse", "load_sparse", "from_pretrained", "read_sparse_bitmask", "open_checkpoint",
            "INDEX_NAME", "SINGLE_NAME"]
@@ -109,13 +108,10 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
             stored[key] = name
         tensors.append((name, t))
     blob_names = {r["blob"] for r in layers.values()}
-    order = sorted(range(len(tensors)), key=lambda i: (tensors[i][0] not in blob_names,
-                                                       -tensors[i][1].element_size(), i))
-    entries = []
-    for i in order:
-        name, t = tensors[i]
-        entries.append(TensorEntry(name, dtype_name(t.dtype), tuple(t.shape), (lambda t=t: tensor_bytes(t))))
-    del tensors, state
+    ranked = sorted(enumerate(tensors), key=lambda e: (e[1][0] not in blob_names, -e[1][1].element_size(), e[0]))
+    entries = [TensorEntry(name, dtype_name(t.dtype), tuple(t.shape), (lambda t=t: tensor_bytes(t)))
+               for _, (name, t) in ranked]
+    del tensors, ranked, state
 
     shards: List[List[TensorEntry]] = [[]]
     size = 0
@@ -327,7 +323,7 @@ def _blob_on(ckpt: Checkpoint, name: str, device: torch.device) -> Tuple[SparseM
     if info.dtype != "U8" or len(info.shape) != 1:
         raise SafetensorsError(f"{name} must be a 1-D U8 tensor (a flashspmm blob), got {info.dtype} {info.shape}")
     host = ckpt.tensor(name)
-    W = _compat.from_array(host)  # full validation: header, offsets, tiles, checksums
+    _compat.from_array(host)  # full validation on the host: header, offsets, tiles, checksums
     if device.type == "cpu":
         blob = host.clone()  # own memory, not the file's map
         return _compat.from_array(blob), blob

@@ -22,8 +22,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["TensorEntry", "SafetensorsWriter", "write_safetensors", "SafetensorsFile", "DTYPES", "dtype_name", "SafetensorsError",
-           "tensor_bytes"]
+__all__ = ["TensorEntry", "SafetensorsWriter", "write_safetensors", "SafetensorsFile", "DTYPES", "dtype_name",
+           "SafetensorsError", "tensor_bytes"]
 
 # safetensors dtype name -> (torch dtype or None when this torch lacks it, bytes per element)
 DTYPES: Dict[str, Tuple[Optional[torch.dtype], int]] = {

@@ -14,8 +14,8 @@ from .. import compress, prune
 from . import _compat
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, blob_tensor
 
-__all__ = ["sparsify", "fuse_sparse", "prune_weight", "wanda_prune", "collect_input_norms", "LayerReport", "SparsifyReport",
-           "DEFAULT_FUSE_GROUPS", "select_linears"]
+__all__ = ["sparsify", "fuse_sparse", "prune_weight", "wanda_prune", "collect_input_norms", "LayerReport",
+           "SparsifyReport", "DEFAULT_FUSE_GROUPS", "select_linears"]
 
 # Children of one parent module that read the same input in the models' code: (names, name of the fused module).
 DEFAULT_FUSE_GROUPS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
