@@ -181,6 +181,21 @@ def test_dtype_changes_are_refused_device_moves_kept():
         seq.float()
 
 
+def test_meta_device_skeleton():
+    seed_torch()
+    m = fst.SparseLinear.from_dense(random_pruned(32, 64, 0.5), torch.randn(32).half())
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(2, 64).half()
+    with torch.no_grad():
+        ref = m(x)
+        m.to("meta")
+        assert m.matrix is None and m.blob.is_meta
+        assert m(x.to("meta")).shape == (2, 32)  # the fake implementation answers for meta tensors
+        m.load_state_dict(sd, assign=True)
+        assert m.blob.device.type == "cpu" and m.bias.device.type == "cpu"
+        assert torch.equal(m(x), ref)
+
+
 def test_share_memory_moves_the_blob_and_the_op_follows():
     seed_torch()
     m = fst.SparseLinear.from_dense(random_pruned(32, 64, 0.5))

@@ -92,6 +92,23 @@ def test_fused_siblings_share_one_call_and_run_the_model_code_unchanged(monkeypa
         assert rel_err(k2, h2.double() @ dense[64:96].double().T) <= 1e-3
 
 
+def test_deepcopy_and_pickle_of_a_sparsified_model():
+    import io
+
+    seed_torch()
+    model = tiny_model("llama")
+    fst.sparsify(model, 0.5, progress=False)
+    ids = token_ids(model)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for copied in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        attn = copied.model.layers[0].self_attn
+        assert attn.q_proj.fused is attn.qkv_proj and attn.qkv_proj is not model.model.layers[0].self_attn.qkv_proj
+        with torch.no_grad():
+            assert torch.equal(copied(ids).logits, model(ids).logits)
+
+
 def test_sequential_and_include_exclude():
     seed_torch()
     seq = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 80),

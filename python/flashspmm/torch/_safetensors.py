@@ -17,7 +17,7 @@ import json
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -300,7 +300,3 @@ class SafetensorsFile:
         """Drop the map (views already handed out keep it alive until they are freed)."""
         self._map = None
 
-
-def iter_in_order(infos: Iterable[TensorInfo]) -> List[TensorInfo]:
-    """Tensors in file order (reading them so touches the file front to back)."""
-    return sorted(infos, key=lambda i: i.begin)
