@@ -333,11 +333,12 @@ def check_logits(model, device) -> Dict[str, "object"]:
     return out
 
 
-def kernel_speedup(model, dense_weights: Dict[str, "object"], batch: int, device, reps: int = 10) -> Optional[float]:
-    """Geometric-mean speedup of the sparse projections over dense F.linear at N = batch, each measured alone.
+def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10) -> Optional[float]:
+    """Geometric-mean speedup of the model's sparse projections over dense F.linear at N = batch, each alone.
 
-    Per projection role (the modules of the first layers holding compressed matrices), every layer's matrix is
-    called in turn inside one CUDA graph, so the weights do not stay in L2 between calls.
+    Per projection role (qkv_proj, o_proj, gate_up_proj, down_proj), the matrices of the first ``layers`` decoder
+    layers are called in turn inside one CUDA graph, so the weights do not stay in L2 between calls; the dense
+    counterparts are the same matrices decompressed (the pruned weights, exactly), freed afterwards.
     """
     import torch
     import torch.nn.functional as F
@@ -346,22 +347,22 @@ def kernel_speedup(model, dense_weights: Dict[str, "object"], batch: int, device
 
     roles: Dict[str, list] = {}
     for name, m in model.named_modules():
-        if isinstance(m, fst.SparseLinear) and name in dense_weights:
-            role = name.split(".")[-1]
-            roles.setdefault(role, []).append((m, dense_weights[name]))
+        if isinstance(m, fst.SparseLinear) and ".layers." in name and \
+                int(name.split(".layers.")[1].split(".")[0]) < layers:
+            roles.setdefault(name.split(".")[-1], []).append(m)
     if not roles:
         return None
     ratios = []
-    for role, pairs in roles.items():
-        K = pairs[0][0].in_features
-        x = torch.randn(batch, K, device=device, dtype=torch.float16)
+    for role, mods in roles.items():
+        dense_weights = [m.to_dense() for m in mods]
+        x = torch.randn(batch, mods[0].in_features, device=device, dtype=torch.float16)
 
         def sparse():
-            for m, _ in pairs:
+            for m in mods:
                 torch.ops.flashspmm.linear(x, m.blob, None, m.out_features, m.in_features)
 
         def dense():
-            for _, w in pairs:
+            for w in dense_weights:
                 F.linear(x, w)
 
         times = []
@@ -381,6 +382,7 @@ def kernel_speedup(model, dense_weights: Dict[str, "object"], batch: int, device
                 times.append(time.perf_counter() - t0)
             del g
         ratios.append(times[1] / times[0])
+        dense_weights.clear()  # freed before the next role is decompressed
     return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
 
 
@@ -488,20 +490,12 @@ def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len,
     import flashspmm.torch as fst
 
     check = ""
-    ksp_weights: Dict[str, object] = {}
     if sparsity is None:
         model, _ = build_model(config, device, seed=args.seed, progress=progress)
     elif dense_fits:
         model, _ = build_model(config, device, seed=args.seed, sparsity=sparsity, progress=progress)
         reference = None if args.no_check else check_logits(model, device)
-        if device.type == "cuda" and "graph" in modes:  # the first layers' pruned weights, for kernel timings
-            for name, m in model.named_modules():
-                if isinstance(m, torch.nn.Linear) and ".layers." in name and \
-                        int(name.split(".layers.")[1].split(".")[0]) < 4:
-                    ksp_weights[name] = m.weight
         fst.sparsify(model, sparsity, format=args.format, progress=progress)
-        if ksp_weights:  # keyed like the sparse modules: q/k/v and gate/up stacked as in the fused matrices
-            ksp_weights = _stack_like(model, ksp_weights)
         check = "" if reference is None else logits_check(model, reference)
         del reference
     else:
@@ -515,7 +509,8 @@ def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len,
         if free is not None and _kv_bytes(config, batch, cache_len) > 0.9 * torch.cuda.mem_get_info(device)[0]:
             emit(batch=batch, weight_gb=wbytes / 1e9, check_rel_err=check, status="KV cache does not fit")
             continue
-        ksp = kernel_speedup(model, ksp_weights, batch, device) if ksp_weights and "graph" in modes else ""
+        timed_kernels = sparsity is not None and device.type == "cuda" and "graph" in modes
+        ksp = kernel_speedup(model, batch, device) if timed_kernels else ""
         for mode in modes:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -553,24 +548,6 @@ def _row_text(row: Optional[dict]) -> str:
             f"{_num(row['speedup'], '6.2f', 'x'):>7} {_num(row['kernel_speedup'], '6.2f', 'x'):>7} "
             f"{_num(row['weight_gb'], '6.2f', ' GB'):>9} {_num(row['peak_gb'], '6.2f', ' GB'):>9} "
             f"{_num(row['check_rel_err'], '8.1e')}  {row['status']}")
-
-
-def _stack_like(model, weights: Dict[str, "object"]) -> Dict[str, "object"]:
-    """Dense weights keyed by the sparse modules' names: fused siblings stacked as their fused matrix."""
-    import torch
-
-    import flashspmm.torch as fst
-
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, fst.FusedSparseLinear):
-            parent = name.rpartition(".")[0]
-            parts = [weights.get(f"{parent}.{child}") for child in m.names]
-            if all(p is not None for p in parts):
-                out[name] = torch.cat(parts, dim=0)
-        elif isinstance(m, fst.SparseLinear) and name in weights:
-            out[name] = weights[name]
-    return out
 
 
 def _write_csv(path: str, rows: List[dict]) -> None:
