@@ -65,12 +65,12 @@ def _int_list(text: str) -> List[int]:
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma-separated, from {', '.join(MODELS)}")
-    p.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (sequences decoded at once)")
-    p.add_argument("--sparsity", type=_percent_list, default=[0.5, 0.7], help="percent list, e.g. 50,70")
+    p.add_argument("--batch", type=_int_list, default="1,8,32", help="batch sizes (sequences decoded at once)")
+    p.add_argument("--sparsity", type=_percent_list, default="50,70", help="percent list")
     p.add_argument("--layers", type=int, default=None, help="build only N decoder layers per model (short form)")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens prefilled per sequence")
     p.add_argument("--steps", type=int, default=64, help="decode steps timed")
-    p.add_argument("--cache-len", type=int, default=None, help="static KV cache length (default: prompt + steps + 16)")
+    p.add_argument("--cache-len", type=int, default=None, help="static KV cache length (unset: prompt + steps + 16)")
     p.add_argument("--mode", default="graph", help="graph (CUDA graphs), eager, or graph,eager")
     p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"))
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (eager only; for testing the code path)")

@@ -34,11 +34,12 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help="a .safetensors file, or a directory holding model.safetensors or "
                                                "shards with model.safetensors.index.json")
     p.add_argument("output", metavar="OUT", help="the file (IN is a file) or directory (IN is a directory) to write")
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of zeros per row, in [0, 1), e.g. 0.5")
+    p.add_argument("--sparsity", type=float, required=True, default=argparse.SUPPRESS,
+                   help="fraction of zeros per row, in [0, 1), e.g. 0.5")
     p.add_argument("--method", default="magnitude", help="pruning method: magnitude (the smallest |w| of each "
                                                          "row; Wanda needs activations: use flashspmm.torch.sparsify)")
     p.add_argument("--include", default=None, metavar="REGEX",
-                   help="sparsify the 2-D weights whose module name matches REGEX (default: those inside the "
+                   help="sparsify the 2-D weights whose module name matches REGEX (unset: those inside the "
                         f"transformer blocks, i.e. names matching {DEFAULT_INCLUDE!r})")
     p.add_argument("--exclude", default=None, metavar="REGEX", help="leave the weights matching REGEX dense")
     p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"),
