@@ -30,6 +30,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench", __name__, "add_bench_parser"),
     ("bench-convert", __name__, "add_bench_convert_parser"),
     ("bench-overhead", "flashspmm._bench_overhead", "add_parser"),
+    ("bench-model", "flashspmm._bench_model", "add_parser"),
+    ("sparsify", "flashspmm._cli_sparsify", "add_parser"),
 ]
 
 
