@@ -269,7 +269,7 @@ def mismatch_report(got, ref, bad, bound=None, limit=8):
     lines = []
     for index in np.argwhere(bad)[:limit]:
         index = tuple(index)
-        line = f"  at {_format_index(index)}: got {got[index]!r}, ref {ref[index]!r}"
+        line = f"  at {_format_index(index)}: got {float(got[index]):.7g}, ref {float(ref[index]):.7g}"
         if bound is not None:
             line += f", |diff| {abs(got[index] - ref[index]):.3e} > bound {bound[index]:.3e}"
         lines.append(line)
@@ -312,7 +312,7 @@ def assert_close(got, ref, dtype, *, rtol=None, atol=None, norm_tol=None, what="
             f"(|ref| + row_scale) or of the wrong kind (NaN / Inf); first mismatches:\n"
             f"{mismatch_report(got, ref, bad, bound)}")
     scale = np.linalg.norm(ref_finite)
-    err = np.linalg.norm(np.where(finite, got - ref, 0.0))
+    err = np.linalg.norm(np.where(finite, got, 0.0) - ref_finite)
     if scale == 0.0:
         assert err == 0.0, f"{what}: the reference is zero but the result is not (norm {err:.3e})"
     else:
