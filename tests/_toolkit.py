@@ -450,6 +450,63 @@ def on_device(framework, bits, dtype="float16"):
     raise ValueError(framework)
 
 
+def assert_on_cuda(y, framework, dtype="float16"):
+    """y is an array of `framework` on device 0 holding `dtype` (cupy: float16)."""
+    assert framework_of(y) in ((framework,) if framework != "jax" else ("jax", "jaxlib")), type(y)
+    if framework == "torch":
+        torch = sys.modules["torch"]
+        assert isinstance(y, torch.Tensor) and y.is_cuda and y.dtype == getattr(torch, dtype)
+    elif framework == "cupy":
+        cupy = sys.modules["cupy"]
+        assert isinstance(y, cupy.ndarray) and y.device.id == 0 and y.dtype == np.float16
+    else:
+        jax = sys.modules["jax"]
+        assert isinstance(y, jax.Array) and all(d.platform == "gpu" for d in y.devices())
+        assert str(y.dtype) == dtype
+
+
+def sliced(a, index):
+    """a[index] for any array on_device made, the cupy bfloat16 views included (they are sliced through their
+    owner and seen through flashspmm.from_pointer again, strides and all)."""
+    owner = getattr(a, "_toolkit_owner", None)
+    if owner is None:
+        return a[index]
+    import flashspmm
+
+    part = owner[index]
+    view = flashspmm.from_pointer(part.data.ptr, part.shape, a.dtype, device=0,
+                                  strides=tuple(s // part.itemsize for s in part.strides), stream=a.stream)
+    view._toolkit_owner = part
+    return view
+
+
+def device_ptr(a):
+    """The device address of a torch tensor, cupy array or flashspmm view / buffer."""
+    module = framework_of(a)
+    if module == "torch":
+        return int(a.data_ptr())
+    if module == "cupy":
+        return int(a.data.ptr)
+    return int(a.__cuda_array_interface__["data"][0])
+
+
+def device_bytes(framework, host):
+    """A byte buffer on device 0 holding the host uint8 array `host`, made by `framework`."""
+    host = np.ascontiguousarray(host, dtype=np.uint8)
+    require(framework)
+    if framework == "torch":
+        return sys.modules["torch"].from_numpy(host.copy()).to("cuda:0")
+    with sys.modules["cupy"].cuda.Device(0):
+        return sys.modules["cupy"].asarray(host)
+
+
+def host_bytes(a):
+    """The bytes of a device byte buffer (device_bytes), on the host."""
+    if framework_of(a) == "torch":
+        return a.cpu().numpy()
+    return sys.modules["cupy"].asnumpy(a)
+
+
 def synchronize():
     """Wait for all work on device 0 (through whichever libraries are loaded)."""
     if "torch" in sys.modules:
