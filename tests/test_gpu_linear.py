@@ -50,11 +50,11 @@ def linear_with_decoder(decoder, x, W, bias=None, **kwargs):
         return flashspmm.linear(x, W, bias, **kwargs)
 
 
-def linear_with_gemv(gemv, x, W, bias=None, **kwargs):
+def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
     """flashspmm.linear with the N = 1 kernel forced: "1" the CUDA-core kernel for every N = 1 call, "0" never,
-    "" the library's rule (FSPMM_GEMV)."""
+    "" the library's rule (FSPMM_GEMV); `decoder` as for linear_with_decoder."""
     with _environment("FSPMM_GEMV", gemv):
-        return flashspmm.linear(x, W, bias, **kwargs)
+        return linear_with_decoder(decoder, x, W, bias, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -335,8 +335,7 @@ def test_stored_nan_and_inf_propagate(rng, framework, dtype, fmt, N, gemv):
     x = on_device(framework, x_bits, dtype)
     for split_k in (0, 3):
         y = poisoned_device(framework, (N, M), dtype)
-        with _environment("FSPMM_BITMAP_DECODER", split_format(fmt)[1]):
-            linear_with_gemv(gemv, x, W, out=y, split_k=split_k)
+        linear_with_gemv(gemv, x, W, out=y, split_k=split_k, decoder=split_format(fmt)[1])
         synchronize()
         got = to_f64(host_bits(y), dtype)
         assert np.isnan(got[:, nan_row]).all(), "a stored NaN did not reach its output"
