@@ -1,18 +1,25 @@
-"""Shared pytest set-up: the `gpu` marker, random generators, and helpers for subprocess checks."""
+"""Shared pytest set-up: the `gpu` marker, the seeded `rng` fixture, and helpers for subprocess checks."""
 
 import importlib.util
 import os
-import secrets
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+
+import _toolkit
+
+# JAX would otherwise take 75 % of the GPU memory at its first use, leaving little to torch and cupy.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "gpu: needs a CUDA device (flashspmm.device_count() > 0) and torch or cupy; skipped otherwise")
+
+
+def pytest_report_header(config):
+    return f"flashspmm test base seed: {_toolkit.base_seed()} (set {_toolkit.SEED_ENV} to replay a run)"
 
 
 def _gpu_skip_reason():
@@ -40,12 +47,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Name the seed (and the command that replays it) in the report of every failing test that drew one."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and getattr(item, "_fspmm_seeded", False):
+        report.sections.append(("flashspmm seed", _toolkit.replay_hint(item.nodeid)))
+
+
 @pytest.fixture
-def rng():
-    """A numpy Generator with a fresh seed for every test (printed, so a failure can be replayed)."""
-    seed = secrets.randbits(63)
-    print(f"numpy seed: {seed}")
-    return np.random.default_rng(seed)
+def rng(request):
+    """The test's numpy Generator: seeded from the run's base seed and the test's node id (see _toolkit)."""
+    request.node._fspmm_seeded = True
+    return _toolkit.make_rng(request.node.nodeid)
 
 
 def run_python(code, *args, timeout=300):

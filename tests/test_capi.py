@@ -159,7 +159,9 @@ def test_other_host_functions_reject_bad_arguments():
     assert lib.fspmm_linear_host(ffi.NULL, xp, 2, 4, 4, ffi.NULL, yp, 4, 4, 1.0, 0.0) == inv
     assert np.isnan(y).all()
     out = ffi.new("fspmm_matrix_t *")
-    assert lib.fspmm_matrix_create_host(bp, 100, out) == lib.FSPMM_ERR_CORRUPT_BUFFER and out[0] == ffi.NULL
+    out[0] = ffi.cast("fspmm_matrix_t", 0xA5A5A5A0)  # a sentinel: nothing is written on failure
+    assert lib.fspmm_matrix_create_host(bp, 100, out) == lib.FSPMM_ERR_CORRUPT_BUFFER
+    assert int(ffi.cast("uintptr_t", out[0])) == 0xA5A5A5A0
     assert lib.fspmm_matrix_create_host(ffi.NULL, blob.size, out) == inv
     assert lib.fspmm_matrix_create_host(bp, blob.size, ffi.NULL) == inv
     h = ffi.new("fspmm_header_t *")
@@ -187,7 +189,9 @@ def test_plan_functions_reject_bad_arguments():
     assert lib.fspmm_linear_options_init(options) == lib.FSPMM_OK
     assert options.struct_bytes == ffi.sizeof("fspmm_linear_options_t") and options.split_k == 0
     assert options.kernel == lib.FSPMM_KERNEL_AUTO and options.decoder == lib.FSPMM_DECODER_AUTO
-    assert lib.fspmm_plan_create(W, 4, options, plan) == inv and plan[0] == ffi.NULL  # a host matrix
+    plan[0] = ffi.cast("fspmm_plan_t", 0xA5A5A5A0)
+    assert lib.fspmm_plan_create(W, 4, options, plan) == inv  # a host matrix
+    assert int(ffi.cast("uintptr_t", plan[0])) == 0xA5A5A5A0
     assert "host memory" in last_error()
     assert lib.fspmm_plan_create(ffi.NULL, 4, options, plan) == inv
     assert lib.fspmm_plan_create(W, 4, options, ffi.NULL) == inv

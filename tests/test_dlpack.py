@@ -6,24 +6,7 @@ import pytest
 
 import flashspmm
 from flashspmm import _dlpack
-
-
-class OnlyDLPack:
-    """An array that offers nothing but the DLPack protocol (like a JAX array does to flashspmm)."""
-
-    def __init__(self, array, legacy=False):
-        self.array = array
-        self.legacy = legacy
-
-    def __dlpack_device__(self):
-        return self.array.__dlpack_device__()
-
-    def __dlpack__(self, *, stream=None, max_version=None, **kwargs):
-        if self.legacy:
-            if max_version is not None:
-                raise TypeError("__dlpack__() got an unexpected keyword argument 'max_version'")
-            return self.array.__dlpack__(stream=stream)
-        return self.array.__dlpack__(stream=stream, max_version=max_version)
+from _toolkit import DLPackOnly, assert_bits_equal, assert_close, bits_of, sparse_bits, values, weight
 
 
 class Exported:
@@ -43,9 +26,9 @@ class Exported:
 
 
 def _pruned(rng, m, k, sparsity=0.6):
-    w = rng.standard_normal((m, k)).astype(np.float16)
-    w[rng.random((m, k)) < sparsity] = 0
-    return w
+    """A pruned float16 weight (host array) and its float64 values."""
+    bits, w64 = weight(rng, m, k, "float16", sparsity)
+    return bits.view(np.float16), w64
 
 
 def _supports_versioned():
@@ -57,30 +40,29 @@ def _supports_versioned():
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_linear_with_dlpack_only_input(legacy):
+def test_linear_with_dlpack_only_input(rng, legacy):
     if not legacy and not _supports_versioned():
         pytest.skip("this numpy exports only legacy DLPack capsules")
-    rng = np.random.default_rng(11)
-    w = _pruned(rng, 70, 96)
+    w, w64 = _pruned(rng, 70, 96)
     W = flashspmm.compress(w)
-    x = rng.standard_normal((5, 96)).astype(np.float16)
-    y = flashspmm.linear(OnlyDLPack(x, legacy=legacy), W)
+    x, x64 = values(rng, (5, 96), "float16")
+    bias, b64 = values(rng, (70,), "float16")
+    y = flashspmm.linear(DLPackOnly(x, legacy=legacy), W, DLPackOnly(bias, legacy=legacy))
     assert isinstance(y, np.ndarray) and y.shape == (5, 70)
-    np.testing.assert_array_equal(y.view(np.uint16), flashspmm.linear(x, W).view(np.uint16))
+    assert_close(y, x64 @ w64.T + b64, "float16")
+    assert_bits_equal(bits_of(y), bits_of(flashspmm.linear(x, W, bias)), "DLPack vs numpy input")
 
 
-def test_strided_dlpack_input_and_compress():
-    rng = np.random.default_rng(12)
-    big = _pruned(rng, 40, 130)
-    w = big[:, 10:110]  # leading dimension 130: DLPack carries the strides
-    W = flashspmm.compress(OnlyDLPack(w))
-    np.testing.assert_array_equal(W.to_dense().view(np.uint16), np.ascontiguousarray(w).view(np.uint16))
+def test_strided_dlpack_input_and_compress(rng):
+    bits, expected = sparse_bits(rng, 40, 130, "float16", 0.6)
+    w = bits.view(np.float16)[:, 10:110]  # leading dimension 130: DLPack carries the strides
+    W = flashspmm.compress(DLPackOnly(w))
+    assert_bits_equal(bits_of(W.to_dense()), expected[:, 10:110], "to_dense of a DLPack-compressed matrix")
 
 
-def test_capsule_consumed_twice_is_a_clear_error():
-    rng = np.random.default_rng(13)
-    W = flashspmm.compress(_pruned(rng, 16, 16))
-    capsule = rng.standard_normal((2, 16)).astype(np.float16).__dlpack__()
+def test_capsule_consumed_twice_is_a_clear_error(rng):
+    W = flashspmm.compress(_pruned(rng, 16, 16)[0])
+    capsule = values(rng, (2, 16), "float16")[0].__dlpack__()
     flashspmm.linear(capsule, W)
     with pytest.raises(ValueError, match="already consumed"):
         flashspmm.linear(capsule, W)
@@ -89,7 +71,7 @@ def test_capsule_consumed_twice_is_a_clear_error():
 def test_wrong_dtype_through_dlpack():
     W = flashspmm.compress(np.eye(8, dtype=np.float16))
     with pytest.raises(TypeError, match="float16"):
-        flashspmm.linear(OnlyDLPack(np.ones((2, 8), dtype=np.float32)), W)
+        flashspmm.linear(DLPackOnly(np.ones((2, 8), dtype=np.float32)), W)
 
 
 def test_read_only_out_is_refused():
@@ -103,15 +85,15 @@ def test_read_only_out_is_refused():
         pytest.skip("this numpy does not set the DLPack read-only flag")
     W = flashspmm.compress(np.eye(8, dtype=np.float16))
     with pytest.raises(ValueError, match="read-only"):
-        flashspmm.linear(np.ones((2, 8), dtype=np.float16), W, out=OnlyDLPack(out))
+        flashspmm.linear(np.ones((2, 8), dtype=np.float16), W, out=DLPackOnly(out))
 
 
 @pytest.mark.parametrize("versioned", [True, False])
-def test_export_is_zero_copy_and_deleter_runs(versioned):
+def test_export_is_zero_copy_and_deleter_runs(rng, versioned):
     if versioned and not _supports_versioned():
         pytest.skip("this numpy cannot import versioned capsules")
     before = _dlpack.live_exports()
-    src = Exported(np.arange(12, dtype=np.float16).reshape(3, 4), versioned=versioned)
+    src = Exported(values(rng, (3, 4), "float16")[0], versioned=versioned)
     got = np.from_dlpack(src)
     assert got.shape == (3, 4) and got.dtype == np.float16
     assert got.ctypes.data == src.array.ctypes.data  # no copy
@@ -131,11 +113,14 @@ def test_unconsumed_export_is_released():
     assert _dlpack.live_exports() == before  # the capsule's destructor ran the deleter
 
 
-def test_imported_tensor_released_after_use():
-    rng = np.random.default_rng(14)
-    W = flashspmm.compress(_pruned(rng, 32, 32))
+def test_imported_tensor_released_after_use(rng):
+    w, w64 = _pruned(rng, 32, 32)
+    W = flashspmm.compress(w)
     before = _dlpack.live_exports()
-    for _ in range(200):
-        flashspmm.linear(Exported(rng.standard_normal((3, 32)).astype(np.float16)), W)
+    for i in range(200):
+        x, x64 = values(rng, (3, 32), "float16")
+        y = flashspmm.linear(Exported(x), W)
+        if i % 50 == 0:
+            assert_close(y, x64 @ w64.T, "float16")
     gc.collect()
     assert _dlpack.live_exports() == before

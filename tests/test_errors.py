@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import flashspmm
-from _data import ml_dtypes
+from _toolkit import bfloat16
 
 
 @pytest.fixture
@@ -86,9 +86,8 @@ def test_linear_dtype_mismatch(W):
         flashspmm.linear(np.zeros((2, 32), np.float16), W, out=np.zeros((2, 16), np.float32))
 
 
-@pytest.mark.skipif(ml_dtypes is None, reason="needs ml_dtypes")
 def test_linear_float16_x_with_bfloat16_w():
-    Wb = flashspmm.compress(np.ones((4, 8), ml_dtypes.bfloat16))
+    Wb = flashspmm.compress(np.ones((4, 8), bfloat16()))
     with pytest.raises(TypeError, match="x has dtype float16 but W has dtype bfloat16"):
         flashspmm.linear(np.zeros((1, 8), np.float16), Wb)
 

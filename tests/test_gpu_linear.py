@@ -1,205 +1,234 @@
 """GPU SpMM kernels against a float64 reference (marked `gpu`; skipped without a device).
 
-Every case draws fresh random inputs, poisons the output with NaN, and compares
-||y - ref|| / ||ref|| with the dtype's tolerance.
+Every case runs with torch arrays and with cupy arrays (cupy alone is enough for the `gpu` marker; its bfloat16
+data is seen through flashspmm.from_pointer), draws its inputs from the seeded `rng`, poisons the output with
+NaN and checks every element with _toolkit.assert_close. The kernel choices the tests force (a bitmap decoder,
+the CUDA-core N = 1 kernel) go through linear_with_decoder / linear_with_gemv only.
 """
 import os
-import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 import flashspmm
+from _toolkit import (GPU_ARRAY_LIBS, NAN_BITS, NEG_INF, POS_INF, assert_bits_equal, assert_close, bits_of,
+                      from_f32, host_bits, is_nan_bits, on_device, reference_linear, require, sliced, synchronize,
+                      to_f64, values, weight)
 
-torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.gpu
 
-TOL = {"float16": 1e-3, "bfloat16": 8e-3}
-TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# "bitmap:<decoder>" forces one of the bitmap decoders (FSPMM_BITMAP_DECODER).
+# "bitmap:<decoder>" forces one of the bitmap decoders.
 FORMATS = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl"]
+DTYPES = ["float16", "bfloat16"]
+
+
+# ---- kernel choice: one helper each, so the way of choosing changes in one place ------------------------------
+
+@contextmanager
+def _environment(name, value):
+    """Set (value "" : remove) an environment variable for the duration of a block; the library reads it at
+    every launch."""
+    before = os.environ.get(name)
+    if value:
+        os.environ[name] = value
+    else:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def linear_with_decoder(decoder, x, W, bias=None, **kwargs):
+    """flashspmm.linear with the bitmap decoder forced: "rows", "scatter", "direct", or "" for the library's
+    choice by density (FSPMM_BITMAP_DECODER)."""
+    with _environment("FSPMM_BITMAP_DECODER", decoder):
+        return flashspmm.linear(x, W, bias, **kwargs)
+
+
+def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
+    """flashspmm.linear with the N = 1 kernel forced: "1" the CUDA-core kernel for every N = 1 call, "0" never,
+    "" the library's rule (FSPMM_GEMV); `decoder` as for linear_with_decoder."""
+    with _environment("FSPMM_GEMV", gemv):
+        return linear_with_decoder(decoder, x, W, bias, **kwargs)
 
 
 @pytest.fixture(autouse=True)
-def _restore_decoder_env(monkeypatch):
-    monkeypatch.setenv("FSPMM_BITMAP_DECODER", "")  # undone after each test: the density rule applies
-    yield
+def _default_kernels(monkeypatch):
+    monkeypatch.delenv("FSPMM_BITMAP_DECODER", raising=False)  # the density rules apply unless a test forces
+    monkeypatch.delenv("FSPMM_GEMV", raising=False)
 
 
-def compress_as(w, fmt):
-    """Compress w in fmt ("format" or "format:decoder"), selecting the bitmap decoder for later launches."""
+# ---- cases ------------------------------------------------------------------------------------------------------
+
+def split_format(fmt):
     base, _, decoder = fmt.partition(":")
-    if decoder:
-        os.environ["FSPMM_BITMAP_DECODER"] = decoder
-    else:
-        os.environ.pop("FSPMM_BITMAP_DECODER", None)
-    return flashspmm.compress(w, format=base)
+    return base, decoder
 
 
-def _rng(request):
-    # A different seed per test case, stable across runs of the same case.
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+def device_weight(rng, framework, M, K, sparsity, dtype, fmt):
+    """(SparseMatrix compressed on the GPU from a `framework` array, float64 weight, weight bits)."""
+    w_bits, w64 = weight(rng, M, K, dtype, sparsity)
+    base = split_format(fmt)[0]
+    W = flashspmm.compress(on_device(framework, w_bits, dtype), format=base)
+    assert W.device == "cuda:0" and W.shape == (M, K) and (base == "auto" or W.format == base)
+    return W, w64, w_bits
 
 
-def random_pruned(rng, M, K, sparsity, dtype):
-    """Dense [M, K] torch CUDA weight with exactly round(sparsity * M * K) zeros at random places."""
-    w = torch.from_numpy(rng.standard_normal((M, K), dtype=np.float32)).to(TORCH_DTYPE[dtype])
-    zeros = int(round(sparsity * M * K))
-    if zeros:
-        flat = w.view(-1)
-        flat[torch.from_numpy(rng.permutation(M * K)[:zeros])] = 0
-    return w.cuda()
+def device_values(rng, framework, shape, dtype, scale=1.0):
+    """(random device array, its float64 values)."""
+    host, v64 = values(rng, shape, dtype, scale)
+    return on_device(framework, bits_of(host), dtype), v64
 
 
-def reference(x, w, bias=None, alpha=1.0, beta=0.0, y0=None):
-    ref = alpha * (x.double() @ w.double().T)
-    if bias is not None:
-        ref += bias.double()
-    if beta != 0.0:
-        ref += beta * y0.double()
-    return ref
+def poisoned_device(framework, shape, dtype):
+    return on_device(framework, np.full(shape, NAN_BITS[dtype], np.uint16), dtype)
 
 
-def check_close(y, ref, dtype):
-    assert not torch.isnan(y).any(), "output has NaN (unwritten or poisoned elements)"
-    err = (y.double() - ref).norm().item()
-    scale = ref.norm().item()
-    if scale == 0.0:
-        assert err == 0.0
-    else:
-        assert err / scale <= TOL[dtype], f"relative error {err / scale:.3e} > {TOL[dtype]}"
-
-
-def run_case(rng, M, K, N, sparsity, dtype, fmt, bias=False, alpha=1.0, split_k=0):
-    w = random_pruned(rng, M, K, sparsity, dtype)
-    W = compress_as(w, fmt)
-    assert W.device.startswith("cuda") and W.format == fmt.partition(":")[0] and W.shape == (M, K)
-    x = torch.randn(N, K, device="cuda").to(TORCH_DTYPE[dtype])
-    b = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype]) if bias else None
-    y = torch.full((N, M), float("nan"), device="cuda", dtype=TORCH_DTYPE[dtype])
-    out = flashspmm.linear(x, W, b, out=y, alpha=alpha, split_k=split_k)
-    assert out.data_ptr() == y.data_ptr()
-    torch.cuda.synchronize()
-    check_close(y, reference(x, w, b, alpha), dtype)
+def run_case(rng, framework, M, K, N, sparsity, dtype, fmt, bias=False, alpha=1.0, split_k=0):
+    W, w64, _ = device_weight(rng, framework, M, K, sparsity, dtype, fmt)
+    x, x64 = device_values(rng, framework, (N, K), dtype)
+    b, b64 = device_values(rng, framework, (M,), dtype) if bias else (None, None)
+    y = poisoned_device(framework, (N, M), dtype)
+    out = linear_with_decoder(split_format(fmt)[1], x, W, b, out=y, alpha=alpha, split_k=split_k)
+    assert out is y
+    synchronize()
+    assert_close(y, reference_linear(x64, w64, b64, alpha), dtype)
     return W, x, y
 
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("N", [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 128, 200])
-def test_every_n(request, fmt, N):
-    run_case(_rng(request), 257, 200, N, 0.7, "float16", fmt, bias=True)
+def test_every_n(rng, framework, fmt, N):
+    run_case(rng, framework, 257, 200, N, 0.7, "float16", fmt, bias=True)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.7, 0.9, 0.99, 1.0])
-def test_sparsity(request, dtype, fmt, sparsity):
-    run_case(_rng(request), 1000, 999, 17, sparsity, dtype, fmt)
+def test_sparsity(rng, framework, dtype, fmt, sparsity):
+    run_case(rng, framework, 1000, 999, 17, sparsity, dtype, fmt)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M,K", [(1, 1), (1, 300), (300, 1), (64, 64), (65, 63), (127, 129), (130, 4100),
                                  (4096, 4096)])
-def test_shapes(request, dtype, fmt, M, K):
-    run_case(_rng(request), M, K, 9, 0.6, dtype, fmt, bias=True, alpha=0.5)
+def test_shapes(rng, framework, dtype, fmt, M, K):
+    run_case(rng, framework, M, K, 9, 0.6, dtype, fmt, bias=True, alpha=0.5)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("N", [24, 64])
-def test_shapes_wide_n_tiles(request, dtype, fmt, N):
+def test_shapes_wide_n_tiles(rng, framework, dtype, fmt, N):
     # 32- and 64-token tiles (the warpgroup MMA on sm_90a), a CTA whose second stripe lies past M.
-    run_case(_rng(request), 130, 4100, N, 0.6, dtype, fmt, bias=True, alpha=0.5)
+    run_case(rng, framework, 130, 4100, N, 0.6, dtype, fmt, bias=True, alpha=0.5)
 
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 7, 64])
-def test_split_k_and_determinism(request, fmt, split_k):
-    W, x, y = run_case(_rng(request), 300, 4096, 24, 0.8, "float16", fmt, split_k=split_k)
-    first = y.clone()
+def test_split_k_and_determinism(rng, framework, fmt, split_k):
+    W, x, y = run_case(rng, framework, 300, 4096, 24, 0.8, "float16", fmt, split_k=split_k)
+    first = host_bits(y)
     for _ in range(3):
-        y.fill_(float("nan"))
-        flashspmm.linear(x, W, out=y, split_k=split_k)
-        torch.cuda.synchronize()
-        assert torch.equal(y.view(torch.int16), first.view(torch.int16)), "repeated launches differ"
+        again = poisoned_device(framework, (24, 300), "float16")
+        linear_with_decoder(split_format(fmt)[1], x, W, out=again, split_k=split_k)
+        synchronize()
+        assert_bits_equal(host_bits(again), first, "a repeated launch")
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_alpha_beta_bias(request, dtype, fmt):
-    rng = _rng(request)
+def test_alpha_beta_bias(rng, framework, dtype, fmt):
     M, K, N = 333, 520, 12
-    w = random_pruned(rng, M, K, 0.75, dtype)
-    W = compress_as(w, fmt)
-    x = torch.randn(N, K, device="cuda").to(TORCH_DTYPE[dtype])
-    b = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype])
-    y0 = torch.randn(N, M, device="cuda").to(TORCH_DTYPE[dtype])
-    y = y0.clone()
-    flashspmm.linear(x, W, b, out=y, alpha=-1.5, beta=0.25)
-    torch.cuda.synchronize()
-    check_close(y, reference(x, w, b, -1.5, 0.25, y0), dtype)
+    W, w64, _ = device_weight(rng, framework, M, K, 0.75, dtype, fmt)
+    x, x64 = device_values(rng, framework, (N, K), dtype)
+    b, b64 = device_values(rng, framework, (M,), dtype)
+    y, y64 = device_values(rng, framework, (N, M), dtype)
+    linear_with_decoder(split_format(fmt)[1], x, W, b, out=y, alpha=-1.5, beta=0.25)
+    synchronize()
+    assert_close(y, reference_linear(x64, w64, b64, -1.5, 0.25, y64), dtype)
 
 
+def _nan_around(rng, framework, rows, cols, view_rows, view_cols, dtype="float16"):
+    """A device buffer [rows, cols] of NaN with random values in the window (view_rows, view_cols): (the
+    buffer, the window as an array, the window's float64 values)."""
+    big = np.full((rows, cols), NAN_BITS[dtype], np.uint16)
+    host, v64 = values(rng, (view_rows.stop - view_rows.start, view_cols.stop - view_cols.start), dtype)
+    big[view_rows, view_cols] = bits_of(host)
+    dev = on_device(framework, big, dtype)
+    return dev, sliced(dev, (view_rows, view_cols)), v64
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("K", [512, 520, 301])  # K % 64 != 0: a partial last x tile; K % 8 != 0: no 16-byte rows
 @pytest.mark.parametrize("offset", [0, 3, 8])  # x starts 16-byte aligned (TMA on sm_90 where ldx allows), or not
-def test_leading_dimensions(request, fmt, K, offset):
+def test_leading_dimensions(rng, framework, fmt, K, offset):
     # x is a view into a larger buffer whose other elements (columns past K, rows past N) are NaN: reading any
     # of them would poison y (0 * NaN), so this also checks that every x path stops at the view's edges.
-    rng = _rng(request)
     M, N = 200, 5
-    w = random_pruned(rng, M, K, 0.5, "float16")
-    W = compress_as(w, fmt)
+    W, w64, _ = device_weight(rng, framework, M, K, 0.5, "float16", fmt)
     ldx = (K + offset + 7) // 8 * 8 + 16  # a multiple of 8
-    xbig = torch.full((N + 3, ldx), float("nan"), device="cuda", dtype=torch.float16)
-    x = xbig[:N, offset:offset + K]
-    x.copy_(torch.randn(N, K, device="cuda", dtype=torch.float16))
-    ybig = torch.full((N, M + 40), float("nan"), device="cuda", dtype=torch.float16)
-    y = ybig[:, :M]
-    flashspmm.linear(x, W, out=y)
-    torch.cuda.synchronize()
-    check_close(y, reference(x, w), "float16")
-    assert torch.isnan(ybig[:, M:]).all(), "wrote outside the output view"
+    _, x, x64 = _nan_around(rng, framework, N + 3, ldx, slice(0, N), slice(offset, offset + K))
+    ybig = poisoned_device(framework, (N, M + 40), "float16")
+    y = sliced(ybig, (slice(None), slice(0, M)))
+    linear_with_decoder(split_format(fmt)[1], x, W, out=y)
+    synchronize()
+    assert_close(y, x64 @ w64.T, "float16")
+    assert is_nan_bits(host_bits(ybig)[:, M:], "float16").all(), "wrote outside the output view"
 
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("ypad,yoff", [(40, 0), (42, 0), (40, 1), (41, 3)])
 @pytest.mark.parametrize("N", [5, 40])
-def test_split_k_output_layouts(request, fmt, ypad, yoff, N):
+def test_split_k_output_layouts(rng, framework, fmt, ypad, yoff, N):
     # The split-K epilogue writes y four rows at a time (8-byte stores) where the leading dimension and the
     # alignment of y allow it, else element by element: the same result either way, nothing outside the view.
-    rng = _rng(request)
     M, K = 260, 2048
-    w = random_pruned(rng, M, K, 0.7, "float16")
-    W = compress_as(w, fmt)
-    x = torch.randn(N, K, device="cuda", dtype=torch.float16)
-    b = torch.randn(M, device="cuda", dtype=torch.float16)
-    y0 = torch.randn(N, M, device="cuda", dtype=torch.float16)
-    ybig = torch.full((N, M + ypad), float("nan"), device="cuda", dtype=torch.float16)
-    y = ybig[:, yoff:yoff + M]  # ldy = M + ypad, y offset by yoff elements
-    y.copy_(y0)
-    flashspmm.linear(x, W, b, out=y, alpha=0.5, beta=-0.25, split_k=3)
-    torch.cuda.synchronize()
-    check_close(y, reference(x, w, b, 0.5, -0.25, y0), "float16")
-    assert torch.isnan(ybig[:, :yoff]).all() and torch.isnan(ybig[:, yoff + M:]).all(), "wrote outside the view"
+    W, w64, _ = device_weight(rng, framework, M, K, 0.7, "float16", fmt)
+    x, x64 = device_values(rng, framework, (N, K), "float16")
+    b, b64 = device_values(rng, framework, (M,), "float16")
+    ybig, y, y64 = _nan_around(rng, framework, N, M + ypad, slice(0, N), slice(yoff, yoff + M))
+    linear_with_decoder(split_format(fmt)[1], x, W, b, out=y, alpha=0.5, beta=-0.25, split_k=3)
+    synchronize()
+    assert_close(y, reference_linear(x64, w64, b64, 0.5, -0.25, y64), "float16")
+    around = host_bits(ybig)
+    assert is_nan_bits(around[:, :yoff], "float16").all() and is_nan_bits(around[:, yoff + M:], "float16").all(), \
+        "wrote outside the view"
 
 
-def test_one_dimensional_x_returns_torch(request):
-    rng = _rng(request)
-    w = random_pruned(rng, 96, 80, 0.5, "float16")
-    W = flashspmm.compress(w)
-    x = torch.randn(80, device="cuda", dtype=torch.float16)
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_one_dimensional_x_returns_the_framework_array(rng, framework):
+    mod = require(framework)
+    W, w64, _ = device_weight(rng, framework, 96, 80, 0.5, "float16", "auto")
+    x, x64 = device_values(rng, framework, (80,), "float16")
     y = flashspmm.linear(x, W)
-    assert isinstance(y, torch.Tensor) and y.shape == (96,) and y.is_cuda and y.dtype == torch.float16
-    check_close(y, reference(x[None], w)[0], "float16")
+    if framework == "torch":
+        assert isinstance(y, mod.Tensor) and y.is_cuda and y.dtype == mod.float16
+    else:
+        assert isinstance(y, mod.ndarray) and y.dtype == np.float16
+    assert tuple(y.shape) == (96,)
+    synchronize()
+    assert_close(y, w64 @ x64, "float16")
 
 
-def test_cuda_graph_capture(request):
-    rng = _rng(request)
-    w = random_pruned(rng, 512, 1024, 0.8, "float16")
-    W = flashspmm.compress(w)
-    x = torch.randn(4, 1024, device="cuda", dtype=torch.float16)
+def test_cuda_graph_capture(rng):
+    torch = require("torch")
+    W, w64, _ = device_weight(rng, "torch", 512, 1024, 0.8, "float16", "auto")
+    x, _ = device_values(rng, "torch", (4, 1024), "float16")
     y = torch.empty(4, 512, device="cuda", dtype=torch.float16)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -209,67 +238,161 @@ def test_cuda_graph_capture(request):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         flashspmm.linear(x, W, out=y)
-    x.copy_(torch.randn_like(x))
+    new, x64 = device_values(rng, "torch", (4, 1024), "float16")
+    x.copy_(new)
     y.fill_(float("nan"))
     g.replay()
     torch.cuda.synchronize()
-    check_close(y, reference(x, w), "float16")
+    assert_close(y, x64 @ w64.T, "float16")
 
 
-def test_cupy_inputs(request):
-    cp = pytest.importorskip("cupy")
-    rng = _rng(request)
-    w = random_pruned(rng, 130, 260, 0.6, "float16")
-    W = flashspmm.compress(w)
-    x = cp.asarray(rng.standard_normal((7, 260)).astype(np.float16))
+def test_cupy_x_with_torch_compressed_w(rng):
+    cp = require("cupy")
+    W, w64, _ = device_weight(rng, "torch", 130, 260, 0.6, "float16", "auto")
+    x, x64 = device_values(rng, "cupy", (7, 260), "float16")
     y = flashspmm.linear(x, W)
     assert isinstance(y, cp.ndarray) and y.shape == (7, 130)
-    ref = x.get().astype(np.float64) @ w.double().cpu().numpy().T
-    err = np.linalg.norm(cp.asnumpy(y).astype(np.float64) - ref) / np.linalg.norm(ref)
-    assert err <= 1e-3
+    synchronize()
+    assert_close(y, x64 @ w64.T, "float16")
 
 
-def test_device_roundtrip_and_save(request, tmp_path):
-    rng = _rng(request)
-    w = random_pruned(rng, 70, 90, 0.9, "bfloat16")
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_device_roundtrip_and_save(rng, framework, tmp_path):
+    w_bits, w64 = weight(rng, 70, 90, "bfloat16", 0.9)
+    w = on_device(framework, w_bits, "bfloat16")
     W = flashspmm.compress(w)
-    assert W.device.startswith("cuda")
-    dense = W.to_dense()  # decompressed on the GPU, returned as a torch tensor like w
-    assert isinstance(dense, torch.Tensor) and dense.is_cuda and dense.dtype == torch.bfloat16
-    assert torch.equal(dense.view(torch.int16), w.view(torch.int16))
-    host = W.to("cpu").to_dense(raw=True)
-    assert np.array_equal(host, w.view(torch.int16).cpu().numpy().view(np.uint16))
+    assert W.device == "cuda:0"
+    dense = W.to_dense()  # decompressed on the GPU, in w's framework where it has bfloat16
+    if framework == "torch":
+        torch = require("torch")
+        assert isinstance(dense, torch.Tensor) and dense.is_cuda and dense.dtype == torch.bfloat16
+    synchronize()
+    assert_bits_equal(host_bits(dense), w_bits, "to_dense on the GPU")
+    assert_bits_equal(W.to("cpu").to_dense(raw=True), w_bits, "to_dense on the CPU")
     path = tmp_path / "w.fspmm"
     W.save(path)
     W2 = flashspmm.load(path, device="cuda")
     assert W2.nbytes == W.nbytes and W2.device.startswith("cuda")
-    x = torch.randn(3, 90, device="cuda").to(torch.bfloat16)
-    check_close(flashspmm.linear(x, W2), reference(x, w), "bfloat16")
+    x, x64 = device_values(rng, framework, (3, 90), "bfloat16")
+    y = poisoned_device(framework, (3, 70), "bfloat16")
+    flashspmm.linear(x, W2, out=y)
+    synchronize()
+    assert_close(y, x64 @ w64.T, "bfloat16")
 
 
-# ---- N = 1: the CUDA-core kernel (gemv.cu); FSPMM_GEMV=1 forces it, 0 selects the MMA kernels ------------
+# ---- N = 1: the CUDA-core kernel (gemv.cu); "1" forces it, "0" selects the MMA kernels ---------------------
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("gemv", ["1", "0", ""])  # "": the default rule
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
 @pytest.mark.parametrize("M,K,sparsity", [(1, 1, 0.0), (65, 63, 0.5), (257, 300, 0.0), (300, 4100, 0.9),
                                           (130, 700, 0.99), (64, 64, 1.0), (1000, 999, 0.7)])
-def test_one_token(request, monkeypatch, gemv, dtype, fmt, M, K, sparsity):
-    monkeypatch.setenv("FSPMM_GEMV", gemv)
-    rng = _rng(request)
-    w = random_pruned(rng, M, K, sparsity, dtype)
-    W = flashspmm.compress(w, format=fmt)
-    base = torch.randn(K + 1, device="cuda").to(TORCH_DTYPE[dtype])
-    x = base[1:]  # 2-byte aligned only
-    b = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype])
-    y0 = torch.randn(M, device="cuda").to(TORCH_DTYPE[dtype])
+def test_one_token(rng, framework, gemv, dtype, fmt, M, K, sparsity):
+    W, w64, _ = device_weight(rng, framework, M, K, sparsity, dtype, fmt)
+    base_host, base64 = values(rng, (K + 1,), dtype)
+    x = sliced(on_device(framework, bits_of(base_host), dtype), slice(1, None))  # 2-byte aligned only
+    x64 = base64[1:]
+    b, b64 = device_values(rng, framework, (M,), dtype)
+    y0_host, y064 = values(rng, (M,), dtype)
     for split_k in (0, 1, 3):
-        y = y0.clone()
-        flashspmm.linear(x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
-        torch.cuda.synchronize()
-        check_close(y[None], reference(x[None], w, b, 0.75, -0.5, y0[None]), dtype)
-        first = y.clone()
-        y.copy_(y0)
-        flashspmm.linear(x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
-        torch.cuda.synchronize()
-        assert torch.equal(y.view(torch.int16), first.view(torch.int16)), "repeated launches differ"
+        y = on_device(framework, bits_of(y0_host), dtype)
+        linear_with_gemv(gemv, x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
+        synchronize()
+        assert_close(host_bits(y)[None], reference_linear(x64[None], w64, b64, 0.75, -0.5, y064[None]), dtype)
+        first = host_bits(y)
+        y = on_device(framework, bits_of(y0_host), dtype)
+        linear_with_gemv(gemv, x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
+        synchronize()
+        assert_bits_equal(host_bits(y), first, "a repeated launch")
+
+
+# ---- NaN and Inf on the GPU (README "Numerics") -----------------------------------------------------------------
+
+def _nonzero_column(rng, m, dtype):
+    """m values of magnitude in [0.5, 2) with random signs, as bits."""
+    return from_f32(rng.uniform(0.5, 2.0, m) * rng.choice([-1.0, 1.0], m), dtype)
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("N,gemv", [(1, "1"), (1, "0"), (17, "")])
+def test_stored_nan_and_inf_propagate(rng, framework, dtype, fmt, N, gemv):
+    """A stored NaN makes its output feature NaN for every token; a stored -Inf makes it -sign(x)·Inf; every
+    other output is as without them (every kernel, split-K included)."""
+    M, K = 200, 700
+    w_bits, w64 = weight(rng, M, K, dtype, 0.7)
+    nan_row, inf_row, col = 7, 150, 333
+    w_bits[nan_row, 12] = NAN_BITS[dtype]
+    w_bits[inf_row, col] = NEG_INF[dtype]
+    w64[nan_row, :] = w64[inf_row, :] = 0.0
+    W = flashspmm.compress(on_device(framework, w_bits, dtype), format=split_format(fmt)[0])
+    x_host, x64 = values(rng, (N, K), dtype)
+    x_bits = bits_of(x_host).copy()
+    x_bits[:, col] = _nonzero_column(rng, N, dtype)
+    x64[:, col] = to_f64(x_bits[:, col], dtype)
+    x = on_device(framework, x_bits, dtype)
+    for split_k in (0, 3):
+        y = poisoned_device(framework, (N, M), dtype)
+        linear_with_gemv(gemv, x, W, out=y, split_k=split_k, decoder=split_format(fmt)[1])
+        synchronize()
+        got = to_f64(host_bits(y), dtype)
+        assert np.isnan(got[:, nan_row]).all(), "a stored NaN did not reach its output"
+        np.testing.assert_array_equal(got[:, inf_row], -np.sign(x64[:, col]) * np.inf)
+        others = np.setdiff1d(np.arange(M), [nan_row, inf_row])
+        assert_close(got[:, others], (x64 @ w64.T)[:, others], dtype)
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_special_x_on_the_tensor_core_path(rng, framework, dtype, fmt):
+    """The GPU multiplies whole tiles (README): x = +Inf meets a pruned weight as 0 * Inf = NaN and a stored one
+    as sign(w)·Inf; a NaN in x makes that token's whole output NaN. Other tokens are untouched."""
+    M, K, N = 130, 300, 5
+    w_bits, w64 = weight(rng, M, K, dtype, 0.5)  # half the weights pruned, no tile empty
+    col, nan_col = 100, 201
+    stored = rng.random(M) < 0.5
+    w_bits[:, col] = np.where(stored, _nonzero_column(rng, M, dtype), 0)
+    w64[:, col] = to_f64(w_bits[:, col], dtype)
+    W = flashspmm.compress(on_device(framework, w_bits, dtype), format=split_format(fmt)[0])
+    x_host, x64 = values(rng, (N, K), dtype)
+    x_bits = bits_of(x_host).copy()
+    x_bits[1, col] = POS_INF[dtype]
+    x_bits[3, nan_col] = NAN_BITS[dtype]
+    y = poisoned_device(framework, (N, M), dtype)
+    linear_with_decoder(split_format(fmt)[1], on_device(framework, x_bits, dtype), W, out=y)
+    synchronize()
+    got = to_f64(host_bits(y), dtype)
+    np.testing.assert_array_equal(got[1, stored], np.sign(w64[stored, col]) * np.inf)
+    assert np.isnan(got[1, ~stored]).all(), "x = Inf met a pruned weight on the GPU without 0 * Inf = NaN"
+    assert np.isnan(got[3]).all()
+    clean = [0, 2, 4]
+    assert_close(got[clean], x64[clean] @ w64.T, dtype)
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+@pytest.mark.parametrize("N", [1, 9])
+def test_specials_in_bias_and_out(rng, framework, dtype, fmt, N):
+    M, K = 150, 256
+    W, w64, _ = device_weight(rng, framework, M, K, 0.6, dtype, fmt)
+    x, x64 = device_values(rng, framework, (N, K), dtype)
+    b_host, b64 = values(rng, (M,), dtype)
+    b_bits = bits_of(b_host).copy()
+    b_bits[[3, 4]] = [NAN_BITS[dtype], POS_INF[dtype]]
+    b64[[3, 4]] = [np.nan, np.inf]
+    out_host, out64 = values(rng, (N, M), dtype)
+    out_bits = bits_of(out_host).copy()
+    out_bits[0, 10], out_bits[N - 1, 11] = NAN_BITS[dtype], NEG_INF[dtype]
+    b = on_device(framework, b_bits, dtype)
+    for beta in (0.5, 0.0):
+        y = on_device(framework, out_bits, dtype)
+        flashspmm.linear(x, W, b, out=y, beta=beta)
+        synchronize()
+        o64 = out64.copy()
+        o64[0, 10], o64[N - 1, 11] = np.nan, -np.inf
+        ref = reference_linear(x64, w64, b64, 1.0, beta, o64 if beta else None)
+        assert_close(host_bits(y), ref, dtype)  # NaN / Inf matched in kind, the rest element by element

@@ -10,7 +10,8 @@ import pytest
 import flashspmm
 from flashspmm._native import ffi, lib
 
-from _data import NEG_ZERO, SPECIALS, ml_dtypes
+from _toolkit import (GPU_ARRAY_LIBS, NEG_ZERO, SPECIALS, CudaArrayOnly, as_dtype, device_bytes, device_ptr, host_bits,
+                      on_device, synchronize)
 
 pytestmark = pytest.mark.gpu
 
@@ -38,11 +39,7 @@ def value_bits(rng, shape, dtype, kind, specials=True):
 
 def cpu_prune_bits(bits, dtype, sparsity, scope):
     """The CPU result for a uint16 bit matrix of `dtype`, as uint16 bits."""
-    if dtype == "bfloat16" and ml_dtypes is not None:
-        host = bits.view(ml_dtypes.bfloat16)
-    else:  # the selection reads only bits & 0x7FFF, the same for both dtypes
-        host = bits.view(np.float16)
-    out = flashspmm.prune(host, sparsity, scope=scope)
+    out = flashspmm.prune(as_dtype(np.ascontiguousarray(bits), dtype), sparsity, scope=scope)
     return np.ascontiguousarray(out).view(np.uint16)
 
 
@@ -119,17 +116,17 @@ def test_cupy_strided_input(rng, scope):
     np.testing.assert_array_equal(cp.asnumpy(wide).view(np.uint16), wide_bits)
 
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("shape", [(1, 10), (7, 10), (37, 301), (3000, 70), (5, 20000)],
                          ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("sparsity", [0.05, 0.25, 0.35, 0.5, 0.65, 0.999, 1.0])
-def test_exact_zero_count(rng, shape, sparsity, scope):
+def test_exact_zero_count(rng, framework, shape, sparsity, scope):
     """No zeros before: exactly round-half-even(sparsity * n) after (0.05, 0.25, 0.35 and 0.65 of 10 are
     halves: 0, 2, 4 and 6)."""
-    torch = pytest.importorskip("torch")
     f = rng.uniform(0.5, 2.0, size=shape).astype(np.float16) * rng.choice([-1, 1], size=shape).astype(np.float16)
     bits = f.view(np.uint16)
-    got = _bits_of(torch, flashspmm.prune(torch_from_bits(torch, bits, "float16"), sparsity, scope=scope))
+    got = host_bits(flashspmm.prune(on_device(framework, bits, "float16"), sparsity, scope=scope))
     zeros = (got & 0x7FFF) == 0
     if scope == "row":
         assert (zeros.sum(axis=1) == expected_zeros(sparsity, shape[1])).all()
@@ -139,25 +136,26 @@ def test_exact_zero_count(rng, shape, sparsity, scope):
     np.testing.assert_array_equal(got, cpu_prune_bits(bits, "float16", sparsity, scope))
 
 
-def test_negative_zero_kept_unless_selected():
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_negative_zero_kept_unless_selected(framework):
     """-0.0 entries that are not selected keep their sign; selected ones become +0.0."""
-    torch = pytest.importorskip("torch")
     bits = np.array([[NEG_ZERO, 0x3C00, NEG_ZERO, 0x4000, NEG_ZERO, 0x0000]], dtype=np.uint16)
     for sparsity in (1 / 6, 0.5, 4 / 6):
         for scope in SCOPES:
-            got = _bits_of(torch, flashspmm.prune(torch_from_bits(torch, bits, "float16"), sparsity, scope=scope))
+            got = host_bits(flashspmm.prune(on_device(framework, bits, "float16"), sparsity, scope=scope))
             np.testing.assert_array_equal(got, cpu_prune_bits(bits, "float16", sparsity, scope))
-    got = _bits_of(torch, flashspmm.prune(torch_from_bits(torch, bits, "float16"), 1 / 6))
+    got = host_bits(flashspmm.prune(on_device(framework, bits, "float16"), 1 / 6))
     np.testing.assert_array_equal(got, [[0, 0x3C00, NEG_ZERO, 0x4000, NEG_ZERO, 0]])
 
 
-def test_all_equal_magnitudes_tie_in_position_order(rng):
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_all_equal_magnitudes_tie_in_position_order(rng, framework):
     bits = np.where(rng.random((40, 77)) < 0.5, 0x3C00, 0xBC00).astype(np.uint16)  # +-1: one magnitude
     for scope in SCOPES:
-        got = _bits_of(torch, flashspmm.prune(torch_from_bits(torch, bits, "bfloat16"), 0.37, scope=scope))
+        synchronize()
+        got = host_bits(flashspmm.prune(on_device(framework, bits, "bfloat16"), 0.37, scope=scope))
         np.testing.assert_array_equal(got, cpu_prune_bits(bits, "bfloat16", 0.37, scope))
-    flat = _bits_of(torch, flashspmm.prune(torch_from_bits(torch, bits, "float16"), 0.37, scope="tensor")).ravel()
+    flat = host_bits(flashspmm.prune(on_device(framework, bits, "float16"), 0.37, scope="tensor")).ravel()
     n = expected_zeros(0.37, bits.size)
     assert (flat[:n] == 0).all() and (flat[n:] == bits.ravel()[n:]).all()
 
@@ -184,31 +182,20 @@ def test_side_stream(rng):
                                   cpu_prune_bits(bits, "float16", 0.7, "tensor"))
 
 
-class CaiOnly:
-    """An array that offers nothing but __cuda_array_interface__ (like a numba device array)."""
-
-    def __init__(self, tensor):
-        self.tensor = tensor
-
-    @property
-    def __cuda_array_interface__(self):
-        return self.tensor.__cuda_array_interface__
-
-
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("scope", SCOPES)
-def test_cuda_array_interface_input(rng, strided, scope):
-    torch = pytest.importorskip("torch")
+def test_cuda_array_interface_input(rng, framework, strided, scope):
     wide_bits = value_bits(rng, (33, 200), "float16", "ties")
-    wide = torch_from_bits(torch, wide_bits, "float16")
+    wide = on_device(framework, wide_bits, "float16")
     w = wide[:, 7:150] if strided else wide
     want = cpu_prune_bits(np.ascontiguousarray(wide_bits[:, 7:150] if strided else wide_bits), "float16", 0.55,
                           scope)
-    torch.cuda.synchronize()
-    got = flashspmm.prune(CaiOnly(w), 0.55, scope=scope)
-    torch.cuda.synchronize()
-    np.testing.assert_array_equal(_bits_of(torch, torch.as_tensor(got, device="cuda")), want)
-    np.testing.assert_array_equal(_bits_of(torch, wide), wide_bits)
+    synchronize()
+    got = flashspmm.prune(CudaArrayOnly(w), 0.55, scope=scope)
+    synchronize()
+    np.testing.assert_array_equal(host_bits(got), want)
+    np.testing.assert_array_equal(host_bits(wide), wide_bits)
 
 
 def _workspace_size(m, k, scope):
@@ -253,15 +240,16 @@ def test_c_api_in_place_with_ld(rng, scope):
         np.testing.assert_array_equal(_bits_of(torch, w), want)
 
 
-def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng):
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     bits = value_bits(rng, (20, 30), "float16", "gaussian")
-    w = torch_from_bits(torch, bits, "float16")
+    w = on_device(framework, bits, "float16")
     nbytes = _workspace_size(20, 30, "tensor")
-    ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    status = lib.fspmm_prune(ffi.cast("void *", w.data_ptr()), 20, 30, 30, lib.FSPMM_DTYPE_FLOAT16, 0.5,
-                             lib.FSPMM_PRUNE_TENSOR, ffi.cast("void *", ws.data_ptr()), nbytes - 1, ffi.NULL)
+    ws = device_bytes(framework, np.zeros(nbytes, np.uint8))
+    synchronize()
+    status = lib.fspmm_prune(ffi.cast("void *", device_ptr(w)), 20, 30, 30, lib.FSPMM_DTYPE_FLOAT16, 0.5,
+                             lib.FSPMM_PRUNE_TENSOR, ffi.cast("void *", device_ptr(ws)), nbytes - 1, ffi.NULL)
     assert status == lib.FSPMM_ERR_INVALID_ARGUMENT
     assert "workspace too small" in ffi.string(lib.fspmm_last_error()).decode()
-    torch.cuda.synchronize()
-    np.testing.assert_array_equal(_bits_of(torch, w), bits)
+    synchronize()
+    np.testing.assert_array_equal(host_bits(w), bits)

@@ -20,7 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import flashspmm  # noqa: E402
 import flashspmm.jax as fj  # noqa: E402
-from _data import as_dtype, from_f32, ml_dtypes, sparse_bits, to_f64  # noqa: E402
+import ml_dtypes  # noqa: E402
+from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}
 DTYPES = ["float16", pytest.param("bfloat16", marks=pytest.mark.skipif(ml_dtypes is None,

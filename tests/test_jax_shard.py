@@ -24,7 +24,7 @@ PRELUDE = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
     import flashspmm, flashspmm.jax as fj
-    from _data import as_dtype, from_f32, sparse_bits, to_f64
+    from _toolkit import as_dtype, from_f32, sparse_bits, to_f64
 
     assert len(jax.devices()) == 4, jax.devices()
     seed = int(sys.argv[1])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flashspmm
-from _data import checksum
+from _toolkit import checksum
 from flashspmm import _model
 
 CORRUPT = "FSPMM_ERR_CORRUPT_BUFFER"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import flashspmm
-from _data import as_dtype, checksum, ml_dtypes, sparse_bits
+from _toolkit import as_dtype, assert_bits_equal, checksum, sparse_bits
 
 FORMATS = ["bitmap", "tiled_csl", "auto"]
 DTYPES = ["float16", "bfloat16"]
@@ -13,9 +13,7 @@ SPARSITIES = [0.0, 0.5, 0.9, 0.999, 1.0]
 
 
 def compress_bits(bits, dtype, fmt):
-    """Compress uint16 bit patterns as `dtype` (through ml_dtypes for bfloat16 when available)."""
-    if dtype == "bfloat16" and ml_dtypes is None:
-        return flashspmm.compress(bits, format=fmt, dtype="bfloat16")
+    """Compress uint16 bit patterns as a float16 / bfloat16 array (bfloat16 through ml_dtypes)."""
     return flashspmm.compress(as_dtype(bits, dtype), format=fmt)
 
 
@@ -29,10 +27,7 @@ def check_round_trip(W, expected, dtype, fmt):
     assert W.density == pytest.approx(W.nnz / (m * k))
     got = W.to_dense(raw=True)
     assert got.dtype == np.uint16 and got.shape == (m, k)
-    if not np.array_equal(got, expected):
-        bad = np.argwhere(got != expected)[:5]
-        details = ", ".join(f"({r},{c}): got {got[r, c]:#06x} want {expected[r, c]:#06x}" for r, c in bad)
-        pytest.fail(f"{np.count_nonzero(got != expected)} elements differ: {details}")
+    assert_bits_equal(got, expected, "to_dense")
 
 
 @pytest.mark.parametrize("sparsity", SPARSITIES)
@@ -54,8 +49,6 @@ def test_round_trip_llm_size(rng, fmt, dtype, sparsity):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_to_dense_dtype(rng, dtype):
-    if dtype == "bfloat16" and ml_dtypes is None:
-        pytest.skip("ml_dtypes is not installed")
     bits, expected = sparse_bits(rng, 33, 70, dtype, 0.5, specials=False)
     dense = flashspmm.compress(as_dtype(bits, dtype)).to_dense()
     assert dense.dtype == as_dtype(expected, dtype).dtype

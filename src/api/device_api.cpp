@@ -96,12 +96,14 @@ extern "C" FSPMM_API fspmm_status_t fspmm_set_device(int device) {
 extern "C" FSPMM_API fspmm_status_t fspmm_device_malloc(void** ptr, size_t bytes) {
     return fspmm::guard("fspmm_device_malloc", [&] {
         FSPMM_REQUIRE(ptr != nullptr, "ptr is NULL");
-        *ptr = nullptr;
-        if (bytes == 0) return FSPMM_OK;
+        if (bytes == 0) {
+            *ptr = nullptr;
+            return FSPMM_OK;
+        }
         fspmm::current_device();
         void* p = nullptr;
         check_cuda(cudaMalloc(&p, bytes), ("cudaMalloc(" + std::to_string(bytes) + " bytes)").c_str());
-        *ptr = p;
+        *ptr = p;  // written on success only
         return FSPMM_OK;
     });
 }

@@ -62,7 +62,6 @@ fspmm_matrix_t new_matrix(const fspmm_header_t& h, const void* blob, size_t byte
 extern "C" FSPMM_API fspmm_status_t fspmm_matrix_create_host(const void* blob, size_t bytes, fspmm_matrix_t* matrix) {
     return guard("fspmm_matrix_create_host", [&] {
         require_pointer(matrix, "matrix", "a pointer to an fspmm_matrix_t to receive the handle");
-        *matrix = nullptr;
         require_pointer(blob, "blob", "a pointer to a blob in host memory");
         const fspmm_header_t h = validate_blob(blob, bytes);
         *matrix = new_matrix(h, blob, bytes, -1);
@@ -74,7 +73,6 @@ extern "C" FSPMM_API fspmm_status_t fspmm_matrix_create_device(const void* blob,
                                                               fspmm_matrix_t* matrix) {
     return guard("fspmm_matrix_create_device", [&] {
         require_pointer(matrix, "matrix", "a pointer to an fspmm_matrix_t to receive the handle");
-        *matrix = nullptr;
         require_pointer(blob, "blob", "a pointer to a blob in device memory");
         require_aligned16(blob, "blob");
         current_device();
@@ -141,7 +139,6 @@ extern "C" FSPMM_API fspmm_status_t fspmm_plan_create(fspmm_matrix_t matrix, int
                                                      const fspmm_linear_options_t* options, fspmm_plan_t* plan) {
     return guard("fspmm_plan_create", [&] {
         require_pointer(plan, "plan", "a pointer to an fspmm_plan_t to receive the plan");
-        *plan = nullptr;
         const fspmm_matrix_s& m = matrix_arg(matrix, false);
         FSPMM_REQUIRE(max_n >= 1 && max_n <= int64_t{65535} * 64,
                       "max_n = " + std::to_string(max_n) + " is invalid: pass the largest N (tokens) the plan "
