@@ -7,12 +7,24 @@ cupy arrays (cupy's bfloat16 through flashspmm.from_pointer).
 import numpy as np
 import pytest
 
-import flashspmm
-from flashspmm._native import ffi, lib
-
 import _format_reference as reference
-from _toolkit import (GPU_ARRAY_LIBS, NAN_BITS, assert_bits_equal, device_bytes, device_ptr, host_bits, host_bytes,
-                      is_nan_bits, on_device, require, sliced, sparse_bits, synchronize)
+import flashspmm
+from _toolkit import (
+    GPU_ARRAY_LIBS,
+    NAN_BITS,
+    assert_bits_equal,
+    device_bytes,
+    device_ptr,
+    host_bits,
+    host_bytes,
+    is_nan_bits,
+    on_device,
+    require,
+    sliced,
+    sparse_bits,
+    synchronize,
+)
+from flashspmm._native import ffi, lib
 
 pytestmark = pytest.mark.gpu
 
@@ -28,8 +40,8 @@ def cpu_blob(bits, dtype, fmt):
 def decompress_on_gpu(W, out_ptr, ld, stream=0):
     """The GPU decoder writing W into device memory at out_ptr (leading dimension ld), through the C API: the one
     place these tests call it directly."""
-    return lib.fspmm_decompress(W.header, ffi.cast("void *", W.data_ptr), ffi.cast("void *", out_ptr), ld,
-                                ffi.cast("void *", stream))
+    M, K = W.shape
+    return lib.fspmm_decompress(W._handle, ffi.cast("void *", out_ptr), M, K, ld, ffi.cast("void *", stream))
 
 
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)

@@ -5,16 +5,31 @@ data is seen through flashspmm.from_pointer), draws its inputs from the seeded `
 NaN and checks every element with _toolkit.assert_close. The kernel choices the tests force (a bitmap decoder,
 the CUDA-core N = 1 kernel) go through linear_with_decoder / linear_with_gemv only.
 """
-import os
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 import flashspmm
-from _toolkit import (GPU_ARRAY_LIBS, NAN_BITS, NEG_INF, POS_INF, assert_bits_equal, assert_close, bits_of,
-                      from_f32, host_bits, is_nan_bits, on_device, reference_linear, require, sliced, synchronize,
-                      to_f64, values, weight)
+from _toolkit import (
+    GPU_ARRAY_LIBS,
+    NAN_BITS,
+    NEG_INF,
+    POS_INF,
+    assert_bits_equal,
+    assert_close,
+    bits_of,
+    from_f32,
+    host_bits,
+    is_nan_bits,
+    on_device,
+    reference_linear,
+    require,
+    sliced,
+    synchronize,
+    to_f64,
+    values,
+    weight,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -25,42 +40,33 @@ DTYPES = ["float16", "bfloat16"]
 
 # ---- kernel choice: one helper each, so the way of choosing changes in one place ------------------------------
 
-@contextmanager
-def _environment(name, value):
-    """Set (value "" : remove) an environment variable for the duration of a block; the library reads it at
-    every launch."""
-    before = os.environ.get(name)
-    if value:
-        os.environ[name] = value
-    else:
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+def _rows(x):
+    n = 1
+    for d in x.shape[:-1]:
+        n *= int(d)
+    return n
 
 
-def linear_with_decoder(decoder, x, W, bias=None, **kwargs):
-    """flashspmm.linear with the bitmap decoder forced: "rows", "scatter", "direct", or "" for the library's
-    choice by density (FSPMM_BITMAP_DECODER)."""
-    with _environment("FSPMM_BITMAP_DECODER", decoder):
-        return flashspmm.linear(x, W, bias, **kwargs)
+def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
+    """flashspmm.linear with the bitmap decoder forced through the plan options: "rows", "scatter", "direct", or
+    "" for the library's choice by density; the plan is asked which decoder (and kernel) it launched."""
+    decoder = decoder if decoder and W.format == "bitmap" else "auto"
+    y = flashspmm.linear(x, W, bias, kernel=kernel, decoder=decoder, **kwargs)
+    n = _rows(x)
+    if n:
+        info = W.plan_info(n, split_k=kwargs.get("split_k", 0), kernel=kernel, decoder=decoder)
+        if decoder != "auto" and info["kernel"] == "tensor_core":
+            assert info["decoder"] == decoder, info
+        if kernel != "auto":
+            assert info["kernel"] == (kernel if n == 1 else "tensor_core"), info
+    return y
 
 
 def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
-    """flashspmm.linear with the N = 1 kernel forced: "1" the CUDA-core kernel for every N = 1 call, "0" never,
-    "" the library's rule (FSPMM_GEMV); `decoder` as for linear_with_decoder."""
-    with _environment("FSPMM_GEMV", gemv):
-        return linear_with_decoder(decoder, x, W, bias, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _default_kernels(monkeypatch):
-    monkeypatch.delenv("FSPMM_BITMAP_DECODER", raising=False)  # the density rules apply unless a test forces
-    monkeypatch.delenv("FSPMM_GEMV", raising=False)
+    """flashspmm.linear with the N = 1 kernel forced: "1" the CUDA-core kernel for N = 1, "0" the Tensor Core
+    kernel, "" the library's rule; `decoder` as for linear_with_decoder."""
+    kernel = {"1": "cuda_core", "0": "tensor_core", "": "auto"}[gemv]
+    return linear_with_decoder(decoder, x, W, bias, kernel=kernel, **kwargs)
 
 
 # ---- cases ------------------------------------------------------------------------------------------------------

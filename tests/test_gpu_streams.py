@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 import flashspmm
-from flashspmm import _native
-from _toolkit import (assert_close, bits_of, host_bits, on_device, require, sub_seed, synchronize, to_f64, values,
-                      weight)
+from _toolkit import assert_close, bits_of, host_bits, on_device, require, sub_seed, synchronize, to_f64, values, weight
 
 pytestmark = pytest.mark.gpu
 
@@ -20,10 +18,7 @@ def device_weight(rng, M, K, sparsity=0.7):
 
 def workspace_bytes(W, N, split_k=0):
     """Split-K workspace the library plans for W and N on device 0 (the one place these tests ask for it)."""
-    size = _native.ffi.new("size_t *")
-    with _native.on_device(0):
-        _native.check(_native.lib.fspmm_linear_workspace_size(W.header, N, split_k, size))
-    return int(size[0])
+    return W.plan_info(N, split_k=split_k)["workspace_bytes"]
 
 
 def torch_slow_x(torch, rng, N, K):

@@ -2,6 +2,8 @@
  * installed library. Prints "test_capi: P passed, F failed" and returns nonzero if anything failed. */
 #include <flashspmm.h>
 
+#include "fspmm_bits.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,41 +33,8 @@ static uint64_t next_random(void) {
 /* Uniform double in [0, 1). */
 static double uniform(void) { return (double)(next_random() >> 11) * (1.0 / 9007199254740992.0); }
 
-/* Bits of a float. */
-static uint32_t float_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-/* float -> IEEE fp16 bits, round to nearest even (finite inputs; overflow gives Inf). */
-static uint16_t float_to_half(float f) {
-    const uint32_t x = float_bits(f);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    const uint32_t ax = x & 0x7FFFFFFFu;
-    uint32_t m, shift, rem, halfway, r;
-    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);                   /* rounds to Inf */
-    if (ax >= 0x38800000u)                                                       /* normal fp16   */
-        return (uint16_t)(sign | ((ax + 0xFFFu + ((ax >> 13) & 1u) - (112u << 23)) >> 13));
-    if (ax <= 0x33000000u) return sign;                                          /* rounds to 0   */
-    m = (ax & 0x7FFFFFu) | 0x800000u;                                            /* subnormal     */
-    shift = 126u - (ax >> 23);
-    rem = m & ((1u << shift) - 1u);
-    halfway = 1u << (shift - 1u);
-    r = m >> shift;
-    if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
-    return (uint16_t)(sign | r);
-}
-
-/* IEEE fp16 bits -> float. */
-static float half_to_float(uint16_t h) {
-    const int exp = (h >> 10) & 0x1F;
-    const int mant = h & 0x3FF;
-    const float magnitude = exp == 0x1F ? (mant ? NAN : INFINITY)
-                            : exp == 0  ? ldexpf((float)mant, -24)
-                                        : ldexpf((float)(mant | 0x400), exp - 25);
-    return (h & 0x8000u) ? -magnitude : magnitude;
-}
+static uint16_t float_to_half(float f) { return fspmm_float_to_bits(f, FSPMM_DTYPE_FLOAT16); }
+static float half_to_float(uint16_t h) { return (float)fspmm_bits_to_double(h, FSPMM_DTYPE_FLOAT16); }
 
 /* True iff fp16 bits are stored by flashspmm (not +0.0 / -0.0). */
 static int is_stored(uint16_t h) { return (h & 0x7FFFu) != 0; }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "flashspmm.h"
+#include "fspmm_bits.h" /* tests/c */
 
 #define CHECK(call)                                                                                   \
     do {                                                                                              \
@@ -28,35 +29,8 @@ static double uniform(void) { /* xorshift64*, in [0, 1) */
     return (double)((rng_state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
 }
 
-/* float -> 16-bit bits of `dtype`, round to nearest even (normal range and zero are enough here). */
-static uint16_t to_bits(float f, fspmm_dtype_t dtype) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if (dtype == FSPMM_DTYPE_BFLOAT16) return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    int32_t exp = (int32_t)((x >> 23) & 0xFF) - 127 + 15;
-    uint32_t mant = x & 0x7FFFFFu;
-    if (exp <= 0) return (uint16_t)sign;
-    uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
-    uint32_t rest = mant & 0x1FFFu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
-    return (uint16_t)h;
-}
-static double from_bits(uint16_t h, fspmm_dtype_t dtype) {
-    uint32_t x;
-    float f;
-    if (dtype == FSPMM_DTYPE_BFLOAT16) {
-        x = (uint32_t)h << 16;
-        memcpy(&f, &x, 4);
-        return f;
-    }
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FFu;
-    if (exp == 0) return sign ? -0.0 : 0.0; /* inputs here are never subnormal */
-    if (exp == 31) x = sign | 0x7F800000u | (mant << 13);
-    else x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-    memcpy(&f, &x, 4);
-    return f;
-}
+static uint16_t to_bits(float f, fspmm_dtype_t dtype) { return fspmm_float_to_bits(f, dtype); }
+static double from_bits(uint16_t h, fspmm_dtype_t dtype) { return fspmm_bits_to_double(h, dtype); }
 
 /* The blob of w, written by the CPU encoder or by the GPU encoder into d_blob (device memory, returned). */
 static int make_blob(const uint16_t* w, int64_t M, int64_t K, fspmm_dtype_t dtype, fspmm_format_t format,
