@@ -1,7 +1,7 @@
 """The core API v2 on the CPU: the header travels with the blob, framework in = framework out, clear errors."""
 
-import io
 import importlib.util
+import io
 
 import numpy as np
 import pytest

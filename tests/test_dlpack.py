@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import flashspmm
-from flashspmm import _dlpack
 from _toolkit import DLPackOnly, assert_bits_equal, assert_close, bits_of, sparse_bits, values, weight
+from flashspmm import _dlpack
 
 
 class Exported:

@@ -10,8 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-import flashspmm
 import _format_reference as ref
+import flashspmm
 from _toolkit import assert_bits_equal, checksum, sparse_bits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,7 +121,8 @@ def _doc_dump(title):
     """The hex lines ("0000: 46 53 ...") of the code block that follows the paragraph starting with `title`."""
     if not os.path.isfile(FORMATS_MD):
         pytest.skip("docs/FORMATS.md is not next to the tests (an installed test copy)")
-    text = open(FORMATS_MD, encoding="utf-8").read()
+    with open(FORMATS_MD, encoding="utf-8") as f:
+        text = f.read()
     start = text.index(title)
     block = text[text.index("```", start) + 3:]
     block = block[:block.index("```")]

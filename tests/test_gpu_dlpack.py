@@ -8,10 +8,22 @@ import numpy as np
 import pytest
 
 import flashspmm
+from _toolkit import (
+    CudaArrayOnly,
+    assert_bits_equal,
+    assert_close,
+    bits_of,
+    device_ptr,
+    host_bits,
+    on_device,
+    random_bits,
+    require,
+    synchronize,
+    values,
+    weight,
+)
 from flashspmm import _dlpack
 from flashspmm._arrays import DeviceBuffer
-from _toolkit import (CudaArrayOnly, assert_bits_equal, assert_close, bits_of, device_ptr, host_bits, on_device,
-                      random_bits, require, synchronize, values, weight)
 
 pytestmark = pytest.mark.gpu
 

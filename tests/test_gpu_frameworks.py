@@ -7,8 +7,22 @@ import numpy as np
 import pytest
 
 import flashspmm
-from _toolkit import (as_dtype, assert_bits_equal, assert_close, assert_on_cuda, bits_of, host_bits, on_device,
-                      random_bits, require, sliced, synchronize, to_f64, values, weight)
+from _toolkit import (
+    as_dtype,
+    assert_bits_equal,
+    assert_close,
+    assert_on_cuda,
+    bits_of,
+    host_bits,
+    on_device,
+    random_bits,
+    require,
+    sliced,
+    synchronize,
+    to_f64,
+    values,
+    weight,
+)
 
 pytestmark = pytest.mark.gpu
 

@@ -14,11 +14,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import flashspmm  # noqa: E402
-import ml_dtypes  # noqa: E402
 from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
 
 pytestmark = pytest.mark.gpu

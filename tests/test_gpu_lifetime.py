@@ -6,8 +6,8 @@ import gc
 import pytest
 
 import flashspmm
-from flashspmm import _dlpack
 from _toolkit import CudaArrayOnly, assert_close, bits_of, on_device, require, values, weight
+from flashspmm import _dlpack
 
 pytestmark = pytest.mark.gpu
 

@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 
 import flashspmm
+from _toolkit import (
+    GPU_ARRAY_LIBS,
+    NEG_ZERO,
+    SPECIALS,
+    CudaArrayOnly,
+    as_dtype,
+    device_bytes,
+    device_ptr,
+    host_bits,
+    on_device,
+    synchronize,
+)
 from flashspmm._native import ffi, lib
-
-from _toolkit import (GPU_ARRAY_LIBS, NEG_ZERO, SPECIALS, CudaArrayOnly, as_dtype, device_bytes, device_ptr, host_bits,
-                      on_device, synchronize)
 
 pytestmark = pytest.mark.gpu
 

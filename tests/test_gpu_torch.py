@@ -17,8 +17,7 @@ if not torch.cuda.is_available():
 transformers = pytest.importorskip("transformers")
 
 import flashspmm.torch as fst  # noqa: E402
-from test_torch_common import (FAMILIES, block_linears, pruned_copy, rel_err, seed_torch, tiny_model,  # noqa: E402
-                               token_ids)
+from test_torch_common import FAMILIES, block_linears, pruned_copy, rel_err, seed_torch, tiny_model, token_ids  # noqa: E402
 from test_torch_wanda import check_wanda_mask  # noqa: E402
 
 CUDA = torch.device("cuda", torch.cuda.current_device())
@@ -169,8 +168,9 @@ def test_checkpoint_to_cuda_and_sparse_bitmask(tmp_path):
     with torch.no_grad():
         assert rel_err(loaded(ids).logits, model(ids).logits) <= 2e-2
 
-    from test_torch_checkpoint import bitmask_entries
     from safetensors.torch import save_file
+
+    from test_torch_checkpoint import bitmask_entries
 
     w = random_pruned(96, 64, 0.6, device="cpu")
     save_file(bitmask_entries("layer", w), str(tmp_path / "ct.safetensors"))

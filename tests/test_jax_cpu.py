@@ -17,10 +17,10 @@ import pytest  # noqa: E402
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
 
 import flashspmm  # noqa: E402
 import flashspmm.jax as fj  # noqa: E402
-import ml_dtypes  # noqa: E402
 from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}

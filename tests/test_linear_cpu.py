@@ -5,8 +5,22 @@ import numpy as np
 import pytest
 
 import flashspmm
-from _toolkit import (NEG_INF, POS_INF, as_dtype, assert_bits_equal, assert_close, bits_of, from_f32,
-                      is_nan_bits, poisoned, reference_linear, to_f32, to_f64, values, weight)
+from _toolkit import (
+    NEG_INF,
+    POS_INF,
+    as_dtype,
+    assert_bits_equal,
+    assert_close,
+    bits_of,
+    from_f32,
+    is_nan_bits,
+    poisoned,
+    reference_linear,
+    to_f32,
+    to_f64,
+    values,
+    weight,
+)
 
 DTYPES = ["float16", "bfloat16"]  # bfloat16 needs ml_dtypes, which the test extra installs: no skip
 

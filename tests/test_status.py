@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import flashspmm
-from flashspmm._native import ffi, lib
 from _toolkit import as_dtype, is_sentinel, sentinel, sparse_bits, values, weight
+from flashspmm._native import ffi, lib
 
 NO_GPU = pytest.mark.skipif(flashspmm.device_count() > 0, reason="checks the behaviour on a machine without a GPU")
 SENTINEL_WORD = 0xA5A5A5A5A5A5A5A5

@@ -10,8 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import flashspmm.torch as fst  # noqa: E402
-from test_torch_common import (FAMILIES, block_linears, pruned_copy, rel_err, seed_torch, tiny_model,  # noqa: E402
-                               token_ids)
+from test_torch_common import FAMILIES, block_linears, pruned_copy, rel_err, seed_torch, tiny_model, token_ids  # noqa: E402
 
 TOL = 2e-3  # fp16 logits of the same pruned weights through two code paths
 

@@ -19,9 +19,9 @@ from . import _native
 from ._linear import linear
 from ._matrix import SparseMatrix, compress, load
 from ._model import load_model, save_model
+from ._native import Error
 from ._pointer import ExternalArray, from_pointer
 from ._prune import prune
-from ._native import Error
 
 __all__ = ["Error", "SparseMatrix", "ExternalArray", "compress", "load", "linear", "prune", "from_pointer",
            "save_model", "load_model", "info", "cmake_dir", "include_dir", "library_path", "device_count",

@@ -201,7 +201,7 @@ def summarize(rows, card):
         print(f"{fmt:>9}  sp%  " + "  ".join(f"{b[0]:>14}" for b in buckets))
         for sp in sorted({r["sparsity"] for r in rows}):
             cells = []
-            for name, pred, idx in buckets:
+            for _name, pred, idx in buckets:
                 sel = [r["speedup"] for r in rows if r["format"] == fmt and r["sparsity"] == sp and pred(r["N"])
                        and (r["M"], r["K"]) in TARGET_SHAPES]
                 g = _geomean(sel)

@@ -305,7 +305,7 @@ class Decoder:
         return time.perf_counter() - t0
 
 
-def logits_check(model, reference_logits: Dict[str, "object"]) -> Optional[float]:
+def logits_check(model, reference_logits: Dict[str, object]) -> Optional[float]:
     """Worst relative error of ``model``'s logits against ``reference_logits`` (from :func:`check_logits`)."""
     if not reference_logits:
         return None
@@ -319,7 +319,7 @@ def logits_check(model, reference_logits: Dict[str, "object"]) -> Optional[float
     return worst
 
 
-def check_logits(model, device) -> Dict[str, "object"]:
+def check_logits(model, device) -> Dict[str, object]:
     """Logits of fixed inputs, no cache: 2 sequences of 16 tokens (many-token products) and 1 token (N = 1)."""
     import torch
 
@@ -353,7 +353,7 @@ def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10
     if not roles:
         return None
     ratios = []
-    for role, mods in roles.items():
+    for mods in roles.values():
         dense_weights = [m.to_dense() for m in mods]
         x = torch.randn(batch, mods[0].in_features, device=device, dtype=torch.float16)
 

@@ -63,7 +63,7 @@ if library_path is None:
 
 def _read_cdef(path):
     """Return the declarations between the cdef markers of the header, without comments."""
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     begin = text.find(_BEGIN)
     end = text.find(_END)

@@ -20,8 +20,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._checkpoint import from_pretrained, load_sparse, read_sparse_bitmask, save_sparse
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice
 from ._ops import register_matrix as register
-from ._sparsify import (DEFAULT_FUSE_GROUPS, LayerReport, SparsifyReport, collect_input_norms, fuse_sparse,
-                        prune_weight, select_linears, sparsify, wanda_prune)
+from ._sparsify import (
+    DEFAULT_FUSE_GROUPS,
+    LayerReport,
+    SparsifyReport,
+    collect_input_norms,
+    fuse_sparse,
+    prune_weight,
+    select_linears,
+    sparsify,
+    wanda_prune,
+)
 
 __all__ = ["SparseLinear", "FusedSparseLinear", "SparseLinearSlice", "sparsify", "fuse_sparse", "SparsifyReport",
            "LayerReport", "select_linears", "prune_weight", "wanda_prune", "collect_input_norms", "DEFAULT_FUSE_GROUPS",

@@ -67,7 +67,7 @@ class SparseLinear(nn.Module):
         self._init(blob, bias, W)
 
     @classmethod
-    def _from_matrix(cls, W: SparseMatrix, blob: torch.Tensor, bias: Optional[torch.Tensor]) -> "SparseLinear":
+    def _from_matrix(cls, W: SparseMatrix, blob: torch.Tensor, bias: Optional[torch.Tensor]) -> SparseLinear:
         """A module over ``blob`` when ``W`` already wraps it (no second validation)."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
@@ -88,7 +88,7 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                   format: str = "auto") -> "SparseLinear":
+                   format: str = "auto") -> SparseLinear:
         """Compress a dense (already pruned) weight [out_features, in_features] on its device."""
         _check_half(weight, "weight")
         if weight.dim() != 2:
@@ -104,7 +104,7 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, sparsity: Optional[float] = None, method: str = "magnitude",
-                    format: str = "auto", act_norms: Optional[torch.Tensor] = None) -> "SparseLinear":
+                    format: str = "auto", act_norms: Optional[torch.Tensor] = None) -> SparseLinear:
         """A SparseLinear with ``linear``'s weight, pruned first when ``sparsity`` is given.
 
         method: "magnitude" (flashspmm.prune: the smallest |w| of every row) or "wanda" (the smallest

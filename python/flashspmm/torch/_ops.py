@@ -38,7 +38,7 @@ from . import _compat
 
 __all__ = ["register_matrix", "lookup_matrix", "linear_op"]
 
-_REGISTRY: "dict[tuple, weakref.ref]" = {}
+_REGISTRY: dict[tuple, weakref.ref] = {}
 _LOCK = threading.Lock()
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -97,7 +97,7 @@ class SafetensorsWriter:
         names = [p[0] for p in self.plan]
         if len(set(names)) != len(names) or "__metadata__" in names:
             raise ValueError("tensor names must be unique and not '__metadata__'")
-        for name, dtype, shape, _ in self.plan:
+        for name, dtype, _shape, _ in self.plan:
             if dtype not in DTYPES:
                 raise TypeError(f"unknown safetensors dtype {dtype!r} for {name}")
         bound = sum(int(p[3]) for p in self.plan)
@@ -105,7 +105,7 @@ class SafetensorsWriter:
                         "data_offsets": [bound, bound]} for name, dtype, shape, _ in self.plan}
         self.room = len(self._header_bytes(worst, metadata_room))
         self.room += -(8 + self.room) % _ALIGN
-        self._file = open(path, "wb")
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close() / abort(): the writer spans many calls)
         self._file.seek(8 + self.room)
         self._next = 0
         self._offset = 0

@@ -401,7 +401,7 @@ def fuse_sparse(model: nn.Module, fuse: Union[bool, Sequence[Sequence[str]]] = T
     """
     groups = _fuse_groups(fuse)
     fused_count = 0
-    for parent_name, parent in list(model.named_modules()):
+    for _parent_name, parent in list(model.named_modules()):
         for names, fused_name in groups:
             members = [getattr(parent, n, None) for n in names]
             if not all(type(m) is SparseLinear for m in members):
