@@ -162,23 +162,22 @@ def _prune_blocks(model):
     return model
 
 
-def _decode_logits(model, ids, steps: int):
-    """Logits of a prefill of ``ids`` and of ``steps`` greedy decode steps with the model's default cache."""
+def _decode_logits(model, ids, prefill: int):
+    """Logits of a prefill of ``ids[:, :prefill]``, then of one step per further token of ``ids`` through the
+    model's default KV cache (given tokens, not the model's own choice: both models see the same inputs)."""
     import inspect
 
     # transformers 5.x renamed past_key_values to cache (argument and output); take whichever this one has
     key = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     outs = []
     with torch.inference_mode():
-        out = model(input_ids=ids, use_cache=True)
-        for step in range(steps + 1):
-            outs.append(out.logits)
-            if step == steps:
-                break
+        out = model(input_ids=ids[:, :prefill], use_cache=True)
+        outs.append(out.logits)
+        for step in range(prefill, ids.shape[1]):
             cache = getattr(out, key, None)
             assert cache is not None, f"the model returned no {key}"
-            token = out.logits[:, -1:].argmax(-1)
-            out = model(input_ids=token, use_cache=True, **{key: cache})
+            out = model(input_ids=ids[:, step:step + 1], use_cache=True, **{key: cache})
+            outs.append(out.logits)
     return outs
 
 
@@ -203,8 +202,8 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
         r["ref"] = ref(input_ids=ids, use_cache=False).logits
         r["tp"] = model(input_ids=ids, use_cache=False).logits
         r["dense32"] = copy.deepcopy(pruned).float()(input_ids=ids, use_cache=False).logits
-    r["ref_decode"] = _decode_logits(ref, ids[:, :5], 3)
-    r["tp_decode"] = _decode_logits(model, ids[:, :5], 3)
+    r["ref_decode"] = _decode_logits(ref, ids, 4)
+    r["tp_decode"] = _decode_logits(model, ids, 4)
     attn = model.model.layers[0].self_attn
     r["modules"] = {name: type(m).__name__ for name, m in model.model.layers[0].named_modules() if name}
     r["qkv_splits"] = (tuple(attn.qkv_proj.splits), tuple(attn.qkv_proj.total_splits))
@@ -436,8 +435,11 @@ def check_model(results, world, dtype, exact: bool):
         what = f"rank {rank} {dtype}"
         close(r["tp"], r["ref"], tol, f"{what}: logits vs the single-process sparse model")
         close(r["tp"], r["dense32"], 2.5 * tol, f"{what}: logits vs the float32 dense model")
+        assert len(r["tp_decode"]) == len(r["ref_decode"]) == 4
         for step, (got, ref) in enumerate(zip(r["tp_decode"], r["ref_decode"])):
             close(got, ref, tol, f"{what}: decode step {step} with the KV cache")
+        # the sharded KV cache gives what the whole sequence at once gives
+        close(r["tp_decode"][-1][:, -1], r["tp"][:, -1], tol, f"{what}: last decode step vs no cache")
         if exact:
             assert torch.equal(r["tp_unfused"], r["tp"]), f"{what}: fuse=False"
         else:
