@@ -545,3 +545,29 @@ def test_needs_an_initialised_process_group():
 def test_shard_file_names():
     assert tp.shard_file_name(3, 8) == "tp-rank-00003-of-00008.safetensors"
     assert tp._SHARD_RE.fullmatch(tp.shard_file_name(0, 2))
+
+
+def test_bench_tp_code_path_on_cpus(tmp_path):
+    """The tensor-parallel benchmark's code path (launcher, torchrun, dense and sparse builds, the logits check,
+    decoding) on 2 CPU ranks with a tiny model; the timings themselves mean nothing here."""
+    import csv
+    import subprocess
+    import sys
+
+    if not _has_transformers():
+        pytest.skip("transformers is not installed")
+    out = tmp_path / "bench.csv"
+    cmd = [sys.executable, "-m", "flashspmm.torch._bench_tp", "--tp", "2", "--model", "tiny", "--device", "cpu",
+           "--batch", "1,3", "--prompt", "6", "--steps", "3", "--sparsity", "50,70", "--check", "--csv", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "NCCL_NVLS_ENABLE=0" in proc.stderr  # the launcher's environment defaults
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["variant"], r["batch"]) for r in rows] == [(v, b) for v in ("dense", "sparse50", "sparse70")
+                                                          for b in ("1", "3")]
+    for r in rows:
+        assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["tp"] == "2"
+        if r["variant"] != "dense":
+            assert 0 < float(r["check_rel_err"]) <= 2e-2, r
+            assert float(r["weight_gb_per_gpu"]) < float(rows[0]["weight_gb_per_gpu"])
+    assert "tokens/s" in proc.stdout and "sparse70" in proc.stdout
