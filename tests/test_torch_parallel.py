@@ -105,6 +105,14 @@ def scenario_layers(rank, world, workdir, seed, device):
             r["row_ref64"] = x.double() @ pruned_rows.double().T + bias.double()
             r["row_shard_dense"], r["row_shard_expected"] = row.to_dense(), blocks[rank]
             r["row_sizes"] = (row.out_features, row.in_features, row.total_in_features)
+            # Wanda: the whole layer's activation norms, sliced for the row-parallel shard
+            norms = torch.rand(K, generator=gen) + 0.5
+            r["wanda_col"] = tp.ColumnParallelSparseLinear.from_dense(w, None, sparsity=SPARSITY, method="wanda",
+                                                                      act_norms=norms).to_dense()
+            r["wanda_col_expected"] = fst.wanda_prune(w, norms, SPARSITY)[rows]
+            r["wanda_row"] = tp.RowParallelSparseLinear.from_dense(w, None, sparsity=SPARSITY, method="wanda",
+                                                                   act_norms=norms).to_dense()
+            r["wanda_row_expected"] = fst.wanda_prune(w[:, cols].contiguous(), norms[cols], SPARSITY)
             # a column-parallel layer feeding a row-parallel one (the MLP pattern), weights pruned beforehand
             up = tp.ColumnParallelSparseLinear.from_dense(pruned, bias, gather_output=False)
             pruned2 = fst.prune_weight(w2, SPARSITY)
@@ -246,6 +254,13 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
     r["own_shards_equal"] = shard_ok
     with torch.inference_mode():
         r["own_logits_finite"] = bool(torch.isfinite(own(input_ids=ids, use_cache=False).logits).all())
+
+    # Wanda through parallelize: activation norms from the dense model's calibration pass, every shard half zeros
+    wanda = copy.deepcopy(dense)
+    fst.parallelize(wanda, sparsity=SPARSITY, method="wanda", calibration=[ids])
+    r["wanda_density"] = sorted({round(m.density, 3) for m in wanda.modules() if isinstance(m, tp._TensorParallel)})
+    with torch.inference_mode():
+        r["wanda_logits_finite"] = bool(torch.isfinite(wanda(input_ids=ids, use_cache=False).logits).all())
 
     # errors: heads that cannot be split, an already parallel model, a tp-parallel checkpoint of a model twice
     bad = _tiny_model(_tiny_config(world, hidden_size=16 * world, num_attention_heads=2 * world,
@@ -403,6 +418,8 @@ def check_layers(results, world, exact: bool):
             assert r["row_sizes"] == (M, K // world, K)
             assert torch.equal(r["col_shard_dense"], r["col_shard_expected"]), f"{what}: column shard"
             assert torch.equal(r["row_shard_dense"], r["row_shard_expected"]), f"{what}: row shard"
+            assert torch.equal(r["wanda_col"], r["wanda_col_expected"]), f"{what}: Wanda column shard"
+            assert torch.equal(r["wanda_row"], r["wanda_row_expected"]), f"{what}: Wanda row shard"
             if exact:  # the same rows, the same reference arithmetic: the gathered output is bit for bit
                 assert torch.equal(r["col_gathered"], r["col_ref"]), f"{what}: column-parallel gathered"
                 assert torch.equal(r["col_local"], r["col_ref"][..., a:b]), f"{what}: column-parallel shard"
@@ -461,6 +478,7 @@ def check_model(results, world, dtype, exact: bool):
         assert r["o_sizes"] == (64 // world, 64, 64)
         assert all(r["own_shards_equal"].values()) and len(r["own_shards_equal"]) == 14, r["own_shards_equal"]
         assert r["own_logits_finite"]
+        assert r["wanda_density"] == [0.5] and r["wanda_logits_finite"], r["wanda_density"]
         assert "ValueError" in r["err_heads"] and "key/value heads" in r["err_heads"]
         assert "already tensor-parallel" in r["err_twice"]
         assert r["err_after_sparsify"].startswith("TypeError") and "already compressed" in r["err_after_sparsify"]
