@@ -104,13 +104,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "LOCAL_RANK" not in os.environ:
         return _launch(args, argv)
     code = _worker(args)
-    if args.device == "cpu":
-        # torch's gloo backend can abort at interpreter exit: its worker thread may free a collective's tensor
-        # after Python has begun finalising (seen with torch 2.13); leave without finalising, all output written
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Leave without interpreter finalisation, all output written: torch's gloo backend can abort there (its worker
+    # thread may free a collective's tensor after Python has begun finalising; seen with torch 2.13), and NCCL
+    # communicators used in captured CUDA graphs can hang when destroyed (a known torch issue).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _launch(args: argparse.Namespace, argv: List[str]) -> int:
@@ -338,7 +337,8 @@ class Decoder:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
+        # thread_local: the NCCL watchdog thread keeps querying its events while this thread captures
+        with torch.no_grad(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.step()
 
     def run(self, steps: int) -> float:
@@ -498,7 +498,8 @@ def _worker(args: argparse.Namespace) -> int:
         dist.barrier()  # every rank is done with the group before any tears it down
         return 0 if all(r["status"] == "ok" for r in rows) else 1
     finally:
-        dist.destroy_process_group()
+        if mode != "graph":  # see main(): after graph captures the process just exits
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
