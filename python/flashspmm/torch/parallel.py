@@ -267,7 +267,8 @@ class ColumnParallelSparseLinear(_TensorParallel, SparseLinear):
         start, stop = _shard_range(weight.shape[0], world, rank, "out_features")
         shard = _dense_shard(weight, 0, start, stop, device)
         _check_device(group, shard.device, "the weight")
-        bias_shard = None if bias is None else _dense_shard(bias, 0, start, stop, shard.device)
+        # the bias shard is copied: a view would keep the whole dense bias alive and share its memory
+        bias_shard = None if bias is None else _dense_shard(bias, 0, start, stop, shard.device).clone()
         with torch.no_grad():
             if sparsity is not None:
                 shard = prune_weight(shard, sparsity, method=method, act_norms=act_norms)
@@ -404,7 +405,7 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
         start, stop = _shard_range(weight.shape[1], world, rank, "in_features")
         shard = _dense_shard(weight, 1, start, stop, device)
         _check_device(group, shard.device, "the weight")
-        bias = None if bias is None else bias.detach().to(shard.device).contiguous()
+        bias = None if bias is None else bias.detach().to(shard.device).clone()
         with torch.no_grad():
             if sparsity is not None:
                 if act_norms is not None:
