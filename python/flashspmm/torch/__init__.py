@@ -57,3 +57,11 @@ def linear(x: "_torch.Tensor", W, bias=None) -> "_torch.Tensor":
     _ops.register_matrix(W)
     M, K = W.shape
     return _torch.ops.flashspmm.linear(x, blob, bias, M, K)
+
+
+# tensor parallelism (torch.distributed); the module is flashspmm.torch.parallel
+from .parallel import (ColumnParallelSparseLinear, RowParallelSparseLinear, load_sparse_parallel,  # noqa: E402
+                       parallelize, save_sparse_parallel)
+
+__all__ += ["ColumnParallelSparseLinear", "RowParallelSparseLinear", "parallelize", "save_sparse_parallel",
+            "load_sparse_parallel"]

@@ -77,14 +77,15 @@ def _layer_records(model: nn.Module) -> Dict[str, dict]:
 
 
 def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_size: Union[int, str, None] = None,
-                save_config: bool = True) -> List[str]:
+                save_config: bool = True, metadata: Optional[Dict[str, str]] = None) -> List[str]:
     """Write ``model`` (sparsified or not) to safetensors at ``path``; returns the files written.
 
     ``path`` ending in ``.safetensors`` is one file; anything else is a directory (created if needed) holding
     ``model.safetensors``, or shards of at most ``max_shard_size`` bytes (an int or e.g. ``"5GB"``) and their
     index, plus ``config.json`` (``model.config.save_pretrained``) when ``save_config`` and the model has one.
     Tensors are copied to the host and written one at a time. Each file is written under a temporary name
-    and renamed when complete.
+    and renamed when complete. ``metadata``: more string entries for every file's ``__metadata__`` (the
+    tensor-parallel shards record their rank there).
     """
     path = os.fspath(path)
     limit = _parse_size(max_shard_size)
@@ -140,6 +141,7 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
             in_shard = {k: r for k, r in layers.items() if blob_shard.get(r["blob"]) == name}
             meta = {"format": "pt", "flashspmm": json.dumps({"version": _FORMAT_VERSION, "layers": in_shard,
                                                              "aliases": aliases})}
+            meta.update({k: v for k, v in (metadata or {}).items() if k not in meta})
             final = os.path.join(directory, name)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
             os.close(fd)
