@@ -84,6 +84,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--csv", default="bench-model.csv")
     p.add_argument("--png", default="bench-model.png")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel degree: above 1, runs LLaMA-2-70B shapes over torchrun on that many GPUs "
+                        "(flashspmm.torch._bench_tp, which takes --layers, --batch, --sparsity too)")
     return p
 
 
@@ -410,6 +413,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import flashspmm.torch  # noqa: F401  (registers the op before anything is traced or captured)
 
+    if args.tp > 1:  # the tensor-parallel benchmark, launched with torchrun
+        from .torch import _bench_tp
+
+        argv = ["--tp", str(args.tp), "--batch", ",".join(map(str, args.batch)),
+                "--sparsity", ",".join(str(round(100 * s)) for s in args.sparsity)]
+        if args.layers is not None:
+            argv += ["--layers", str(args.layers)]
+        return _bench_tp.main(argv)
     if args.quick:
         args.layers = 2 if args.layers is None else args.layers
         args.steps, args.prompt = 16, 32

@@ -34,8 +34,11 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-# Multi-GPU hosts here must not use NVLink multicast (NVLS); NCCL, torch's symmetric memory and NVSHMEM each have
-# a switch. Set before NCCL is initialised; values already in the environment win.
+from .._bench_model import _int_list, _percent_list  # the same option syntax as bench-model
+
+# NVLink multicast (NVLS) stays off unless the environment says otherwise: a program using it can take a shared
+# host's GPUs out of service. NCCL, torch's symmetric memory and NVSHMEM each have a switch; set before NCCL is
+# initialised; values already in the environment win.
 ENV_DEFAULTS: Dict[str, str] = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                                 "NVSHMEM_DISABLE_NVLS": "1"}
 for _key, _value in ENV_DEFAULTS.items():
@@ -55,19 +58,6 @@ LAYER_PLAN = {"self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise", "sel
 CHECK_TOL = 2e-2
 FIELDS = ["model", "layers", "tp", "variant", "sparsity", "batch", "mode", "ms_per_step", "tokens_per_s", "speedup",
           "weight_gb_per_gpu", "peak_gb_per_gpu", "check_rel_err", "status"]
-
-
-def _percent_list(text: str) -> List[float]:
-    values = [float(v) for v in text.split(",") if v.strip()]
-    values = [v / 100 if v >= 1 else v for v in values]
-    for v in values:
-        if not 0 < v < 1:
-            raise argparse.ArgumentTypeError(f"sparsity {v} is not in (0, 1) (give percent, e.g. 50,70)")
-    return values
-
-
-def _int_list(text: str) -> List[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
