@@ -54,14 +54,23 @@ def parse_dims(text):
 def make_weights(rng, hidden, inter, heads, kv, sparsity, dtype):
     """Pruned dense weights [out, in] (nn.Linear layout) on JAX's default device, and the norms."""
     head_dim = hidden // heads
-    shapes = {"q": (hidden, hidden), "k": (kv * head_dim, hidden), "v": (kv * head_dim, hidden),
-              "o": (hidden, hidden), "gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
+    shapes = {
+        "q": (hidden, hidden),
+        "k": (kv * head_dim, hidden),
+        "v": (kv * head_dim, hidden),
+        "o": (hidden, hidden),
+        "gate": (inter, hidden),
+        "up": (inter, hidden),
+        "down": (hidden, inter),
+    }
     dense = {}
     for name, (m, k) in shapes.items():
         w = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32) / math.sqrt(k), dtype=dtype)
         dense[name] = fj.prune(w, sparsity)  # eager, on w's device; a JAX array again
-    norms = {"attn_norm": jnp.asarray(1 + 0.1 * rng.standard_normal(hidden), dtype=jnp.float32),
-             "mlp_norm": jnp.asarray(1 + 0.1 * rng.standard_normal(hidden), dtype=jnp.float32)}
+    norms = {
+        "attn_norm": jnp.asarray(1 + 0.1 * rng.standard_normal(hidden), dtype=jnp.float32),
+        "mlp_norm": jnp.asarray(1 + 0.1 * rng.standard_normal(hidden), dtype=jnp.float32),
+    }
     return dense, norms
 
 
@@ -123,6 +132,7 @@ def eager_proj(matrices):
 
 def make_steps(dense, sparse, matrices, norms, heads, kv):
     """name -> step(x, cache_k, cache_v, pos) for the four variants."""
+
     def with_weights(proj):
         return lambda x, ck, cv, pos: block(proj, norms, x, ck, cv, pos, heads, kv)
 
@@ -161,8 +171,10 @@ def check(steps, rng, batch, hidden, kv, head_dim, seq, dtype, tol):
         out = step(*args)
         errs = [rel_err(o, r) for o, r in zip(out, ref)]
         worst = max(worst, max(errs))
-        print(f"  batch {batch:3d}  {name:10s}  relative error vs dense jit: x {errs[0]:.2e}, k cache {errs[1]:.2e}, "
-              f"v cache {errs[2]:.2e}")
+        print(
+            f"  batch {batch:3d}  {name:10s}  relative error vs dense jit: x {errs[0]:.2e}, k cache {errs[1]:.2e}, "
+            f"v cache {errs[2]:.2e}"
+        )
         if not all(np.isfinite(np.asarray(o, dtype=np.float32)).all() for o in out):
             raise SystemExit(f"{name}: non-finite output")
     if worst > tol:
@@ -212,16 +224,20 @@ def main(argv=None):
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (1 << 32))
     rng = np.random.default_rng(seed)
     device = jax.devices()[0]
-    print(f"device {device.device_kind} ({device.platform}); hidden {hidden}, intermediate {inter}, heads {heads}, "
-          f"kv heads {kv}; {args.dtype}, sparsity {args.sparsity}; seed {seed}")
+    print(
+        f"device {device.device_kind} ({device.platform}); hidden {hidden}, intermediate {inter}, heads {heads}, "
+        f"kv heads {kv}; {args.dtype}, sparsity {args.sparsity}; seed {seed}"
+    )
 
     dense, norms = make_weights(rng, hidden, inter, heads, kv, args.sparsity, dtype)
     matrices = {name: flashspmm.compress(w) for name, w in dense.items()}  # on the weights' device
     sparse = {name: fj.from_sparse(m, device=device) for name, m in matrices.items()}
     sparse_bytes = sum(w.nbytes for w in sparse.values())
     dense_bytes = sum(w.size * w.dtype.itemsize for w in dense.values())
-    print(f"weights: dense {dense_bytes / 2**20:.1f} MiB, compressed {sparse_bytes / 2**20:.1f} MiB "
-          f"({', '.join(f'{n} {sparse[n].format}' for n in PROJECTIONS)})")
+    print(
+        f"weights: dense {dense_bytes / 2**20:.1f} MiB, compressed {sparse_bytes / 2**20:.1f} MiB "
+        f"({', '.join(f'{n} {sparse[n].format}' for n in PROJECTIONS)})"
+    )
     steps = make_steps(dense, sparse, matrices, norms, heads, kv)
 
     if not args.skip_check:
@@ -235,13 +251,18 @@ def main(argv=None):
             step_args = inputs(rng, b, hidden, kv, head_dim, args.seq, dtype)
             ms = {name: time_step(step, step_args, args.repeats, args.iters) for name, step in steps.items()}
             rows.append((b, ms))
-        print(f"\ndecode step, one block, {device.device_kind}: milliseconds per step (median of {args.repeats} x "
-              f"{args.iters})")
+        print(
+            f"\ndecode step, one block, {device.device_kind}: milliseconds per step (median of {args.repeats} x "
+            f"{args.iters})"
+        )
         names = list(steps)
         print(f"{'batch':>5}  " + "  ".join(f"{n:>11}" for n in names) + "  sparse/dense jit  jit/eager")
         for b, ms in rows:
-            print(f"{b:>5}  " + "  ".join(f"{ms[n]:>11.3f}" for n in names) +
-                  f"  {ms['dense jit'] / ms['sparse jit']:>15.2f}x  {ms['eager'] / ms['sparse jit']:>8.2f}x")
+            print(
+                f"{b:>5}  "
+                + "  ".join(f"{ms[n]:>11.3f}" for n in names)
+                + f"  {ms['dense jit'] / ms['sparse jit']:>15.2f}x  {ms['eager'] / ms['sparse jit']:>8.2f}x"
+            )
     return 0
 
 

@@ -24,8 +24,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.cpu_devices:  # must be set before JAX starts
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.cpu_devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.cpu_devices}"
+        )
         os.environ["JAX_PLATFORMS"] = "cpu"
 
     import jax
@@ -54,14 +55,15 @@ def main(argv=None):
     def mlp_shard(x, Wg, Wu, Wd):  # per device: x [N, H], Wg / Wu [F/D, H], Wd [H, F/D]
         g = fj.linear(x, Wg).astype(jnp.float32)
         u = fj.linear(x, Wu).astype(jnp.float32)
-        h = (jax.nn.silu(g) * u).astype(x.dtype)                   # [N, F/D]: this device's features
-        partial = fj.linear(h, Wd).astype(jnp.float32)             # [N, H]: this device's share of the sum
+        h = (jax.nn.silu(g) * u).astype(x.dtype)  # [N, F/D]: this device's features
+        partial = fj.linear(h, Wd).astype(jnp.float32)  # [N, H]: this device's share of the sum
         return jax.lax.psum(partial, "tp").astype(x.dtype)
 
     mlp = jax.jit(jax.shard_map(mlp_shard, mesh=mesh, in_specs=(P(), Wg.spec, Wu.spec, Wd.spec), out_specs=P()))
     # the column-parallel layer alone: each device's slice of the output, concatenated
-    gate = jax.jit(jax.shard_map(lambda x, W: fj.linear(x, W), mesh=mesh, in_specs=(P(), Wg.spec),
-                                 out_specs=P(None, "tp")))
+    gate = jax.jit(
+        jax.shard_map(lambda x, W: fj.linear(x, W), mesh=mesh, in_specs=(P(), Wg.spec), out_specs=P(None, "tp"))
+    )
 
     x = jnp.asarray(rng.standard_normal((N, H)), dtype=jnp.float16)
     y = np.asarray(mlp(x, Wg, Wu, Wd), dtype=np.float64)

@@ -168,14 +168,12 @@ fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t forma
 /* Host element pointers (dense, x, bias, y) must be 2-byte aligned.
  * dense: M x K elements of dtype, row-major with leading dimension ld >= K (elements).
  * Exact size of the blob, and (if `chosen` is not NULL) the format AUTO resolves to. */
-fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld,
-                                        fspmm_dtype_t dtype, fspmm_format_t format,
-                                        size_t* bytes, fspmm_format_t* chosen);
+fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                                        fspmm_format_t format, size_t* bytes, fspmm_format_t* chosen);
 /* Write the blob into out[0, out_bytes); out_bytes must be at least the size reported above.
  * `written` (may be NULL) receives the blob size. */
-fspmm_status_t fspmm_compress_host(const void* dense, int64_t M, int64_t K, int64_t ld,
-                                   fspmm_dtype_t dtype, fspmm_format_t format,
-                                   void* out, size_t out_bytes, size_t* written);
+fspmm_status_t fspmm_compress_host(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                                   fspmm_format_t format, void* out, size_t out_bytes, size_t* written);
 /* ---- matrix handles ------------------------------------------------------------------------------- */
 /* A handle over a blob in host memory: the whole blob is validated (as fspmm_validate_host) once, here.
  * `bytes` is the size of the buffer (it may be larger than the blob). */
@@ -205,8 +203,8 @@ fspmm_status_t fspmm_linear_host(fspmm_matrix_t matrix, const void* x, int64_t N
  * (FSPMM_PRUNE_TENSOR, n = M * K), zero exactly round(sparsity * n) entries (round half to even) of smallest
  * |value|. Entries that are already zero count; NaN ranks above every number; ties go to the lower position
  * (row-major), so the result is deterministic. sparsity is in [0, 1]. */
-fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
-                                double sparsity, fspmm_prune_scope_t scope);
+fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype, double sparsity,
+                                fspmm_prune_scope_t scope);
 
 /* ---- device (GPU) multiply: handle -> plan -> workspace -> execute ------------------------------------ */
 /* Every field AUTO / 0 and struct_bytes set. */
@@ -254,8 +252,8 @@ fspmm_status_t fspmm_compress_count(const void* dense, int64_t M, int64_t K, int
 /* Phase 2: wait for `stream`, then report the exact blob size for `format` (AUTO: the smaller, ties bitmap)
  * and, if `chosen` is not NULL, the format AUTO resolves to. Fails if the workspace was not counted, or if a
  * write phase that ran on it refused to write. */
-fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes, fspmm_format_t format,
-                                   size_t* bytes, fspmm_format_t* chosen, void* stream);
+fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes, fspmm_format_t format, size_t* bytes,
+                                   fspmm_format_t* chosen, void* stream);
 /* Phase 3: write the blob into out[0, out_bytes) (device memory, 16-byte aligned). Same dense, M, K, ld and
  * dtype as the count phase, the same workspace. */
 fspmm_status_t fspmm_compress(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,

@@ -22,10 +22,24 @@ CSL_PAD = 4096
 
 # (offset, struct code, name) of every header field ("Header (128 bytes)")
 HEADER_FIELDS = [
-    (0, "I", "magic"), (4, "H", "version"), (6, "B", "format"), (7, "B", "dtype"), (8, "q", "M"), (16, "q", "K"),
-    (24, "q", "nnz"), (32, "I", "tile_m"), (36, "I", "tile_k"), (40, "q", "tiles_m"), (48, "q", "tiles_k"),
-    (56, "Q", "offsets_offset"), (64, "Q", "offsets_bytes"), (72, "Q", "data_offset"), (80, "Q", "data_bytes"),
-    (88, "Q", "total_bytes"), (96, "Q", "payload_checksum"), (104, "I", "max_tile_bytes"),
+    (0, "I", "magic"),
+    (4, "H", "version"),
+    (6, "B", "format"),
+    (7, "B", "dtype"),
+    (8, "q", "M"),
+    (16, "q", "K"),
+    (24, "q", "nnz"),
+    (32, "I", "tile_m"),
+    (36, "I", "tile_k"),
+    (40, "q", "tiles_m"),
+    (48, "q", "tiles_k"),
+    (56, "Q", "offsets_offset"),
+    (64, "Q", "offsets_bytes"),
+    (72, "Q", "data_offset"),
+    (80, "Q", "data_bytes"),
+    (88, "Q", "total_bytes"),
+    (96, "Q", "payload_checksum"),
+    (104, "I", "max_tile_bytes"),
     (120, "Q", "header_checksum"),
 ]
 
@@ -48,7 +62,7 @@ def round_up(a, b):
 
 
 def checksum(data):
-    """"Checksum": sum over the range's 8-byte little-endian words w_i of splitmix64-finalised (w_i + i * phi),
+    """ "Checksum": sum over the range's 8-byte little-endian words w_i of splitmix64-finalised (w_i + i * phi),
     modulo 2^64."""
     _require(len(data) % 8 == 0, "a checksummed range must be a multiple of 8 bytes")
     w = np.frombuffer(bytes(data), dtype="<u8").astype(np.uint64)
@@ -85,8 +99,12 @@ def parse_header(blob):
     _require(h["data_offset"] + h["data_bytes"] < 2**64, "data_offset + data_bytes overflows")
     _require(h["total_bytes"] == h["data_offset"] + h["data_bytes"], "total_bytes")
     _require(0 <= h["nnz"] <= M * K, "nnz")
-    _require(h["max_tile_bytes"] % 16 == 0 and h["max_tile_bytes"] <= MAX_TILE_BYTES[h["format"]]
-             and h["max_tile_bytes"] <= h["data_bytes"], "max_tile_bytes")
+    _require(
+        h["max_tile_bytes"] % 16 == 0
+        and h["max_tile_bytes"] <= MAX_TILE_BYTES[h["format"]]
+        and h["max_tile_bytes"] <= h["data_bytes"],
+        "max_tile_bytes",
+    )
     _require(h["reserved"] == bytes(12), "reserved bytes are not zero")
     return h
 
@@ -148,9 +166,9 @@ def _bitmap_tile(tile, rows, cols):
     _require(len(tile) == 512 + round_up(2 * n, 16), f"bitmap tile of {len(tile)} bytes for {n} values")
     r, c = _BIT_ROW[bits], _BIT_COL[bits]  # row-major over [block, bit]: block 0 first, increasing bit index
     _require(np.all(r < rows) and np.all(c < cols), "a mask bit outside the matrix")
-    value = np.frombuffer(tile[512:512 + 2 * n], dtype="<u2")
+    value = np.frombuffer(tile[512 : 512 + 2 * n], dtype="<u2")
     _require(not np.any(_is_zero_bits(value)), "a stored zero")
-    _require(not any(tile[512 + 2 * n:]), "non-zero padding bytes")
+    _require(not any(tile[512 + 2 * n :]), "non-zero padding bytes")
     return r, c, value
 
 
@@ -159,7 +177,7 @@ def decode(blob):
     blob = bytes(blob)
     h = parse_header(blob)
     _require(h["total_bytes"] <= len(blob), "truncated")
-    blob = blob[:h["total_bytes"]]
+    blob = blob[: h["total_bytes"]]
     _require(h["payload_checksum"] == checksum(blob[128:]), "payload checksum")
     M, K, tiles_m, tiles_k = h["M"], h["K"], h["tiles_m"], h["tiles_k"]
     fmt, data_offset, data_bytes = h["format"], h["data_offset"], h["data_bytes"]
@@ -170,14 +188,14 @@ def decode(blob):
     _require(np.all(sizes >= 0), "decreasing offsets")
     _require(np.all(sizes <= MAX_TILE_BYTES[fmt]), "a tile larger than the largest possible")
     _require(offsets[-1] == data_bytes, "the last offset is not data_bytes")
-    _require(not any(blob[128 + h["offsets_bytes"]:data_offset]), "non-zero gap bytes")
+    _require(not any(blob[128 + h["offsets_bytes"] : data_offset]), "non-zero gap bytes")
     dense = np.zeros((tiles_m * TILE, tiles_k * TILE), dtype=np.uint16)
     nnz = 0
     for mt in range(tiles_m):
         rows = min(TILE, M - TILE * mt)
         for kt in range(tiles_k):
             t = mt * tiles_k + kt
-            tile = blob[data_offset + offsets[t]:data_offset + offsets[t + 1]]
+            tile = blob[data_offset + offsets[t] : data_offset + offsets[t + 1]]
             cols = min(TILE, K - TILE * kt)
             if fmt == FORMAT_TILED_CSL:
                 r, c, v = _csl_tile(tile, rows, cols)

@@ -51,8 +51,9 @@ def make_rng(nodeid, base=None):
 
 def replay_hint(nodeid, base=None):
     base = base_seed() if base is None else base
-    return (f"seed {test_seed(nodeid, base)} (base seed {base}); replay with "
-            f"{SEED_ENV}={base} python -m pytest '{nodeid}'")
+    return (
+        f"seed {test_seed(nodeid, base)} (base seed {base}); replay with {SEED_ENV}={base} python -m pytest '{nodeid}'"
+    )
 
 
 def sub_seed(rng):
@@ -64,9 +65,9 @@ def sub_seed(rng):
 
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}  # half an ulp, relative
 SMALLEST_SUBNORMAL = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
-NAN_BITS = {"float16": 0x7E00, "bfloat16": 0x7FC0}         # the quiet NaN outputs are poisoned with
-SENTINEL_BYTE = 0xA5                                        # "nothing written" checks: 0xA5A5 in 16-bit words
-SENTINEL_BITS = 0xA5A5                                      # a finite value of both dtypes, never a NaN
+NAN_BITS = {"float16": 0x7E00, "bfloat16": 0x7FC0}  # the quiet NaN outputs are poisoned with
+SENTINEL_BYTE = 0xA5  # "nothing written" checks: 0xA5A5 in 16-bit words
+SENTINEL_BITS = 0xA5A5  # a finite value of both dtypes, never a NaN
 
 
 def bfloat16():
@@ -75,8 +76,10 @@ def bfloat16():
     try:
         import ml_dtypes
     except ImportError as exc:  # pragma: no cover - the test extra installs it
-        raise AssertionError("ml_dtypes is missing: it is part of the test extra, install it with "
-                             "pip install '.[test]' (or pip install ml_dtypes)") from exc
+        raise AssertionError(
+            "ml_dtypes is missing: it is part of the test extra, install it with "
+            "pip install '.[test]' (or pip install ml_dtypes)"
+        ) from exc
     return np.dtype(ml_dtypes.bfloat16)
 
 
@@ -139,6 +142,7 @@ def is_nan_bits(bits, dtype):
 
 
 # ---- poisoned and sentinel-filled outputs ----------------------------------------------------------------
+
 
 def poisoned(shape, dtype):
     """A host output array of `dtype` filled with NaN: an element the library fails to write stays NaN."""
@@ -310,7 +314,8 @@ def assert_close(got, ref, dtype, *, rtol=None, atol=None, norm_tol=None, what="
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {bad.size} elements outside |got - ref| <= {atol:.2e} + {rtol:.2e} * "
             f"(|ref| + row_scale) or of the wrong kind (NaN / Inf); first mismatches:\n"
-            f"{mismatch_report(got, ref, bad, bound)}")
+            f"{mismatch_report(got, ref, bad, bound)}"
+        )
     scale = np.linalg.norm(ref_finite)
     err = np.linalg.norm(np.where(finite, got, 0.0) - ref_finite)
     if scale == 0.0:
@@ -326,12 +331,15 @@ def assert_bits_equal(got, want, what="result"):
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     bad = got != want
     if bad.any():
-        lines = [f"  at {_format_index(i)}: got {int(got[tuple(i)]):#06x}, want {int(want[tuple(i)]):#06x}"
-                 for i in np.argwhere(bad)[:8]]
+        lines = [
+            f"  at {_format_index(i)}: got {int(got[tuple(i)]):#06x}, want {int(want[tuple(i)]):#06x}"
+            for i in np.argwhere(bad)[:8]
+        ]
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} elements differ:\n" + "\n".join(lines))
 
 
 # ---- interface-only wrappers ------------------------------------------------------------------------------
+
 
 class CudaArrayOnly:
     """An array that offers nothing but __cuda_array_interface__ (like a numba device array)."""
@@ -440,8 +448,9 @@ def on_device(framework, bits, dtype="float16"):
             import flashspmm
 
             raw = cupy.asarray(bits)
-            view = flashspmm.from_pointer(raw.data.ptr, raw.shape, "bfloat16", device=0,
-                                          stream=int(cupy.cuda.get_current_stream().ptr))
+            view = flashspmm.from_pointer(
+                raw.data.ptr, raw.shape, "bfloat16", device=0, stream=int(cupy.cuda.get_current_stream().ptr)
+            )
             view._toolkit_owner = raw
             return view
     if framework == "jax":
@@ -474,8 +483,14 @@ def sliced(a, index):
     import flashspmm
 
     part = owner[index]
-    view = flashspmm.from_pointer(part.data.ptr, part.shape, a.dtype, device=0,
-                                  strides=tuple(s // part.itemsize for s in part.strides), stream=a.stream)
+    view = flashspmm.from_pointer(
+        part.data.ptr,
+        part.shape,
+        a.dtype,
+        device=0,
+        strides=tuple(s // part.itemsize for s in part.strides),
+        stream=a.stream,
+    )
     view._toolkit_owner = part
     return view
 

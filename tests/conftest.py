@@ -15,7 +15,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "gpu: needs a CUDA device (flashspmm.device_count() > 0) and torch or cupy; skipped otherwise")
+        "markers", "gpu: needs a CUDA device (flashspmm.device_count() > 0) and torch or cupy; skipped otherwise"
+    )
 
 
 def pytest_report_header(config):
@@ -66,8 +67,9 @@ def rng(request):
 def run_python(code, *args, timeout=300):
     """Run `code` in a fresh interpreter (so a crash fails a test instead of killing pytest)."""
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture

@@ -20,8 +20,14 @@ class CAIOnly:
     touched, and the interface allows it; the device is then the current one (0, or 0 without a driver)."""
 
     def __init__(self, shape=(3, 4), typestr="<f2", strides=None, stream=None, dtype=None):
-        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False), "strides": strides,
-                                         "version": 3, "stream": stream}
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0, False),
+            "strides": strides,
+            "version": 3,
+            "stream": stream,
+        }
         if dtype is not None:
             self.dtype = dtype
 
@@ -45,6 +51,7 @@ def _pretend(module, base=object, **attrs):
 
 
 # ---- which adapter ---------------------------------------------------------------------------------------------
+
 
 def test_registry_order():
     names = [a.name for a in _adapters.registry()]
@@ -217,6 +224,7 @@ def test_from_pointer_takes_framework_dtypes(rng):
 
 
 # ---- no framework imported before it is needed ----------------------------------------------------------------
+
 
 def test_no_framework_is_imported(run_py):
     code = """

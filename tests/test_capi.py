@@ -13,8 +13,16 @@ import flashspmm
 from flashspmm._native import ffi, lib
 
 REPO = Path(__file__).resolve().parents[1]
-STATUS_NAMES = ["FSPMM_OK", "FSPMM_ERR_INVALID_ARGUMENT", "FSPMM_ERR_NOT_SUPPORTED", "FSPMM_ERR_CORRUPT_BUFFER",
-                "FSPMM_ERR_CUDA", "FSPMM_ERR_NO_DEVICE", "FSPMM_ERR_OUT_OF_MEMORY", "FSPMM_ERR_INTERNAL"]
+STATUS_NAMES = [
+    "FSPMM_OK",
+    "FSPMM_ERR_INVALID_ARGUMENT",
+    "FSPMM_ERR_NOT_SUPPORTED",
+    "FSPMM_ERR_CORRUPT_BUFFER",
+    "FSPMM_ERR_CUDA",
+    "FSPMM_ERR_NO_DEVICE",
+    "FSPMM_ERR_OUT_OF_MEMORY",
+    "FSPMM_ERR_INTERNAL",
+]
 
 
 def last_error():
@@ -33,15 +41,19 @@ def test_status_strings():
 def _header_version():
     """(major, minor, patch) from the FSPMM_VERSION_* macros of include/flashspmm.h: the one source."""
     text = (REPO / "include" / "flashspmm.h").read_text()
-    return tuple(int(re.search(rf"^#define FSPMM_VERSION_{part} (\d+)$", text, re.M).group(1))
-                 for part in ("MAJOR", "MINOR", "PATCH"))
+    return tuple(
+        int(re.search(rf"^#define FSPMM_VERSION_{part} (\d+)$", text, re.M).group(1))
+        for part in ("MAJOR", "MINOR", "PATCH")
+    )
 
 
 def _skip_unless_installed():
     """Skip a check of the installed package layout when running against a plain CMake build."""
     if os.environ.get("FLASHSPMM_LIBRARY"):
-        pytest.skip("FLASHSPMM_LIBRARY points at a library outside an installed package: no installed layout "
-                    "(include/ and cmake/ beside the package) to check")
+        pytest.skip(
+            "FLASHSPMM_LIBRARY points at a library outside an installed package: no installed layout "
+            "(include/ and cmake/ beside the package) to check"
+        )
 
 
 def test_version_and_build_info():
@@ -69,14 +81,15 @@ def test_last_error_after_a_failure():
     size = ffi.new("size_t *")
     dense = np.zeros((4, 4), np.float16)
     p = ffi.cast("void *", dense.ctypes.data)
-    status = lib.fspmm_compress_size_host(p, -1, 4, 4, lib.FSPMM_DTYPE_FLOAT16, lib.FSPMM_FORMAT_BITMAP, size,
-                                          ffi.NULL)
+    status = lib.fspmm_compress_size_host(p, -1, 4, 4, lib.FSPMM_DTYPE_FLOAT16, lib.FSPMM_FORMAT_BITMAP, size, ffi.NULL)
     assert status == lib.FSPMM_ERR_INVALID_ARGUMENT
     message = last_error()
     assert "fspmm_compress_size_host" in message and "M" in message
     # a later success clears it
-    assert lib.fspmm_compress_size_host(p, 4, 4, 4, lib.FSPMM_DTYPE_FLOAT16, lib.FSPMM_FORMAT_BITMAP, size,
-                                        ffi.NULL) == lib.FSPMM_OK
+    assert (
+        lib.fspmm_compress_size_host(p, 4, 4, 4, lib.FSPMM_DTYPE_FLOAT16, lib.FSPMM_FORMAT_BITMAP, size, ffi.NULL)
+        == lib.FSPMM_OK
+    )
     assert last_error() == ""
 
 
@@ -173,7 +186,7 @@ def test_other_host_functions_reject_bad_arguments():
     assert lib.fspmm_header_read(bp, blob.size, ffi.NULL) == inv
     assert lib.fspmm_validate_host(bp, blob.size, ffi.NULL) == lib.FSPMM_OK
     bound = ffi.new("size_t *")
-    assert lib.fspmm_blob_bytes_bound(2 ** 40, 2 ** 40, lib.FSPMM_FORMAT_BITMAP, bound) == inv
+    assert lib.fspmm_blob_bytes_bound(2**40, 2**40, lib.FSPMM_FORMAT_BITMAP, bound) == inv
     assert lib.fspmm_blob_bytes_bound(-1, 4, lib.FSPMM_FORMAT_BITMAP, bound) == inv
     assert lib.fspmm_set_host_threads(-1) == inv
     assert lib.fspmm_set_host_threads(2) == lib.FSPMM_OK
@@ -199,8 +212,10 @@ def test_plan_functions_reject_bad_arguments():
     ws = ffi.new("size_t *")
     assert lib.fspmm_plan_workspace_size(ffi.NULL, ws) == inv
     assert lib.fspmm_plan_info(ffi.NULL, 1, ffi.new("fspmm_plan_info_t *")) == inv
-    assert lib.fspmm_linear(ffi.NULL, ffi.NULL, 1, 64, 64, ffi.NULL, ffi.NULL, 64, 64, 1.0, 0.0, ffi.NULL, 0,
-                            ffi.NULL) == inv
+    assert (
+        lib.fspmm_linear(ffi.NULL, ffi.NULL, 1, 64, 64, ffi.NULL, ffi.NULL, 64, 64, 1.0, 0.0, ffi.NULL, 0, ffi.NULL)
+        == inv
+    )
     assert "fspmm_plan_create" in last_error()
     assert lib.fspmm_linear_options_init(ffi.NULL) == inv
 
@@ -234,9 +249,11 @@ print("free(NULL) =", lib.fspmm_device_free(ffi.NULL))
 """
 
 # Without a device the device entry points report FSPMM_ERR_NO_DEVICE; handle checks come first.
-EXPECTED_GPU_STATUS = {"plan_create(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT",
-                       "linear(NULL plan)": "FSPMM_ERR_INVALID_ARGUMENT",
-                       "decompress(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT"}
+EXPECTED_GPU_STATUS = {
+    "plan_create(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT",
+    "linear(NULL plan)": "FSPMM_ERR_INVALID_ARGUMENT",
+    "decompress(NULL matrix)": "FSPMM_ERR_INVALID_ARGUMENT",
+}
 
 
 def test_gpu_entry_points_fail_cleanly(run_py):
@@ -265,13 +282,18 @@ def test_header_compiles(tmp_path, compiler, std):
         pytest.skip(f"no {compiler} on PATH")
     lang = "c" if compiler == "cc" else "c++"
     src = tmp_path / ("t.c" if lang == "c" else "t.cpp")
-    src.write_text('#include "flashspmm.h"\n'
-                   "typedef char header_is_128_bytes[sizeof(fspmm_header_t) == 128 ? 1 : -1];\n"
-                   "int use(void) { fspmm_header_t h; (void)h; return fspmm_version() + FSPMM_VERSION; }\n")
+    src.write_text(
+        '#include "flashspmm.h"\n'
+        "typedef char header_is_128_bytes[sizeof(fspmm_header_t) == 128 ? 1 : -1];\n"
+        "int use(void) { fspmm_header_t h; (void)h; return fspmm_version() + FSPMM_VERSION; }\n"
+    )
     include = _installed("include")
     for target in (os.path.join(include, "flashspmm.h"), str(src)):
-        proc = subprocess.run([exe, std, "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only",
-                               "-x", lang, "-I", include, target], capture_output=True, text=True)
+        proc = subprocess.run(
+            [exe, std, "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only", "-x", lang, "-I", include, target],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
 
 
@@ -285,8 +307,15 @@ def test_c_program_builds_and_passes(tmp_path):
         pytest.skip("cmake is not on PATH")
     build = tmp_path / "build"
     steps = [
-        [cmake, "-S", str(source), "-B", str(build), f"-Dflashspmm_DIR={flashspmm.cmake_dir()}",
-         "-DCMAKE_BUILD_TYPE=Release"],
+        [
+            cmake,
+            "-S",
+            str(source),
+            "-B",
+            str(build),
+            f"-Dflashspmm_DIR={flashspmm.cmake_dir()}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ],
         [cmake, "--build", str(build), "--parallel", "2"],
     ]
     for cmd in steps:

@@ -1,4 +1,5 @@
 """DLPack import and export on the CPU (numpy is the other side), through flashspmm.linear and compress."""
+
 import gc
 
 import numpy as np
@@ -21,8 +22,15 @@ class Exported:
 
     def __dlpack__(self, *, stream=None, max_version=None, **kwargs):
         versioned = self.versioned and max_version is not None and tuple(max_version) >= (1, 0)
-        return _dlpack.export_capsule(self.array.ctypes.data, self.array.shape, "float16", _dlpack.DEVICE_CPU, 0,
-                                      owner=self.array, versioned=versioned)
+        return _dlpack.export_capsule(
+            self.array.ctypes.data,
+            self.array.shape,
+            "float16",
+            _dlpack.DEVICE_CPU,
+            0,
+            owner=self.array,
+            versioned=versioned,
+        )
 
 
 def _pruned(rng, m, k, sparsity=0.6):

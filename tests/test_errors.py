@@ -18,8 +18,13 @@ class FakeCudaArray:
     """Looks like a device array to flashspmm; its pointer is never dereferenced in these tests."""
 
     def __init__(self, shape, typestr="<f2"):
-        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0x10000, False),
-                                         "strides": None, "version": 3}
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0x10000, False),
+            "strides": None,
+            "version": 3,
+        }
 
 
 def test_compress_wrong_rank():

@@ -71,6 +71,7 @@ def test_reference_reads_auto_and_strided(rng):
 
 # ---- the reference reader is strict: it fails on the planted format bugs it exists to catch ----------------
 
+
 def _reseal(blob):
     blob = bytearray(blob)
     struct.pack_into("<Q", blob, 96, checksum(blob[128:]))
@@ -117,6 +118,7 @@ def test_reference_refuses_corruption(rng, fmt):
 
 # ---- docs/FORMATS.md's worked example, byte for byte -------------------------------------------------------
 
+
 def _doc_dump(title):
     """The hex lines ("0000: 46 53 ...") of the code block that follows the paragraph starting with `title`."""
     if not os.path.isfile(FORMATS_MD):
@@ -124,8 +126,8 @@ def _doc_dump(title):
     with open(FORMATS_MD, encoding="utf-8") as f:
         text = f.read()
     start = text.index(title)
-    block = text[text.index("```", start) + 3:]
-    block = block[:block.index("```")]
+    block = text[text.index("```", start) + 3 :]
+    block = block[: block.index("```")]
     rows = {}
     for line in block.splitlines():
         m = re.match(r"^([0-9a-f]{4}): ((?:[0-9a-f]{2} ?){16})", line.strip())
@@ -159,7 +161,7 @@ def test_worked_example_bitmap():
     struct.pack_into("<I", expect_header, 104, 528)
     assert blob[:96] == bytes(expect_header[:96]) and blob[104:120] == bytes(expect_header[104:120])
     for offset, line in rows.items():
-        assert blob[offset:offset + 16] == line, f"bytes at {offset:#06x} differ from docs/FORMATS.md"
+        assert blob[offset : offset + 16] == line, f"bytes at {offset:#06x} differ from docs/FORMATS.md"
     assert blob[0xA0:0x290] == bytes(0x290 - 0xA0), "masks 2..63 are not zero"
     _, dense = ref.decode(blob)
     assert_bits_equal(dense, np.where(WORKED == 0x8000, 0, WORKED), "worked example")

@@ -69,8 +69,13 @@ def test_golden_blob_loads_and_reencodes(tmp_path, name):
     data = read(name)
     assert len(data) == entry["nbytes"]
     W = flashspmm.load(os.path.join(DATA, name))  # validated by fspmm_validate_host
-    assert (W.format, W.dtype, list(W.shape), W.nnz, W.nbytes) == \
-        (entry["format"], entry["dtype"], entry["shape"], entry["nnz"], entry["nbytes"])
+    assert (W.format, W.dtype, list(W.shape), W.nnz, W.nbytes) == (
+        entry["format"],
+        entry["dtype"],
+        entry["shape"],
+        entry["nnz"],
+        entry["nbytes"],
+    )
     bits = golden_input(entry)
     assert_bits_equal(W.to_dense(raw=True), stored(bits), f"{name} decoded")
     # today's encoder writes the same bytes, from the input and from the decoded matrix
@@ -146,7 +151,7 @@ def _model_layout(key="model_v2"):
     data = read(MANIFEST[key]["file"])
     length = int.from_bytes(data[8:16], "little")
     start = 16 if MANIFEST[key].get("file_version", 1) == 1 else 32
-    index = json.loads(data[start:start + length])
+    index = json.loads(data[start : start + length])
     return data, length, index["matrices"], start
 
 

@@ -4,6 +4,7 @@ The GPU encoder must write the CPU encoder's bytes exactly; the GPU decoder must
 (-0.0 as +0.0). Inputs are fresh random matrices with NaN / Inf / subnormals / -0.0 sprinkled in, as torch or
 cupy arrays (cupy's bfloat16 through flashspmm.from_pointer).
 """
+
 import numpy as np
 import pytest
 
@@ -28,8 +29,7 @@ from flashspmm._native import ffi, lib
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (65, 63), (37, 301), (130, 70), (3000, 70), (5, 20000),
-          (256, 1000)]
+SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (65, 63), (37, 301), (130, 70), (3000, 70), (5, 20000), (256, 1000)]
 SPARSITIES = [0.0, 0.5, 0.7, 0.9, 0.99, 1.0]
 
 
@@ -78,18 +78,18 @@ def test_strided_and_unaligned_inputs(rng, fmt):
     want[want == 0x8000] = 0
     for col in (0, 1, 8):
         noise = rng.standard_normal((150, 300)).astype(np.float16).view(np.uint16)
-        noise[:, col:col + 211] = bits
+        noise[:, col : col + 211] = bits
         wide = on_device("torch", noise)
-        view = wide[:, col:col + 211]
+        view = wide[:, col : col + 211]
         W = flashspmm.compress(view, format=fmt)
         assert W.blob().tobytes() == cpu_blob(bits, "float16", fmt).tobytes()
         out = torch.full((150, 300), float("nan"), dtype=torch.float16, device="cuda")
         status = decompress_on_gpu(W, out.data_ptr() + 2 * col, 300, torch.cuda.current_stream().cuda_stream)
         assert status == lib.FSPMM_OK, ffi.string(lib.fspmm_last_error()).decode()
         synchronize()
-        assert_bits_equal(host_bits(out[:, col:col + 211]), want, "decoded into a strided view")
+        assert_bits_equal(host_bits(out[:, col : col + 211]), want, "decoded into a strided view")
         around = host_bits(out)
-        assert is_nan_bits(around[:, :col], "float16").all() and is_nan_bits(around[:, col + 211:], "float16").all()
+        assert is_nan_bits(around[:, :col], "float16").all() and is_nan_bits(around[:, col + 211 :], "float16").all()
 
 
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
@@ -144,20 +144,38 @@ class Phases:
         synchronize()
 
     def count(self):
-        return lib.fspmm_compress_count(ffi.cast("void *", device_ptr(self.w)), self.m, self.k, self.k,
-                                        lib.FSPMM_DTYPE_FLOAT16, ffi.cast("void *", device_ptr(self.ws)),
-                                        self.ws_bytes, self.stream)
+        return lib.fspmm_compress_count(
+            ffi.cast("void *", device_ptr(self.w)),
+            self.m,
+            self.k,
+            self.k,
+            lib.FSPMM_DTYPE_FLOAT16,
+            ffi.cast("void *", device_ptr(self.ws)),
+            self.ws_bytes,
+            self.stream,
+        )
 
     def size(self, fmt=lib.FSPMM_FORMAT_BITMAP):
         n = ffi.new("size_t *")
-        status = lib.fspmm_compress_size(ffi.cast("void *", device_ptr(self.ws)), self.ws_bytes, fmt, n, ffi.NULL,
-                                         self.stream)
+        status = lib.fspmm_compress_size(
+            ffi.cast("void *", device_ptr(self.ws)), self.ws_bytes, fmt, n, ffi.NULL, self.stream
+        )
         return status, int(n[0])
 
     def write(self, out, out_bytes, m=None, fmt=lib.FSPMM_FORMAT_BITMAP):
-        return lib.fspmm_compress(ffi.cast("void *", device_ptr(self.w)), m or self.m, self.k, self.k,
-                                  lib.FSPMM_DTYPE_FLOAT16, fmt, ffi.cast("void *", device_ptr(self.ws)),
-                                  self.ws_bytes, ffi.cast("void *", device_ptr(out)), out_bytes, self.stream)
+        return lib.fspmm_compress(
+            ffi.cast("void *", device_ptr(self.w)),
+            m or self.m,
+            self.k,
+            self.k,
+            lib.FSPMM_DTYPE_FLOAT16,
+            fmt,
+            ffi.cast("void *", device_ptr(self.ws)),
+            self.ws_bytes,
+            ffi.cast("void *", device_ptr(out)),
+            out_bytes,
+            self.stream,
+        )
 
 
 def last_error():
@@ -190,8 +208,16 @@ def test_refused_writes_leave_out_untouched(rng, framework):
     at = int(np.flatnonzero(changed.reshape(-1) == 0)[0])
     changed.reshape(-1)[at] = 0x3C00  # a zero becomes 1.0, in place in device memory
     one = np.array([0x3C00], np.uint16)
-    assert lib.fspmm_memcpy(ffi.cast("void *", device_ptr(p.w) + 2 * at), ffi.cast("void *", one.ctypes.data), 2,
-                            lib.FSPMM_COPY_HOST_TO_DEVICE, ffi.NULL) == lib.FSPMM_OK
+    assert (
+        lib.fspmm_memcpy(
+            ffi.cast("void *", device_ptr(p.w) + 2 * at),
+            ffi.cast("void *", one.ctypes.data),
+            2,
+            lib.FSPMM_COPY_HOST_TO_DEVICE,
+            ffi.NULL,
+        )
+        == lib.FSPMM_OK
+    )
     assert p.write(out, size) == lib.FSPMM_OK
     status, _ = p.size()
     assert status == lib.FSPMM_ERR_INVALID_ARGUMENT and "changed" in last_error()

@@ -41,6 +41,7 @@ def device_weight(rng, M, K, sparsity=0.7, fmt="auto"):
 
 # ---- JAX ------------------------------------------------------------------------------------------------------------
 
+
 def test_jax_linear_and_prune_through_dlpack(rng):
     jax = require("jax")
     jnp = pytest.importorskip("jax.numpy")
@@ -68,6 +69,7 @@ def test_jax_out_is_refused(rng):
 
 
 # ---- DLPack capsules ---------------------------------------------------------------------------------------------
+
 
 def test_legacy_capsule_consumed_twice(rng):
     torch = require("torch")
@@ -103,6 +105,7 @@ def test_versioned_capsule_consumed_twice(rng):
 
 
 # ---- DeviceBuffer results (inputs with only __cuda_array_interface__) ---------------------------------------------
+
 
 @pytest.mark.parametrize("framework", ["torch", "cupy"])
 def test_device_buffer_export(rng, framework):
@@ -161,6 +164,7 @@ def test_device_buffer_export_to_jax(rng):
 
 
 # ---- raw device pointers (flashspmm.from_pointer) -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("framework", ["torch", "cupy"])
 def test_from_pointer_device_views(rng, framework):

@@ -43,6 +43,7 @@ def sparse_weight(rng, M, K, dtype="float16", sparsity=0.7, fmt="auto"):
 
 # ---- pruning on the GPU ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scope", ["row", "tensor"])
 def test_prune_torch_cuda_matches_cpu(rng, scope):
     torch = require("torch")
@@ -62,6 +63,7 @@ def test_prune_cupy(rng):
 
 # ---- linear: the result comes back in x's framework ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("framework,dtype", FRAMEWORK_DTYPES)
 @pytest.mark.parametrize("lead", [(7,), (2, 3)])
 def test_linear_round_trip(rng, framework, dtype, lead):
@@ -79,6 +81,7 @@ def test_linear_round_trip(rng, framework, dtype, lead):
 
 
 # ---- compress from device arrays: same blob as the CPU encoder, to_dense in the same framework -----------------
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("framework,dtype", FRAMEWORK_DTYPES)
@@ -112,7 +115,7 @@ def test_compress_strided_rows(rng, framework):
     w = sliced(wide, (slice(None), slice(5, K + 5)))  # row stride K + 40 and a 10-byte offset
     W = flashspmm.compress(w, format="bitmap")
     assert W.device == "cuda:0"
-    expect = np.ascontiguousarray(bits[:, 5:K + 5])
+    expect = np.ascontiguousarray(bits[:, 5 : K + 5])
     assert W.blob().tobytes() == flashspmm.compress(expect, format="bitmap", dtype="float16").blob().tobytes()
     dense = W.to_dense()
     assert_on_cuda(dense, framework)
@@ -121,6 +124,7 @@ def test_compress_strided_rows(rng, framework):
 
 
 # ---- mixed frameworks --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("x_from,w_from", [("torch", "cupy"), ("cupy", "torch")])
 def test_mixed_frameworks(rng, x_from, w_from):
@@ -140,6 +144,7 @@ def test_mixed_frameworks(rng, x_from, w_from):
 
 # ---- out= in place ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("framework,lead", [("torch", (6,)), ("torch", (2, 3)), ("cupy", (6,)), ("cupy", (2, 3))])
 def test_out_accumulates_in_place(rng, framework, lead):
     M, K = 190, 264
@@ -156,6 +161,7 @@ def test_out_accumulates_in_place(rng, framework, lead):
 
 
 # ---- wrong device, dtype, layout ------------------------------------------------------------------------------------
+
 
 def test_wrong_device_dtype_and_layout(rng):
     torch = require("torch")
@@ -186,6 +192,7 @@ def test_wrong_device_dtype_and_layout(rng):
 
 
 # ---- save / load onto the device ------------------------------------------------------------------------------------
+
 
 def test_device_save_load(rng, tmp_path):
     require("torch")

@@ -24,8 +24,10 @@ from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}
-DTYPES = ["float16", pytest.param("bfloat16", marks=pytest.mark.skipif(ml_dtypes is None,
-                                                                         reason="bfloat16 arrays need ml_dtypes"))]
+DTYPES = [
+    "float16",
+    pytest.param("bfloat16", marks=pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 arrays need ml_dtypes")),
+]
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples")
 MiB = 1 << 20
 
@@ -67,7 +69,7 @@ def make(jx, rng, dtype, m, k, sparsity=0.6, fmt="auto", scale=1.0):
         w_bits = from_f32(to_f64(w_bits, dtype).astype(np.float32) * scale, dtype)
         w_bits[w_bits == 0x8000] = 0  # an underflow to -0.0 would come back from to_dense as +0.0
     w_gpu = jax.device_put(as_dtype(w_bits, dtype), gpu)
-    Ws = flashspmm.compress(w_gpu, format=fmt)          # the GPU encoder (DLPack input)
+    Ws = flashspmm.compress(w_gpu, format=fmt)  # the GPU encoder (DLPack input)
     assert Ws.device == f"cuda:{gpu.id}"
     W = fj.from_sparse(Ws, device=gpu)
     return Ws, W, to_f64(w_bits, dtype)
@@ -154,10 +156,17 @@ def test_shard_map_on_one_gpu(jx, rng):
     x, x64 = rand(jx, rng, (5, 320), "float16")
     x_rep = jax.device_put(x, jax.sharding.NamedSharding(mesh, P()))
     x_split = jax.device_put(x, jax.sharding.NamedSharding(mesh, P(None, "tp")))
-    rows = jax.jit(jax.shard_map(lambda x, W: fj.linear(x, W), mesh=mesh, in_specs=(P(), Wr.spec),
-                                 out_specs=P(None, "tp")))(x_rep, Wr)
-    cols = jax.jit(jax.shard_map(lambda x, W: jax.lax.psum(fj.linear(x, W), "tp"), mesh=mesh,
-                                 in_specs=(P(None, "tp"), Wc.spec), out_specs=P()))(x_split, Wc)
+    rows = jax.jit(
+        jax.shard_map(lambda x, W: fj.linear(x, W), mesh=mesh, in_specs=(P(), Wr.spec), out_specs=P(None, "tp"))
+    )(x_rep, Wr)
+    cols = jax.jit(
+        jax.shard_map(
+            lambda x, W: jax.lax.psum(fj.linear(x, W), "tp"),
+            mesh=mesh,
+            in_specs=(P(None, "tp"), Wc.spec),
+            out_specs=P(),
+        )
+    )(x_split, Wc)
     eager = flashspmm.linear(x, flashspmm.compress(w, format=Wr.format))
     assert np.array_equal(bits(rows), bits(eager)) and np.array_equal(bits(cols), bits(eager))
 
@@ -167,7 +176,7 @@ def test_pytree_moves_to_the_gpu_and_pickles(jx, rng):
     import pickle
 
     w_bits, _ = sparse_bits(rng, 130, 250, "float16", 0.6, specials=False)
-    Ws = flashspmm.compress(as_dtype(w_bits, "float16"))               # the CPU encoder
+    Ws = flashspmm.compress(as_dtype(w_bits, "float16"))  # the CPU encoder
     W_cpu = fj.from_sparse(Ws, device=jax.devices("cpu")[0])
     W = jax.device_put(W_cpu, gpu)
     assert isinstance(W, fj.JaxSparseMatrix) and W.blob.devices() == {gpu}
@@ -289,7 +298,12 @@ def test_jitted_loop_of_1000_steps_without_memory_growth(jx, rng):
 
 def test_decode_example_checks_and_times(jx):
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "jax_decode.py"), "--time", "--repeats", "2",
-                        "--iters", "5"], capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "jax_decode.py"), "--time", "--repeats", "2", "--iters", "5"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "check passed" in r.stdout and "sparse/dense jit" in r.stdout

@@ -40,6 +40,7 @@ DTYPES = ["float16", "bfloat16"]
 
 # ---- kernel choice: one helper each, so the way of choosing changes in one place ------------------------------
 
+
 def _rows(x):
     n = 1
     for d in x.shape[:-1]:
@@ -70,6 +71,7 @@ def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
 
 
 # ---- cases ------------------------------------------------------------------------------------------------------
+
 
 def split_format(fmt):
     base, _, decoder = fmt.partition(":")
@@ -125,8 +127,7 @@ def test_sparsity(rng, framework, dtype, fmt, sparsity):
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("M,K", [(1, 1), (1, 300), (300, 1), (64, 64), (65, 63), (127, 129), (130, 4100),
-                                 (4096, 4096)])
+@pytest.mark.parametrize("M,K", [(1, 1), (1, 300), (300, 1), (64, 64), (65, 63), (127, 129), (130, 4100), (4096, 4096)])
 def test_shapes(rng, framework, dtype, fmt, M, K):
     run_case(rng, framework, M, K, 9, 0.6, dtype, fmt, bias=True, alpha=0.5)
 
@@ -212,8 +213,9 @@ def test_split_k_output_layouts(rng, framework, fmt, ypad, yoff, N):
     synchronize()
     assert_close(y, reference_linear(x64, w64, b64, 0.5, -0.25, y64), "float16")
     around = host_bits(ybig)
-    assert is_nan_bits(around[:, :yoff], "float16").all() and is_nan_bits(around[:, yoff + M:], "float16").all(), \
+    assert is_nan_bits(around[:, :yoff], "float16").all() and is_nan_bits(around[:, yoff + M :], "float16").all(), (
         "wrote outside the view"
+    )
 
 
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
@@ -288,12 +290,15 @@ def test_device_roundtrip_and_save(rng, framework, tmp_path):
 
 # ---- N = 1: the CUDA-core kernel (gemv.cu); "1" forces it, "0" selects the MMA kernels ---------------------
 
+
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("gemv", ["1", "0", ""])  # "": the default rule
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
-@pytest.mark.parametrize("M,K,sparsity", [(1, 1, 0.0), (65, 63, 0.5), (257, 300, 0.0), (300, 4100, 0.9),
-                                          (130, 700, 0.99), (64, 64, 1.0), (1000, 999, 0.7)])
+@pytest.mark.parametrize(
+    "M,K,sparsity",
+    [(1, 1, 0.0), (65, 63, 0.5), (257, 300, 0.0), (300, 4100, 0.9), (130, 700, 0.99), (64, 64, 1.0), (1000, 999, 0.7)],
+)
 def test_one_token(rng, framework, gemv, dtype, fmt, M, K, sparsity):
     W, w64, _ = device_weight(rng, framework, M, K, sparsity, dtype, fmt)
     base_host, base64 = values(rng, (K + 1,), dtype)
@@ -314,6 +319,7 @@ def test_one_token(rng, framework, gemv, dtype, fmt, M, K, sparsity):
 
 
 # ---- NaN and Inf on the GPU (README "Numerics") -----------------------------------------------------------------
+
 
 def _nonzero_column(rng, m, dtype):
     """m values of magnitude in [0.5, 2) with random signs, as bits."""

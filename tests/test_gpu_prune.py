@@ -4,6 +4,7 @@ Inputs come from the `rng` fixture: values from a small set (so that many entrie
 Gaussian, with NaN / Inf / -0.0 sprinkled in. The GPU result must equal ``flashspmm.prune`` of the same
 matrix as a numpy array in every bit, for both scopes and both dtypes.
 """
+
 import numpy as np
 import pytest
 
@@ -105,10 +106,10 @@ def test_torch_strided_input(rng, dtype, scope, start):
     torch = pytest.importorskip("torch")
     wide_bits = value_bits(rng, (150, 420), dtype, "ties")
     wide = torch_from_bits(torch, wide_bits, dtype)
-    w = wide[:, start:start + 301]
+    w = wide[:, start : start + 301]
     assert w.stride() == (420, 1)
     got = flashspmm.prune(w, 0.6, scope=scope)
-    want = cpu_prune_bits(np.ascontiguousarray(wide_bits[:, start:start + 301]), dtype, 0.6, scope)
+    want = cpu_prune_bits(np.ascontiguousarray(wide_bits[:, start : start + 301]), dtype, 0.6, scope)
     np.testing.assert_array_equal(_bits_of(torch, got), want)
     np.testing.assert_array_equal(_bits_of(torch, wide), wide_bits)  # nothing written around the slice
 
@@ -127,8 +128,7 @@ def test_cupy_strided_input(rng, scope):
 
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("shape", [(1, 10), (7, 10), (37, 301), (3000, 70), (5, 20000)],
-                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("shape", [(1, 10), (7, 10), (37, 301), (3000, 70), (5, 20000)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("sparsity", [0.05, 0.25, 0.35, 0.5, 0.65, 0.999, 1.0])
 def test_exact_zero_count(rng, framework, shape, sparsity, scope):
     """No zeros before: exactly round-half-even(sparsity * n) after (0.05, 0.25, 0.35 and 0.65 of 10 are
@@ -187,8 +187,9 @@ def test_side_stream(rng):
         w = torch_from_bits(torch, bits, "float16")
         got = flashspmm.prune(w, 0.7, scope="tensor")
         host = got.cpu()  # ordered on s
-    np.testing.assert_array_equal(host.view(torch.int16).numpy().view(np.uint16),
-                                  cpu_prune_bits(bits, "float16", 0.7, "tensor"))
+    np.testing.assert_array_equal(
+        host.view(torch.int16).numpy().view(np.uint16), cpu_prune_bits(bits, "float16", 0.7, "tensor")
+    )
 
 
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
@@ -198,8 +199,7 @@ def test_cuda_array_interface_input(rng, framework, strided, scope):
     wide_bits = value_bits(rng, (33, 200), "float16", "ties")
     wide = on_device(framework, wide_bits, "float16")
     w = wide[:, 7:150] if strided else wide
-    want = cpu_prune_bits(np.ascontiguousarray(wide_bits[:, 7:150] if strided else wide_bits), "float16", 0.55,
-                          scope)
+    want = cpu_prune_bits(np.ascontiguousarray(wide_bits[:, 7:150] if strided else wide_bits), "float16", 0.55, scope)
     synchronize()
     got = flashspmm.prune(CudaArrayOnly(w), 0.55, scope=scope)
     synchronize()
@@ -229,9 +229,18 @@ def test_c_api_in_place_with_ld(rng, scope):
     s.wait_stream(torch.cuda.current_stream())
 
     def call():
-        return lib.fspmm_prune(ffi.cast("void *", w.data_ptr()), m, k, ld, lib.FSPMM_DTYPE_BFLOAT16, 0.7,
-                               SCOPE_CODES[scope], ffi.cast("void *", ws.data_ptr()), nbytes,
-                               ffi.cast("void *", s.cuda_stream))
+        return lib.fspmm_prune(
+            ffi.cast("void *", w.data_ptr()),
+            m,
+            k,
+            ld,
+            lib.FSPMM_DTYPE_BFLOAT16,
+            0.7,
+            SCOPE_CODES[scope],
+            ffi.cast("void *", ws.data_ptr()),
+            nbytes,
+            ffi.cast("void *", s.cuda_stream),
+        )
 
     with torch.cuda.stream(s):
         assert call() == lib.FSPMM_OK
@@ -256,8 +265,18 @@ def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     nbytes = _workspace_size(20, 30, "tensor")
     ws = device_bytes(framework, np.zeros(nbytes, np.uint8))
     synchronize()
-    status = lib.fspmm_prune(ffi.cast("void *", device_ptr(w)), 20, 30, 30, lib.FSPMM_DTYPE_FLOAT16, 0.5,
-                             lib.FSPMM_PRUNE_TENSOR, ffi.cast("void *", device_ptr(ws)), nbytes - 1, ffi.NULL)
+    status = lib.fspmm_prune(
+        ffi.cast("void *", device_ptr(w)),
+        20,
+        30,
+        30,
+        lib.FSPMM_DTYPE_FLOAT16,
+        0.5,
+        lib.FSPMM_PRUNE_TENSOR,
+        ffi.cast("void *", device_ptr(ws)),
+        nbytes - 1,
+        ffi.NULL,
+    )
     assert status == lib.FSPMM_ERR_INVALID_ARGUMENT
     assert "workspace too small" in ffi.string(lib.fspmm_last_error()).decode()
     synchronize()

@@ -101,6 +101,7 @@ def test_cupy_streams(rng, how):
 
 # ---- CUDA graphs under torch --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("M,K,N", [(512, 1024, 4), (256, 16384, 4)])
 @pytest.mark.parametrize("with_out", [True, False])
 def test_torch_cuda_graph_capture(rng, M, K, N, with_out):

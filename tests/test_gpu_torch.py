@@ -81,9 +81,11 @@ def test_moves_and_state_dict_across_devices():
 
 def test_manual_cuda_graph_capture():
     seed_torch()
-    model = torch.nn.Sequential(fst.SparseLinear.from_dense(random_pruned(256, 128, 0.5),
-                                                            torch.randn(256, device=CUDA).half()),
-                                torch.nn.SiLU(), fst.SparseLinear.from_dense(random_pruned(64, 256, 0.7))).eval()
+    model = torch.nn.Sequential(
+        fst.SparseLinear.from_dense(random_pruned(256, 128, 0.5), torch.randn(256, device=CUDA).half()),
+        torch.nn.SiLU(),
+        fst.SparseLinear.from_dense(random_pruned(64, 256, 0.7)),
+    ).eval()
     x = torch.randn(8, 128, device=CUDA).half()
     with torch.no_grad():
         s = torch.cuda.Stream()
@@ -106,9 +108,11 @@ def test_manual_cuda_graph_capture():
 def test_compile_fullgraph_on_cuda(mode):
     torch._dynamo.reset()
     seed_torch()
-    model = torch.nn.Sequential(fst.SparseLinear.from_dense(random_pruned(256, 128, 0.5),
-                                                            torch.randn(256, device=CUDA).half()),
-                                torch.nn.GELU(), fst.SparseLinear.from_dense(random_pruned(64, 256, 0.7))).eval()
+    model = torch.nn.Sequential(
+        fst.SparseLinear.from_dense(random_pruned(256, 128, 0.5), torch.randn(256, device=CUDA).half()),
+        torch.nn.GELU(),
+        fst.SparseLinear.from_dense(random_pruned(64, 256, 0.7)),
+    ).eval()
     compiled = torch.compile(model, fullgraph=True, mode=mode)
     with torch.no_grad():
         for _ in range(4):  # warm-up, recording and replays of the CUDA graph trees
@@ -150,8 +154,9 @@ def test_wanda_on_cuda_against_float64():
     seed_torch()
     seq = torch.nn.Sequential(torch.nn.Linear(128, 192), torch.nn.ReLU(), torch.nn.Linear(192, 64)).half().to(CUDA)
     w0 = seq[0].weight.detach().cpu()
-    batches = [torch.randn(6, 128, device=CUDA).half() * torch.linspace(0.1, 3, 128, device=CUDA).half()
-               for _ in range(3)]
+    batches = [
+        torch.randn(6, 128, device=CUDA).half() * torch.linspace(0.1, 3, 128, device=CUDA).half() for _ in range(3)
+    ]
     fst.sparsify(seq, 0.6, method="wanda", calibration=batches, progress=False)
     norms = torch.cat(batches).double().pow(2).sum(0).sqrt().cpu().numpy()
     check_wanda_mask(w0, seq[0].to_dense().cpu(), norms, 0.6)
@@ -183,9 +188,23 @@ def test_cli_on_cuda(tmp_path):
     seed_torch()
     model = tiny_model("llama")
     model.save_pretrained(tmp_path / "dense", max_shard_size="40KB")
-    r = subprocess.run([sys.executable, "-m", "flashspmm._cli_sparsify", str(tmp_path / "dense"),
-                        str(tmp_path / "sparse"), "--sparsity", "0.5", "--device", "auto"],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flashspmm._cli_sparsify",
+            str(tmp_path / "dense"),
+            str(tmp_path / "sparse"),
+            "--sparsity",
+            "0.5",
+            "--device",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert r.returncode == 0, r.stderr
     assert "on cuda" in r.stdout
     loaded = fst.from_pretrained(tmp_path / "sparse", device=CUDA)
@@ -193,8 +212,20 @@ def test_cli_on_cuda(tmp_path):
     ids = token_ids(model).to(CUDA)
     with torch.no_grad():
         assert rel_err(loaded(ids).logits, ref(ids).logits) <= 2e-2
-    r = subprocess.run([sys.executable, "-m", "flashspmm._cli_sparsify", str(tmp_path / "dense"),
-                        str(tmp_path / "bad"), "--sparsity", "1.5"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flashspmm._cli_sparsify",
+            str(tmp_path / "dense"),
+            str(tmp_path / "bad"),
+            "--sparsity",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and not (tmp_path / "bad").exists()
 
 
@@ -223,9 +254,27 @@ def test_bench_model_short_form(tmp_path):
 
     out = tmp_path / "b.csv"
     parser = bm._configure(argparse.ArgumentParser())
-    args = parser.parse_args(["--models", "tiny", "--batch", "1,4", "--sparsity", "50,70", "--mode", "graph,eager",
-                              "--steps", "8", "--prompt", "8", "--csv", str(out), "--png", str(tmp_path / "b.png"),
-                              "--no-progress"])
+    args = parser.parse_args(
+        [
+            "--models",
+            "tiny",
+            "--batch",
+            "1,4",
+            "--sparsity",
+            "50,70",
+            "--mode",
+            "graph,eager",
+            "--steps",
+            "8",
+            "--prompt",
+            "8",
+            "--csv",
+            str(out),
+            "--png",
+            str(tmp_path / "b.png"),
+            "--no-progress",
+        ]
+    )
     assert bm.run(args) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3 * 2 * 2

@@ -19,8 +19,11 @@ dist = torch.distributed
 
 import test_torch_parallel as cpu  # noqa: E402  (the scenarios and checks, shared)
 
-for _key, _value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-                     "NVSHMEM_DISABLE_NVLS": "1"}.items():
+for _key, _value in {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}.items():
     os.environ.setdefault(_key, _value)
 
 pytestmark = pytest.mark.gpu
@@ -87,8 +90,23 @@ def test_bench_tp_tiny(tmp_path, mode):
     _need(2)
     if not cpu._has_transformers():
         pytest.skip("transformers is not installed")
-    rows = _bench(tmp_path, "--tp", "2", "--model", "tiny", "--batch", "1,8", "--prompt", "16", "--steps", "8",
-                  "--sparsity", "50,70", "--mode", mode)
+    rows = _bench(
+        tmp_path,
+        "--tp",
+        "2",
+        "--model",
+        "tiny",
+        "--batch",
+        "1,8",
+        "--prompt",
+        "16",
+        "--steps",
+        "8",
+        "--sparsity",
+        "50,70",
+        "--mode",
+        mode,
+    )
     assert [r["variant"] for r in rows] == ["dense"] * 2 + ["sparse50"] * 2 + ["sparse70"] * 2
     assert {r["mode"] for r in rows} == {mode}
 
@@ -98,8 +116,23 @@ def test_bench_tp_llama70b_two_layers(tmp_path):
     _need(2)
     if not cpu._has_transformers():
         pytest.skip("transformers is not installed")
-    rows = _bench(tmp_path, "--tp", "2", "--model", "llama2-70b", "--layers", "2", "--batch", "1,8", "--prompt",
-                  "32", "--steps", "8", "--sparsity", "50")
+    rows = _bench(
+        tmp_path,
+        "--tp",
+        "2",
+        "--model",
+        "llama2-70b",
+        "--layers",
+        "2",
+        "--batch",
+        "1,8",
+        "--prompt",
+        "32",
+        "--steps",
+        "8",
+        "--sparsity",
+        "50",
+    )
     dense = [r for r in rows if r["variant"] == "dense"]
     sparse = [r for r in rows if r["variant"] == "sparse50"]
     assert len(dense) == len(sparse) == 2

@@ -31,8 +31,14 @@ def test_save_load_round_trip(rng, tmp_path, fmt):
     W.save(path)
     assert path.read_bytes() == W.blob().tobytes()
     W2 = flashspmm.load(path)
-    assert (W2.shape, W2.dtype, W2.format, W2.nnz, W2.nbytes, W2.device) == \
-        (W.shape, W.dtype, W.format, W.nnz, W.nbytes, "cpu")
+    assert (W2.shape, W2.dtype, W2.format, W2.nnz, W2.nbytes, W2.device) == (
+        W.shape,
+        W.dtype,
+        W.format,
+        W.nnz,
+        W.nbytes,
+        "cpu",
+    )
     assert np.array_equal(W2.to_dense(raw=True), expected)
     W3 = flashspmm.load(str(path), device="cpu")
     assert np.array_equal(W3.blob(), W.blob())
@@ -104,10 +110,24 @@ def _corruptions(blob, rng):
         "junk-with-magic": b"FSPM" + bytes(rng.integers(0, 256, 4092, dtype=np.uint8)),
         "zeros": bytes(n),
     }
-    for name, at in [("magic", 0), ("version", 4), ("format", 6), ("dtype", 7), ("M", 8), ("K", 16), ("nnz", 24),
-                     ("tile_m", 32), ("tiles_k", 48), ("offsets_offset", 56), ("data_offset", 72),
-                     ("total_bytes", 88), ("payload_checksum", 96), ("max_tile_bytes", 104), ("reserved", 110),
-                     ("header_checksum", 124)]:
+    for name, at in [
+        ("magic", 0),
+        ("version", 4),
+        ("format", 6),
+        ("dtype", 7),
+        ("M", 8),
+        ("K", 16),
+        ("nnz", 24),
+        ("tile_m", 32),
+        ("tiles_k", 48),
+        ("offsets_offset", 56),
+        ("data_offset", 72),
+        ("total_bytes", 88),
+        ("payload_checksum", 96),
+        ("max_tile_bytes", 104),
+        ("reserved", 110),
+        ("header_checksum", 124),
+    ]:
         cases[f"header-{name}"] = _flip(blob, at)
     cases["offsets-first"] = _flip(blob, 128)
     cases["offsets-second"] = _flip(blob, 136 + 1)

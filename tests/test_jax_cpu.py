@@ -24,8 +24,10 @@ import flashspmm.jax as fj  # noqa: E402
 from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}
-DTYPES = ["float16", pytest.param("bfloat16", marks=pytest.mark.skipif(ml_dtypes is None,
-                                                                         reason="bfloat16 arrays need ml_dtypes"))]
+DTYPES = [
+    "float16",
+    pytest.param("bfloat16", marks=pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 arrays need ml_dtypes")),
+]
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples")
 
 
@@ -67,9 +69,12 @@ def f64(a, dtype):
 
 # ---- linear ---------------------------------------------------------------------------------------------------
 
+
 def test_import_flashspmm_does_not_import_jax():
-    code = ("import sys, flashspmm; assert 'jax' not in sys.modules, 'flashspmm imported jax'; "
-            "import flashspmm.jax; assert 'jax' in sys.modules; print('ok')")
+    code = (
+        "import sys, flashspmm; assert 'jax' not in sys.modules, 'flashspmm imported jax'; "
+        "import flashspmm.jax; assert 'jax' in sys.modules; print('ok')"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
@@ -148,6 +153,7 @@ def test_lowered_program_holds_the_custom_call(rng):
 
 # ---- vmap, scan -----------------------------------------------------------------------------------------------
 
+
 def test_vmap_folds_batch_into_rows(rng):
     _, Ws, W, _ = make(rng, "float16", 97, 203)
     x, _ = rand(rng, (5, 3, 203), "float16")
@@ -210,6 +216,7 @@ def test_scan_and_fori_loop(rng):
 
 # ---- grad -----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_grad_for_x_bias_and_out(rng, dtype):
     n, m, k = 5, 90, 140
@@ -244,6 +251,7 @@ def test_grad_with_respect_to_W_is_a_clear_error(rng):
 
 # ---- to_dense -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_to_dense_exact(rng, dtype, fmt):
@@ -255,6 +263,7 @@ def test_to_dense_exact(rng, dtype, fmt):
 
 
 # ---- pytree ---------------------------------------------------------------------------------------------------
+
 
 def test_pytree_flatten_device_put_pickle(rng, cpu):
     _, Ws, W, _ = make(rng, "float16", 70, 90)
@@ -338,6 +347,7 @@ def test_save_load_compress_from_jax_array(rng, tmp_path, cpu):
 
 # ---- errors ---------------------------------------------------------------------------------------------------
 
+
 def test_trace_time_errors(rng):
     _, Ws, W, _ = make(rng, "float16", 64, 96)
     x, _ = rand(rng, (2, 96), "float16")
@@ -349,12 +359,16 @@ def test_trace_time_errors(rng):
 
     raises(TypeError, r"x.astype\(jnp.float16\)", lambda x: fj.linear(x, W), x.astype(np.float32))
     raises(ValueError, r"W is \[M=64, K=96\], x must be \[\.\.\., 96\]", lambda x: fj.linear(x, W), x[:, :90])
-    raises(ValueError, r"bias must have shape \(64,\)", lambda x, b: fj.linear(x, W, b), x,
-           np.zeros(63, np.float16))
+    raises(ValueError, r"bias must have shape \(64,\)", lambda x, b: fj.linear(x, W, b), x, np.zeros(63, np.float16))
     raises(TypeError, r"bias.astype", lambda x, b: fj.linear(x, W, b), x, np.zeros(64, np.float32))
     raises(ValueError, "needs `out`", lambda x: fj.linear(x, W, beta=1.0), x)
-    raises(ValueError, r"out must have shape \(2, 64\)", lambda x, o: fj.linear(x, W, beta=1.0, out=o), x,
-           np.zeros((3, 64), np.float16))
+    raises(
+        ValueError,
+        r"out must have shape \(2, 64\)",
+        lambda x, o: fj.linear(x, W, beta=1.0, out=o),
+        x,
+        np.zeros((3, 64), np.float16),
+    )
     raises(TypeError, "from_sparse", lambda x: fj.linear(x, Ws), x)
     raises(TypeError, "JaxSparseMatrix", lambda x: fj.linear(x, jnp.zeros((64, 96), jnp.float16)), x)
     raises(TypeError, "Python number", lambda x, a: fj.linear(x, W, alpha=a), x, 2.0)
@@ -381,9 +395,15 @@ def test_corrupted_blob_is_reported_by_the_cpu_handler(rng):
 
 # ---- examples -------------------------------------------------------------------------------------------------
 
+
 def test_decode_example_runs_on_cpu():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "jax_decode.py"), "--batches", "1,3", "--seq", "16"],
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "jax_decode.py"), "--batches", "1,3", "--seq", "16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "check passed" in r.stdout

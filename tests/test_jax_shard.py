@@ -53,12 +53,21 @@ PRELUDE = textwrap.dedent("""
 
 def run(body, timeout=600):
     """Run PRELUDE + body with four host devices; fail with its output if it fails."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip(),
-               PYTHONPATH=os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_PYTHON_CLIENT_PREALLOCATE="false",
+        XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip(),
+        PYTHONPATH=os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p),
+    )
     code = PRELUDE + textwrap.dedent(body) + "\nprint('ok')\n"
-    r = subprocess.run([sys.executable, "-c", code, str(secrets.randbits(63))], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(secrets.randbits(63))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ok"), r.stdout + r.stderr
 
 
@@ -169,6 +178,18 @@ def test_device_mismatch_is_a_clear_error():
 
 def test_tensor_parallel_mlp_example():
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, "jax_tp_mlp.py"), "--cpu-devices", "4",
-                        "--seed", str(secrets.randbits(31))], capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(EXAMPLES, "jax_tp_mlp.py"),
+            "--cpu-devices",
+            "4",
+            "--seed",
+            str(secrets.randbits(31)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0 and r.stdout.rstrip().endswith("ok"), r.stdout + r.stderr

@@ -45,7 +45,7 @@ def fp32_model(x_bits, w_bits, dtype, bias_bits=None, alpha=1.0, beta=0.0, out_b
     acc = np.zeros((x.shape[0], w.shape[0]), dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         for k in range(w.shape[1]):
-            acc = np.where(stored[:, k], acc + x[:, k:k + 1] * w[:, k], acc)
+            acc = np.where(stored[:, k], acc + x[:, k : k + 1] * w[:, k], acc)
         y = np.float32(alpha) * acc
         if bias_bits is not None:
             y = y + to_f32(bias_bits, dtype)
@@ -77,8 +77,9 @@ def test_linear_matches_float64(rng, dtype, n, fmt):
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (65, 63, 4), (130, 200, 9), (64, 700, 3)])
-@pytest.mark.parametrize("alpha,beta,with_bias", [(1.0, 0.0, False), (0.37, 0.0, True), (-1.5, 0.25, True),
-                                                  (2.0, -1.0, False)])
+@pytest.mark.parametrize(
+    "alpha,beta,with_bias", [(1.0, 0.0, False), (0.37, 0.0, True), (-1.5, 0.25, True), (2.0, -1.0, False)]
+)
 def test_linear_is_the_fp32_model_bit_for_bit(rng, fmt, dtype, m, k, n, alpha, beta, with_bias):
     W, w_bits, _ = make(rng, dtype, m, k, sparsity=0.5, fmt=fmt)
     x, _ = values(rng, (n, k), dtype, scale=3.0)
@@ -204,9 +205,9 @@ def test_special_x_meets_pruned_weight_contributes_nothing(rng, dtype, kind, fmt
     n, m, k = 4, 90, 150
     w_bits, _ = weight(rng, m, k, dtype, 0.6)
     col = int(rng.integers(k))
-    w_bits[: m // 2, col] = 0                   # pruned in the first half of the rows ...
-    w_bits[m // 2:, col] = from_f32(rng.uniform(0.5, 2, m - m // 2) * rng.choice([-1, 1], m - m // 2), dtype)
-    dead = int(rng.integers(k))                 # ... and a column pruned in every row
+    w_bits[: m // 2, col] = 0  # pruned in the first half of the rows ...
+    w_bits[m // 2 :, col] = from_f32(rng.uniform(0.5, 2, m - m // 2) * rng.choice([-1, 1], m - m // 2), dtype)
+    dead = int(rng.integers(k))  # ... and a column pruned in every row
     while dead == col:
         dead = int(rng.integers(k))
     w_bits[:, dead] = 0
@@ -223,12 +224,12 @@ def test_special_x_meets_pruned_weight_contributes_nothing(rng, dtype, kind, fmt
     assert np.isfinite(to_f64(y[[0, 2, 3]], dtype)).all()
     # row 1: pruned weights -> unchanged and finite; stored weights -> the special value's kind
     assert_bits_equal(y[1, : m // 2], clean[1, : m // 2], "outputs whose weight at the special column is pruned")
-    got = to_f64(y[1, m // 2:], dtype)
+    got = to_f64(y[1, m // 2 :], dtype)
     if kind == "nan":
         assert np.isnan(got).all()
     else:
         sign = 1.0 if kind == "inf" else -1.0
-        expect = sign * np.sign(to_f64(w_bits[m // 2:, col], dtype)) * np.inf
+        expect = sign * np.sign(to_f64(w_bits[m // 2 :, col], dtype)) * np.inf
         np.testing.assert_array_equal(got, expect)
     assert_same_bits(y, fp32_model(x_bits, w_bits, dtype), dtype)
 
@@ -246,9 +247,9 @@ def test_stored_nan_and_inf_in_w_propagate(rng, dtype, fmt):
     W = flashspmm.compress(as_dtype(w_bits, dtype), format=fmt)
     x, _ = values(rng, (n, k), dtype)
     x_bits = bits_of(x).copy()
-    x_bits[0, 5] = 0            # 0 * NaN
-    x_bits[1, col] = 0          # 0 * -Inf
-    x_bits[2, col] = 0x8000     # -0.0 * -Inf
+    x_bits[0, 5] = 0  # 0 * NaN
+    x_bits[1, col] = 0  # 0 * -Inf
+    x_bits[2, col] = 0x8000  # -0.0 * -Inf
     y = flashspmm.linear(as_dtype(x_bits, dtype), W)
     got = to_f64(bits_of(y), dtype)
     assert np.isnan(got[:, nan_row]).all()
@@ -267,8 +268,8 @@ def test_opposite_infinities_in_one_sum_give_nan():
     w = np.array([[1.0, 1.0, 2.0], [1.0, 0.0, 2.0]], np.float16)
     x = np.array([[np.inf, -np.inf, 1.0]], np.float16)
     y = flashspmm.linear(x, flashspmm.compress(w)).astype(np.float64)
-    assert np.isnan(y[0, 0])             # Inf + -Inf
-    assert y[0, 1] == np.inf             # the -Inf meets a pruned weight: skipped
+    assert np.isnan(y[0, 0])  # Inf + -Inf
+    assert y[0, 1] == np.inf  # the -Inf meets a pruned weight: skipped
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -297,5 +298,9 @@ def test_specials_in_bias_alpha_beta(rng, dtype):
                 assert got[0, 0] == np.inf and np.isfinite(got[:, 3:]).all()
         else:
             assert not np.isfinite(got).any()  # Inf * a finite sum, or Inf * 0 = NaN
-        assert_same_bits(y, fp32_model(bits_of(x), w_bits, dtype, bias_bits, alpha, beta, out_bits), dtype,
-                         f"alpha={alpha}, beta={beta}")
+        assert_same_bits(
+            y,
+            fp32_model(bits_of(x), w_bits, dtype, bias_bits, alpha, beta, out_bits),
+            dtype,
+            f"alpha={alpha}, beta={beta}",
+        )

@@ -30,16 +30,19 @@ def test_host_view_with_strides_feeds_the_library(rng):
     assert_bits_equal(bits_of(y), bits_of(flashspmm.linear(x, W)), "view vs array")
 
 
-@pytest.mark.parametrize("kwargs, error, needle", [
-    (dict(ptr=0), ValueError, "not a valid address"),
-    (dict(ptr=0x1001), ValueError, "2-byte aligned"),
-    (dict(ptr=1.5), TypeError, "ptr must be an int"),
-    (dict(dtype="float32"), ValueError, "dtype must be one of"),
-    (dict(shape=(2, -1)), ValueError, "shape entries must be >= 0"),
-    (dict(strides=(1,)), ValueError, "one entry per dimension"),
-    (dict(strides=(-4, 1)), ValueError, "negative strides"),
-    (dict(device="tpu"), ValueError, "device must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        (dict(ptr=0), ValueError, "not a valid address"),
+        (dict(ptr=0x1001), ValueError, "2-byte aligned"),
+        (dict(ptr=1.5), TypeError, "ptr must be an int"),
+        (dict(dtype="float32"), ValueError, "dtype must be one of"),
+        (dict(shape=(2, -1)), ValueError, "shape entries must be >= 0"),
+        (dict(strides=(1,)), ValueError, "one entry per dimension"),
+        (dict(strides=(-4, 1)), ValueError, "negative strides"),
+        (dict(device="tpu"), ValueError, "device must be"),
+    ],
+)
 def test_bad_arguments(kwargs, error, needle):
     args = dict(ptr=0x1000, shape=(2, 4), dtype="float16", device="cpu")
     args.update(kwargs)

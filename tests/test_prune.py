@@ -1,4 +1,5 @@
 """Magnitude pruning on the CPU: exact counts, the largest magnitudes kept, deterministic ties, bad input."""
+
 import numpy as np
 import pytest
 
@@ -67,8 +68,10 @@ def test_prune_then_compress_roundtrip(rng):
     assert np.array_equal(W.to_dense(), p)
 
 
-@pytest.mark.parametrize("sparsity, exc", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
-                                           ("0.5", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "sparsity, exc",
+    [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError), ("0.5", TypeError), (True, TypeError)],
+)
 def test_bad_sparsity(sparsity, exc):
     with pytest.raises(exc, match="sparsity"):
         flashspmm.prune(np.ones((2, 2), dtype=np.float16), sparsity)
@@ -88,10 +91,14 @@ def test_c_api_rejects_bad_arguments():
 
     buf = np.ones((2, 4), dtype=np.float16)
     ptr = ffi.cast("void *", buf.ctypes.data)
-    assert lib.fspmm_prune_host(ptr, 2, 4, 3, lib.FSPMM_DTYPE_FLOAT16, 0.5, lib.FSPMM_PRUNE_ROW) == \
-        lib.FSPMM_ERR_INVALID_ARGUMENT
+    assert (
+        lib.fspmm_prune_host(ptr, 2, 4, 3, lib.FSPMM_DTYPE_FLOAT16, 0.5, lib.FSPMM_PRUNE_ROW)
+        == lib.FSPMM_ERR_INVALID_ARGUMENT
+    )
     assert b"ld" in ffi.string(lib.fspmm_last_error())
-    assert lib.fspmm_prune_host(ptr, 2, 4, 4, lib.FSPMM_DTYPE_FLOAT16, 2.0, lib.FSPMM_PRUNE_ROW) == \
-        lib.FSPMM_ERR_INVALID_ARGUMENT
+    assert (
+        lib.fspmm_prune_host(ptr, 2, 4, 4, lib.FSPMM_DTYPE_FLOAT16, 2.0, lib.FSPMM_PRUNE_ROW)
+        == lib.FSPMM_ERR_INVALID_ARGUMENT
+    )
     assert lib.fspmm_prune_host(ptr, 2, 4, 4, lib.FSPMM_DTYPE_FLOAT16, 0.5, 7) == lib.FSPMM_ERR_INVALID_ARGUMENT
     assert (buf == 1).all()  # nothing written on failure

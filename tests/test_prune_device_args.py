@@ -5,8 +5,8 @@ import pytest
 
 from flashspmm._native import ffi, lib
 
-FAKE = ffi.cast("void *", 0x10000)        # a 16-byte aligned address that is never dereferenced
-ODD = ffi.cast("void *", 0x10001)         # not even 2-byte aligned
+FAKE = ffi.cast("void *", 0x10000)  # a 16-byte aligned address that is never dereferenced
+ODD = ffi.cast("void *", 0x10001)  # not even 2-byte aligned
 MISALIGNED = ffi.cast("void *", 0x10008)  # 2-byte but not 16-byte aligned
 
 
@@ -35,28 +35,50 @@ def test_workspace_size():
     assert "bytes is NULL" in last_error()
 
 
-@pytest.mark.parametrize("case, needle", [
-    (dict(dense=ffi.NULL), "dense is NULL"),
-    (dict(dense=ODD), "2-byte aligned"),
-    (dict(m=0), "M = 0"),
-    (dict(k=-1), "K = -1"),
-    (dict(ld=10), "ld = 10"),
-    (dict(dtype=7), "dtype = 7"),
-    (dict(sparsity=1.5), "sparsity"),
-    (dict(sparsity=-0.25), "sparsity"),
-    (dict(sparsity=float("nan")), "sparsity"),
-    (dict(scope=3), "scope"),
-    (dict(scope=2), "scope"),
-    (dict(ws=ffi.NULL), "workspace is NULL"),
-    (dict(ws=MISALIGNED), "16-byte aligned"),
-    (dict(ws_bytes=0), "workspace too small"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        (dict(dense=ffi.NULL), "dense is NULL"),
+        (dict(dense=ODD), "2-byte aligned"),
+        (dict(m=0), "M = 0"),
+        (dict(k=-1), "K = -1"),
+        (dict(ld=10), "ld = 10"),
+        (dict(dtype=7), "dtype = 7"),
+        (dict(sparsity=1.5), "sparsity"),
+        (dict(sparsity=-0.25), "sparsity"),
+        (dict(sparsity=float("nan")), "sparsity"),
+        (dict(scope=3), "scope"),
+        (dict(scope=2), "scope"),
+        (dict(ws=ffi.NULL), "workspace is NULL"),
+        (dict(ws=MISALIGNED), "16-byte aligned"),
+        (dict(ws_bytes=0), "workspace too small"),
+    ],
+)
 def test_prune_rejects(case, needle):
-    args = dict(dense=FAKE, m=40, k=50, ld=50, dtype=lib.FSPMM_DTYPE_FLOAT16, sparsity=0.5,
-                scope=lib.FSPMM_PRUNE_TENSOR, ws=FAKE, ws_bytes=ws_bytes(40, 50, lib.FSPMM_PRUNE_TENSOR))
+    args = dict(
+        dense=FAKE,
+        m=40,
+        k=50,
+        ld=50,
+        dtype=lib.FSPMM_DTYPE_FLOAT16,
+        sparsity=0.5,
+        scope=lib.FSPMM_PRUNE_TENSOR,
+        ws=FAKE,
+        ws_bytes=ws_bytes(40, 50, lib.FSPMM_PRUNE_TENSOR),
+    )
     args.update(case)
-    status = lib.fspmm_prune(args["dense"], args["m"], args["k"], args["ld"], args["dtype"], args["sparsity"],
-                             args["scope"], args["ws"], args["ws_bytes"], ffi.NULL)
+    status = lib.fspmm_prune(
+        args["dense"],
+        args["m"],
+        args["k"],
+        args["ld"],
+        args["dtype"],
+        args["sparsity"],
+        args["scope"],
+        args["ws"],
+        args["ws_bytes"],
+        ffi.NULL,
+    )
     assert status == lib.FSPMM_ERR_INVALID_ARGUMENT
     assert needle in last_error() and last_error().startswith("fspmm_prune")
 
@@ -64,6 +86,7 @@ def test_prune_rejects(case, needle):
 def test_row_scope_needs_no_workspace():
     """Row scope takes a NULL workspace. Sparsity 0 zeroes nothing, so the matrix is never touched: the call
     succeeds on a GPU and reports the missing device elsewhere, never an argument error."""
-    status = lib.fspmm_prune(FAKE, 40, 50, 50, lib.FSPMM_DTYPE_BFLOAT16, 0.0, lib.FSPMM_PRUNE_ROW, ffi.NULL, 0,
-                             ffi.NULL)
+    status = lib.fspmm_prune(
+        FAKE, 40, 50, 50, lib.FSPMM_DTYPE_BFLOAT16, 0.0, lib.FSPMM_PRUNE_ROW, ffi.NULL, 0, ffi.NULL
+    )
     assert status != lib.FSPMM_ERR_INVALID_ARGUMENT, last_error()

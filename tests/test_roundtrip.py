@@ -82,8 +82,9 @@ def test_leading_dimension(rng, fmt, dtype):
 def test_same_input_same_blob(rng):
     bits, _ = sparse_bits(rng, 200, 300, "float16", 0.8)
     a = flashspmm.compress(bits.view(np.float16), format="bitmap").blob()
-    b = flashspmm.compress(np.ascontiguousarray(np.pad(bits, ((0, 0), (0, 5)))[:, :300]).view(np.float16),
-                           format="bitmap").blob()
+    b = flashspmm.compress(
+        np.ascontiguousarray(np.pad(bits, ((0, 0), (0, 5)))[:, :300]).view(np.float16), format="bitmap"
+    ).blob()
     assert np.array_equal(a, b)
 
 
@@ -134,8 +135,9 @@ def test_auto_picks_the_smaller_format(rng, sparsity):
         assert auto.format == "tiled_csl"
 
 
-@pytest.mark.parametrize("sparsity,bitmap_ratio,csl_ratio", [(0.5, 1.78, 1.0), (0.7, 2.76, 1.67),
-                                                              (0.8, 3.8, 2.5), (0.9, 6.15, 5.0)])
+@pytest.mark.parametrize(
+    "sparsity,bitmap_ratio,csl_ratio", [(0.5, 1.78, 1.0), (0.7, 2.76, 1.67), (0.8, 3.8, 2.5), (0.9, 6.15, 5.0)]
+)
 def test_byte_ratios_match_the_design(rng, sparsity, bitmap_ratio, csl_ratio):
     """Bitmap: 2 B per nonzero + 1 bit per element; Tiled-CSL: 4 B per nonzero (within 2 %)."""
     bits, _ = sparse_bits(rng, 1024, 1024, "float16", sparsity, specials=False)

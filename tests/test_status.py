@@ -65,11 +65,13 @@ def header_untouched(h):
 
 # ---- host functions ---------------------------------------------------------------------------------------
 
+
 def test_header_read_and_validate(rng):
     blob = a_blob(rng)
     h = filled_header()
-    assert_status(lib.fspmm_header_read(ptr(blob), 127, h), "FSPMM_ERR_CORRUPT_BUFFER", "truncated",
-                  function="fspmm_header_read")
+    assert_status(
+        lib.fspmm_header_read(ptr(blob), 127, h), "FSPMM_ERR_CORRUPT_BUFFER", "truncated", function="fspmm_header_read"
+    )
     assert header_untouched(h)
     assert_status(lib.fspmm_header_read(ffi.NULL, blob.size, h), "FSPMM_ERR_INVALID_ARGUMENT", "prefix is NULL")
     assert_status(lib.fspmm_header_read(ptr(blob), blob.size, ffi.NULL), "FSPMM_ERR_INVALID_ARGUMENT", "out is NULL")
@@ -78,8 +80,12 @@ def test_header_read_and_validate(rng):
         bad[at] ^= 0x40
         assert_status(lib.fspmm_header_read(ptr(bad), bad.size, h), "FSPMM_ERR_CORRUPT_BUFFER", needle)
         assert header_untouched(h)
-        assert_status(lib.fspmm_validate_host(ptr(bad), bad.size, h), "FSPMM_ERR_CORRUPT_BUFFER", needle,
-                      function="fspmm_validate_host")
+        assert_status(
+            lib.fspmm_validate_host(ptr(bad), bad.size, h),
+            "FSPMM_ERR_CORRUPT_BUFFER",
+            needle,
+            function="fspmm_validate_host",
+        )
         assert header_untouched(h)
     bad = blob.copy()
     bad[-1] ^= 0x01
@@ -93,14 +99,26 @@ def test_header_read_and_validate(rng):
 
 def test_blob_bytes_bound():
     out = ffi.new("size_t *", SENTINEL_WORD)
-    assert_status(lib.fspmm_blob_bytes_bound(0, 4, lib.FSPMM_FORMAT_BITMAP, out), "FSPMM_ERR_INVALID_ARGUMENT",
-                  "M = 0", "[1, 2^31-1]", function="fspmm_blob_bytes_bound")
-    assert_status(lib.fspmm_blob_bytes_bound(4, 2**31, lib.FSPMM_FORMAT_BITMAP, out), "FSPMM_ERR_INVALID_ARGUMENT",
-                  "K = 2147483648")
-    assert_status(lib.fspmm_blob_bytes_bound(4, 4, 7, out), "FSPMM_ERR_INVALID_ARGUMENT", "format = 7",
-                  "FSPMM_FORMAT_AUTO")
-    assert_status(lib.fspmm_blob_bytes_bound(4, 4, lib.FSPMM_FORMAT_BITMAP, ffi.NULL), "FSPMM_ERR_INVALID_ARGUMENT",
-                  "bytes is NULL")
+    assert_status(
+        lib.fspmm_blob_bytes_bound(0, 4, lib.FSPMM_FORMAT_BITMAP, out),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        "M = 0",
+        "[1, 2^31-1]",
+        function="fspmm_blob_bytes_bound",
+    )
+    assert_status(
+        lib.fspmm_blob_bytes_bound(4, 2**31, lib.FSPMM_FORMAT_BITMAP, out),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        "K = 2147483648",
+    )
+    assert_status(
+        lib.fspmm_blob_bytes_bound(4, 4, 7, out), "FSPMM_ERR_INVALID_ARGUMENT", "format = 7", "FSPMM_FORMAT_AUTO"
+    )
+    assert_status(
+        lib.fspmm_blob_bytes_bound(4, 4, lib.FSPMM_FORMAT_BITMAP, ffi.NULL),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        "bytes is NULL",
+    )
     assert out[0] == SENTINEL_WORD
 
 
@@ -123,13 +141,21 @@ def test_compress_host_arguments(case):
     chosen = ffi.new("fspmm_format_t *")
     ffi.memmove(chosen, b"\xa5" * ffi.sizeof("fspmm_format_t"), ffi.sizeof("fspmm_format_t"))
     chosen_before = bytes(ffi.buffer(chosen))
-    assert_status(lib.fspmm_compress_size_host(src, m, k, ld, dtype, fmt, size, chosen), "FSPMM_ERR_INVALID_ARGUMENT",
-                  *needles, function="fspmm_compress_size_host")
+    assert_status(
+        lib.fspmm_compress_size_host(src, m, k, ld, dtype, fmt, size, chosen),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        *needles,
+        function="fspmm_compress_size_host",
+    )
     assert size[0] == SENTINEL_WORD and bytes(ffi.buffer(chosen)) == chosen_before
     out = sentinel(4096)
     written = ffi.new("size_t *", SENTINEL_WORD)
-    assert_status(lib.fspmm_compress_host(src, m, k, ld, dtype, fmt, ptr(out), out.size, written),
-                  "FSPMM_ERR_INVALID_ARGUMENT", *needles, function="fspmm_compress_host")
+    assert_status(
+        lib.fspmm_compress_host(src, m, k, ld, dtype, fmt, ptr(out), out.size, written),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        *needles,
+        function="fspmm_compress_host",
+    )
     assert is_sentinel(out) and written[0] == SENTINEL_WORD
     assert (dense == 1).all()
 
@@ -140,38 +166,59 @@ def test_compress_host_output_too_small(rng):
     assert lib.fspmm_compress_size_host(ptr(bits), 50, 70, 70, 1, 2, size, ffi.NULL) == lib.FSPMM_OK
     out = sentinel(int(size[0]))
     written = ffi.new("size_t *", SENTINEL_WORD)
-    assert_status(lib.fspmm_compress_host(ptr(bits), 50, 70, 70, 1, 2, ptr(out), out.size - 1, written),
-                  "FSPMM_ERR_INVALID_ARGUMENT", f"needs {out.size} bytes", "fspmm_compress_size_host")
+    assert_status(
+        lib.fspmm_compress_host(ptr(bits), 50, 70, 70, 1, 2, ptr(out), out.size - 1, written),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        f"needs {out.size} bytes",
+        "fspmm_compress_size_host",
+    )
     assert is_sentinel(out) and written[0] == SENTINEL_WORD
-    assert_status(lib.fspmm_compress_host(ptr(bits), 50, 70, 70, 1, 2, ffi.NULL, out.size, written),
-                  "FSPMM_ERR_INVALID_ARGUMENT", "out is NULL")
+    assert_status(
+        lib.fspmm_compress_host(ptr(bits), 50, 70, 70, 1, 2, ffi.NULL, out.size, written),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        "out is NULL",
+    )
 
 
-@pytest.mark.parametrize("args, needles", [
-    (dict(ld=3), ["ld = 3"]),
-    (dict(sparsity=1.01), ["sparsity", "[0, 1]"]),
-    (dict(sparsity=float("nan")), ["sparsity"]),
-    (dict(scope=4), ["scope", "FSPMM_PRUNE_ROW"]),
-    (dict(dtype=0), ["dtype = 0"]),
-    (dict(m=-1), ["M = -1"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (dict(ld=3), ["ld = 3"]),
+        (dict(sparsity=1.01), ["sparsity", "[0, 1]"]),
+        (dict(sparsity=float("nan")), ["sparsity"]),
+        (dict(scope=4), ["scope", "FSPMM_PRUNE_ROW"]),
+        (dict(dtype=0), ["dtype = 0"]),
+        (dict(m=-1), ["M = -1"]),
+    ],
+)
 def test_prune_host_arguments(rng, args, needles):
     call = dict(m=4, k=8, ld=8, dtype=1, sparsity=0.5, scope=0)
     call.update(args)
     dense = sentinel((4, 8), "float16")
-    assert_status(lib.fspmm_prune_host(ptr(dense), call["m"], call["k"], call["ld"], call["dtype"], call["sparsity"],
-                                       call["scope"]), "FSPMM_ERR_INVALID_ARGUMENT", *needles,
-                  function="fspmm_prune_host")
+    assert_status(
+        lib.fspmm_prune_host(
+            ptr(dense), call["m"], call["k"], call["ld"], call["dtype"], call["sparsity"], call["scope"]
+        ),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        *needles,
+        function="fspmm_prune_host",
+    )
     assert is_sentinel(dense)
 
 
 def test_set_host_threads():
-    assert_status(lib.fspmm_set_host_threads(-1), "FSPMM_ERR_INVALID_ARGUMENT", "threads = -1", "pass 0",
-                  function="fspmm_set_host_threads")
+    assert_status(
+        lib.fspmm_set_host_threads(-1),
+        "FSPMM_ERR_INVALID_ARGUMENT",
+        "threads = -1",
+        "pass 0",
+        function="fspmm_set_host_threads",
+    )
     assert lib.fspmm_set_host_threads(0) == lib.FSPMM_OK
 
 
 # ---- GPU entry points on a machine without a GPU: FSPMM_ERR_NO_DEVICE, nothing written ------------------------
+
 
 def _gpu_calls():
     """name -> (call returning a status, check that its outputs are untouched)."""
@@ -182,19 +229,27 @@ def _gpu_calls():
     device = ffi.new("int *", 0x5A5A)
     host = sentinel(64)
     return {
-        "fspmm_compress_count": (lambda: lib.fspmm_compress_count(FAKE, 40, 50, 50, 1, FAKE, ws_bytes, ffi.NULL),
-                                 lambda: True),
-        "fspmm_compress_size": (lambda: lib.fspmm_compress_size(FAKE, ws_bytes, 0, size, ffi.NULL, ffi.NULL),
-                                lambda: size[0] == SENTINEL_WORD),
-        "fspmm_compress": (lambda: lib.fspmm_compress(FAKE, 40, 50, 50, 1, 2, FAKE, ws_bytes, FAKE, 1 << 20, ffi.NULL),
-                           lambda: True),
+        "fspmm_compress_count": (
+            lambda: lib.fspmm_compress_count(FAKE, 40, 50, 50, 1, FAKE, ws_bytes, ffi.NULL),
+            lambda: True,
+        ),
+        "fspmm_compress_size": (
+            lambda: lib.fspmm_compress_size(FAKE, ws_bytes, 0, size, ffi.NULL, ffi.NULL),
+            lambda: size[0] == SENTINEL_WORD,
+        ),
+        "fspmm_compress": (
+            lambda: lib.fspmm_compress(FAKE, 40, 50, 50, 1, 2, FAKE, ws_bytes, FAKE, 1 << 20, ffi.NULL),
+            lambda: True,
+        ),
         "fspmm_prune": (lambda: lib.fspmm_prune(FAKE, 40, 50, 50, 1, 0.5, 0, ffi.NULL, 0, ffi.NULL), lambda: True),
         "fspmm_stream_synchronize": (lambda: lib.fspmm_stream_synchronize(ffi.NULL), lambda: True),
         "fspmm_get_device": (lambda: lib.fspmm_get_device(device), lambda: device[0] == 0x5A5A),
         "fspmm_set_device": (lambda: lib.fspmm_set_device(0), lambda: True),
         "fspmm_device_free": (lambda: lib.fspmm_device_free(FAKE), lambda: True),
-        "fspmm_memcpy": (lambda: lib.fspmm_memcpy(ptr(host), FAKE, 64, lib.FSPMM_COPY_DEVICE_TO_HOST, ffi.NULL),
-                         lambda: is_sentinel(host)),
+        "fspmm_memcpy": (
+            lambda: lib.fspmm_memcpy(ptr(host), FAKE, 64, lib.FSPMM_COPY_DEVICE_TO_HOST, ffi.NULL),
+            lambda: is_sentinel(host),
+        ),
     }
 
 
@@ -239,9 +294,13 @@ def test_python_gpu_paths_report_no_device(rng, tmp_path):
     W = flashspmm.SparseMatrix.from_blob(blob)
     path = tmp_path / "w.fspmm"
     W.save(path)
-    for attempt in (lambda: W.to("cuda"), lambda: W.cuda(), lambda: flashspmm.load(path, device="cuda:0"),
-                    lambda: flashspmm.SparseMatrix.from_blob(blob, device=0),
-                    lambda: flashspmm.from_pointer(0x10000, (2, 2), "float16", device="cuda")):
+    for attempt in (
+        lambda: W.to("cuda"),
+        lambda: W.cuda(),
+        lambda: flashspmm.load(path, device="cuda:0"),
+        lambda: flashspmm.SparseMatrix.from_blob(blob, device=0),
+        lambda: flashspmm.from_pointer(0x10000, (2, 2), "float16", device="cuda"),
+    ):
         with pytest.raises(flashspmm.Error) as info:
             attempt()
         assert info.value.status == "FSPMM_ERR_NO_DEVICE"
@@ -249,6 +308,7 @@ def test_python_gpu_paths_report_no_device(rng, tmp_path):
 
 
 # ---- the Python API: documented statuses, nothing written on failure -------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
 def test_corrupt_blobs_are_corrupt_buffer_errors(rng, fmt):
@@ -286,6 +346,7 @@ def test_failed_linear_writes_nothing(rng, dtype):
 
 # ---- fspmm_last_error is per thread ---------------------------------------------------------------------------
 
+
 def test_last_error_is_per_thread():
     """Two threads fail with different messages in turn; each still reads its own afterwards, and a third that
     only succeeded reads ""."""
@@ -303,8 +364,9 @@ def test_last_error_is_per_thread():
     threads = [
         threading.Thread(target=worker, args=("M", lambda: lib.fspmm_blob_bytes_bound(-7, 4, 2, size))),
         threading.Thread(target=worker, args=("threads", lambda: lib.fspmm_set_host_threads(-3))),
-        threading.Thread(target=worker, args=("ok", lambda: lib.fspmm_compress_size_host(ptr(dense), 4, 4, 4, 1, 0,
-                                                                                         size, ffi.NULL))),
+        threading.Thread(
+            target=worker, args=("ok", lambda: lib.fspmm_compress_size_host(ptr(dense), 4, 4, 4, 1, 0, size, ffi.NULL))
+        ),
     ]
     for t in threads:
         t.daemon = True  # a broken test must not keep the interpreter alive
@@ -387,8 +449,13 @@ STATUS_CODES = set(range(1, 8))
 
 def test_library_never_prints():
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-c", SILENT_SCRIPT, str(write_end)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, pass_fds=(write_end,), env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SILENT_SCRIPT, str(write_end)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(write_end,),
+        env=dict(os.environ),
+    )
     os.close(write_end)
     out, err = proc.communicate(timeout=300)
     with os.fdopen(read_end) as f:

@@ -19,8 +19,8 @@ def test_bit_conversions_are_exact(dtype):
     f32 = tk.to_f32(every, dtype)
     finite = np.isfinite(f32)
     back = tk.from_f32(f32, dtype)
-    assert np.array_equal(back[finite], every[finite])                      # subnormals and -0.0 included
-    assert np.array_equal(tk.is_nan_bits(back, dtype), np.isnan(f32))       # NaN stays NaN (never Inf)
+    assert np.array_equal(back[finite], every[finite])  # subnormals and -0.0 included
+    assert np.array_equal(tk.is_nan_bits(back, dtype), np.isnan(f32))  # NaN stays NaN (never Inf)
     assert tk.to_f64(np.array([1], np.uint16), dtype)[0] == tk.SMALLEST_SUBNORMAL[dtype]
     if dtype == "bfloat16":
         assert np.array_equal(every.view(tk.bfloat16()).astype(np.float32)[finite], f32[finite])
@@ -58,6 +58,7 @@ def test_sentinel_and_poison():
 
 
 # ---- assert_close catches what the norm-wise check alone let through ---------------------------------------------
+
 
 def _product(rng, dtype, n, m, k, sparsity=0.5):
     w_bits, w64 = tk.weight(rng, m, k, dtype, sparsity)

@@ -17,16 +17,16 @@ def test_build_is_deterministic_and_sparse_build_matches():
     cpu = torch.device("cpu")
     a, _ = bm.build_model(config, cpu, seed=3, progress=False)
     b, _ = bm.build_model(config, cpu, seed=3, sparsity=0.5, progress=False)
-    c, worst = bm.build_model(config, cpu, seed=3, sparsity=0.5, compress_layers=True, progress=False,
-                              check_first=True)
+    c, worst = bm.build_model(config, cpu, seed=3, sparsity=0.5, compress_layers=True, progress=False, check_first=True)
     assert worst is not None and worst <= 2e-3
     assert a.model.embed_tokens.weight.dtype == torch.float16
     dense, pruned = a.model.layers[1].mlp.up_proj.weight, b.model.layers[1].mlp.up_proj.weight
     assert not torch.equal(dense, pruned) and torch.equal(fst.prune_weight(dense, 0.5), pruned)
     assert torch.equal(a.lm_head.weight, b.lm_head.weight)
     fused = c.model.layers[1].mlp.gate_up_proj
-    assert torch.equal(fused.to_dense(), torch.cat([b.model.layers[1].mlp.gate_proj.weight,
-                                                    b.model.layers[1].mlp.up_proj.weight]))
+    assert torch.equal(
+        fused.to_dense(), torch.cat([b.model.layers[1].mlp.gate_proj.weight, b.model.layers[1].mlp.up_proj.weight])
+    )
     assert bm.weight_bytes(c) < bm.weight_bytes(b)
     ids = torch.randint(0, config.vocab_size, (2, 6))
     with torch.no_grad():
@@ -36,8 +36,9 @@ def test_build_is_deterministic_and_sparse_build_matches():
 @pytest.mark.parametrize("sparse", [False, True])
 def test_decoder_steps_match_a_full_forward(sparse):
     config = bm.make_config("tiny", None)
-    model, _ = bm.build_model(config, torch.device("cpu"), seed=1, sparsity=0.5 if sparse else None,
-                              compress_layers=sparse, progress=False)
+    model, _ = bm.build_model(
+        config, torch.device("cpu"), seed=1, sparsity=0.5 if sparse else None, compress_layers=sparse, progress=False
+    )
     d = bm.Decoder(model, batch=2, prompt=5, cache_len=12, device="cpu", seed=2)
     seq = d.prompt_ids
     with torch.no_grad():
@@ -57,12 +58,32 @@ def test_decoder_steps_match_a_full_forward(sparse):
 def test_run_writes_the_csv(tmp_path, capsys):
     out = tmp_path / "b.csv"
     parser = bm._configure(__import__("argparse").ArgumentParser())
-    args = parser.parse_args(["--device", "cpu", "--models", "tiny", "--batch", "1,2", "--sparsity", "50,70",
-                              "--steps", "3", "--prompt", "4", "--csv", str(out), "--png", "", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--models",
+            "tiny",
+            "--batch",
+            "1,2",
+            "--sparsity",
+            "50,70",
+            "--steps",
+            "3",
+            "--prompt",
+            "4",
+            "--csv",
+            str(out),
+            "--png",
+            "",
+            "--no-progress",
+        ]
+    )
     assert bm.run(args) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [(r["variant"], r["batch"]) for r in rows] == [(v, b) for v in ("dense", "sparse50", "sparse70")
-                                                           for b in ("1", "2")]
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        (v, b) for v in ("dense", "sparse50", "sparse70") for b in ("1", "2")
+    ]
     for r in rows:
         assert r["status"] == "ok" and r["mode"] == "eager" and float(r["ms_per_step"]) > 0
         assert float(r["tokens_per_s"]) > 0 and float(r["speedup"]) > 0

@@ -62,8 +62,11 @@ def test_save_load_round_trip(tmp_path, family, shards):
     sd = model.state_dict()
     for k, v in stored.items():
         assert torch.equal(v, sd[k]), k
-    blob = stored["model.layers.0.self_attn.qkv_proj.blob" if family == "llama" else
-                  "model.decoder.layers.0.self_attn.qkv_proj.blob"]
+    blob = stored[
+        "model.layers.0.self_attn.qkv_proj.blob"
+        if family == "llama"
+        else "model.decoder.layers.0.self_attn.qkv_proj.blob"
+    ]
     assert blob.dtype == torch.uint8
     expected = (192, 64) if family == "opt" else (128, 64)
     assert flashspmm.SparseMatrix.from_blob(blob.numpy().tobytes()).shape == expected
@@ -80,8 +83,10 @@ def test_save_load_round_trip(tmp_path, family, shards):
     again = fst.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         assert rel_err(again(ids).logits, want) <= 2e-3  # rotary tables in float32 here, float16 in the original
-    assert isinstance(again.get_submodule("model.layers.0.mlp.gate_up_proj" if family == "llama" else
-                                          "model.decoder.layers.0.fc1"), fst.SparseLinear)
+    assert isinstance(
+        again.get_submodule("model.layers.0.mlp.gate_up_proj" if family == "llama" else "model.decoder.layers.0.fc1"),
+        fst.SparseLinear,
+    )
 
 
 def test_single_file_and_dense_into_dense(tmp_path):
@@ -147,8 +152,9 @@ def test_writer_streams_unknown_sizes_and_reader_checks(tmp_path):
     a = rng.integers(0, 255, 1000, dtype=np.uint8)
     b = rng.standard_normal((3, 5)).astype(np.float32)
     c = rng.standard_normal(7).astype(np.float16)
-    w = SafetensorsWriter(path, [("a", "U8", None, 4096), ("b", "F32", (3, 5), b.nbytes), ("c", "F16", (7,), 14)],
-                          {"note": "x" * 40})
+    w = SafetensorsWriter(
+        path, [("a", "U8", None, 4096), ("b", "F32", (3, 5), b.nbytes), ("c", "F16", (7,), 14)], {"note": "x" * 40}
+    )
     w.write("a", a)
     with pytest.raises(ValueError, match="order"):
         w.write("c", c)
@@ -177,10 +183,12 @@ def bitmask_entries(prefix, dense):
     """The compressed-tensors sparse-bitmask tensors of one weight, built here the way that layout specifies."""
     mask = (dense != 0).numpy()
     counts = mask.sum(axis=1)
-    return {f"{prefix}.shape": torch.tensor(list(dense.shape)),
-            f"{prefix}.compressed": dense[torch.from_numpy(mask)],
-            f"{prefix}.bitmask": torch.from_numpy(np.packbits(mask, axis=-1, bitorder="little")),
-            f"{prefix}.row_offsets": torch.from_numpy(np.cumsum(counts) - counts)}
+    return {
+        f"{prefix}.shape": torch.tensor(list(dense.shape)),
+        f"{prefix}.compressed": dense[torch.from_numpy(mask)],
+        f"{prefix}.bitmask": torch.from_numpy(np.packbits(mask, axis=-1, bitorder="little")),
+        f"{prefix}.row_offsets": torch.from_numpy(np.cumsum(counts) - counts),
+    }
 
 
 def test_compressed_tensors_sparse_bitmask_import(tmp_path):
@@ -203,8 +211,9 @@ def test_compressed_tensors_sparse_bitmask_import(tmp_path):
     for n in names:
         W = mats[n + ".weight"]
         assert isinstance(W, flashspmm.SparseMatrix)
-        assert np.array_equal(W.to_dense().view(np.uint16),
-                              model.get_submodule(n).weight.detach().numpy().view(np.uint16))
+        assert np.array_equal(
+            W.to_dense().view(np.uint16), model.get_submodule(n).weight.detach().numpy().view(np.uint16)
+        )
     loaded = fst.load_sparse(meta_model("llama"), tmp_path / "model.safetensors", device="cpu")
     ids = token_ids(model)
     with torch.no_grad():

@@ -20,8 +20,13 @@ from test_torch_common import block_linears, pruned_copy, rel_err, seed_torch, t
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "flashspmm._cli_sparsify", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "flashspmm._cli_sparsify", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def leftovers(folder):
@@ -70,8 +75,19 @@ def test_single_file_include_exclude_format(tmp_path):
     seed_torch()
     model = tiny_model("llama")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
-    r = cli(tmp_path / "m.safetensors", tmp_path / "o.safetensors", "--sparsity", "0.7", "--include", r"mlp\.",
-            "--exclude", r"down_proj", "--format", "tiled_csl", "--no-progress")
+    r = cli(
+        tmp_path / "m.safetensors",
+        tmp_path / "o.safetensors",
+        "--sparsity",
+        "0.7",
+        "--include",
+        r"mlp\.",
+        "--exclude",
+        r"down_proj",
+        "--format",
+        "tiled_csl",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     with safe_open(str(tmp_path / "o.safetensors"), framework="pt") as g:

@@ -31,12 +31,21 @@ def rel_err(a, b):
 
 def tiny_config(family, *, layers=2, tie=False):
     transformers = pytest.importorskip("transformers")
-    common = dict(vocab_size=96, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                  max_position_embeddings=64, tie_word_embeddings=tie)
+    common = dict(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
     if family == "opt":
         return transformers.OPTConfig(ffn_dim=160, word_embed_proj_dim=64, **common)
-    config_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-                  "qwen2": transformers.Qwen2Config}[family]
+    config_cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+    }[family]
     return config_cls(intermediate_size=160, num_key_value_heads=2, **common)
 
 

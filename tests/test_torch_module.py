@@ -228,9 +228,11 @@ def test_op_opcheck_and_direct_use():
 def test_compile_fullgraph_one_op_no_break():
     torch._dynamo.reset()
     seed_torch()
-    model = torch.nn.Sequential(fst.SparseLinear.from_dense(random_pruned(96, 64, 0.5), torch.randn(96).half()),
-                                torch.nn.ReLU(),
-                                fst.SparseLinear.from_dense(random_pruned(32, 96, 0.7))).eval()
+    model = torch.nn.Sequential(
+        fst.SparseLinear.from_dense(random_pruned(96, 64, 0.5), torch.randn(96).half()),
+        torch.nn.ReLU(),
+        fst.SparseLinear.from_dense(random_pruned(32, 96, 0.7)),
+    ).eval()
     graphs = []
 
     def backend(gm, example_inputs):
@@ -274,9 +276,11 @@ def test_compile_inductor_cpu():
         pytest.skip("torch.compile's inductor cannot build CPU kernels here (no C++ toolchain or Python headers)")
     torch._dynamo.reset()
     seed_torch()
-    model = torch.nn.Sequential(fst.SparseLinear.from_dense(random_pruned(96, 64, 0.5), torch.randn(96).half()),
-                                torch.nn.GELU(),
-                                fst.SparseLinear.from_dense(random_pruned(32, 96, 0.7))).eval()
+    model = torch.nn.Sequential(
+        fst.SparseLinear.from_dense(random_pruned(96, 64, 0.5), torch.randn(96).half()),
+        torch.nn.GELU(),
+        fst.SparseLinear.from_dense(random_pruned(32, 96, 0.7)),
+    ).eval()
     compiled = torch.compile(model, fullgraph=True)
     x = torch.randn(2, 3, 64).half()
     with torch.no_grad():

@@ -28,10 +28,10 @@ if not dist.is_available() or not dist.is_gloo_available():
 import flashspmm.torch as fst  # noqa: E402
 from flashspmm.torch import parallel as tp  # noqa: E402
 
-TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}   # of max |reference|: partial sums rounded, added in another order
+TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}  # of max |reference|: partial sums rounded, added in another order
 MODEL_TOL = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 SPARSITY = 0.5
-M, K = 96, 160          # layer tests: both divisible by 2 and 4, K / 4 = 40 is not a multiple of 8
+M, K = 96, 160  # layer tests: both divisible by 2 and 4, K / 4 = 40 is not a multiple of 8
 
 
 def _has_transformers() -> bool:
@@ -43,6 +43,7 @@ def _has_transformers() -> bool:
 
 
 # ---- the spawned side ------------------------------------------------------------------------------------------
+
 
 def _agree(ok: bool, device) -> bool:
     """True when the scenario succeeded on every rank."""
@@ -72,9 +73,9 @@ def scenario_layers(rank, world, workdir, seed, device):
     out = {}
     for dtype in (torch.float16, torch.bfloat16):
         gen = _gen(seed, device)
-        w = _randn((M, K), gen, dtype, device, K ** -0.5)
-        bias = _randn((M,), gen, dtype, device)           # O(1): a bias added more than once shows
-        w2 = _randn((K, M), gen, dtype, device, M ** -0.5)
+        w = _randn((M, K), gen, dtype, device, K**-0.5)
+        bias = _randn((M,), gen, dtype, device)  # O(1): a bias added more than once shows
+        w2 = _randn((K, M), gen, dtype, device, M**-0.5)
         x = _randn((2, 3, K), gen, dtype, device)
         nan = torch.full((2, 3, M), float("nan"), dtype=dtype, device=device)
         rows = slice(rank * M // world, (rank + 1) * M // world)
@@ -94,8 +95,10 @@ def scenario_layers(rank, world, workdir, seed, device):
             r["col_local"] = local(x)
             r["col_sizes"] = (col.out_features, col.total_out_features, col.in_features)
             # row-parallel: every rank prunes its own block of every row
-            blocks = [fst.prune_weight(w[:, i * K // world:(i + 1) * K // world].contiguous(), SPARSITY)
-                      for i in range(world)]
+            blocks = [
+                fst.prune_weight(w[:, i * K // world : (i + 1) * K // world].contiguous(), SPARSITY)
+                for i in range(world)
+            ]
             pruned_rows = torch.cat(blocks, dim=1)
             ref_row = fst.SparseLinear.from_dense(pruned_rows, bias)
             row = tp.RowParallelSparseLinear.from_dense(w, bias, sparsity=SPARSITY, input_is_parallel=True)
@@ -107,11 +110,13 @@ def scenario_layers(rank, world, workdir, seed, device):
             r["row_sizes"] = (row.out_features, row.in_features, row.total_in_features)
             # Wanda: the whole layer's activation norms, sliced for the row-parallel shard
             norms = torch.rand(K, generator=gen) + 0.5
-            r["wanda_col"] = tp.ColumnParallelSparseLinear.from_dense(w, None, sparsity=SPARSITY, method="wanda",
-                                                                      act_norms=norms).to_dense()
+            r["wanda_col"] = tp.ColumnParallelSparseLinear.from_dense(
+                w, None, sparsity=SPARSITY, method="wanda", act_norms=norms
+            ).to_dense()
             r["wanda_col_expected"] = fst.wanda_prune(w, norms, SPARSITY)[rows]
-            r["wanda_row"] = tp.RowParallelSparseLinear.from_dense(w, None, sparsity=SPARSITY, method="wanda",
-                                                                   act_norms=norms).to_dense()
+            r["wanda_row"] = tp.RowParallelSparseLinear.from_dense(
+                w, None, sparsity=SPARSITY, method="wanda", act_norms=norms
+            ).to_dense()
             r["wanda_row_expected"] = fst.wanda_prune(w[:, cols].contiguous(), norms[cols], SPARSITY)
             # a column-parallel layer feeding a row-parallel one (the MLP pattern), weights pruned beforehand
             up = tp.ColumnParallelSparseLinear.from_dense(pruned, bias, gather_output=False)
@@ -123,11 +128,10 @@ def scenario_layers(rank, world, workdir, seed, device):
             r["deepcopy"] = copy.deepcopy(col)(x)
             r["pickled"] = pickle.loads(pickle.dumps(col))(x)
             # errors
-            r["err_col_divisible"] = _error(lambda: tp.ColumnParallelSparseLinear.from_dense(w[:M - 1], None))
-            r["err_row_divisible"] = _error(lambda: tp.RowParallelSparseLinear.from_dense(w[:, :K - 1], None))
+            r["err_col_divisible"] = _error(lambda: tp.ColumnParallelSparseLinear.from_dense(w[: M - 1], None))
+            r["err_row_divisible"] = _error(lambda: tp.RowParallelSparseLinear.from_dense(w[:, : K - 1], None))
             r["err_shard_total"] = _error(lambda: tp.ColumnParallelSparseLinear(col.blob, total_out_features=2 * M))
-            r["err_row_shard_total"] = _error(lambda: tp.RowParallelSparseLinear(row.blob,
-                                                                                  total_in_features=K + world))
+            r["err_row_shard_total"] = _error(lambda: tp.RowParallelSparseLinear(row.blob, total_in_features=K + world))
             r["err_row_whole_input"] = _error(lambda: row(x))
             other = tp.ColumnParallelSparseLinear.from_dense(torch.cat([w, w]), None)  # a shard twice as tall
             r["err_state_dict"] = _error(lambda: other.load_state_dict(col.state_dict(), strict=False))
@@ -139,8 +143,16 @@ def scenario_layers(rank, world, workdir, seed, device):
 def _tiny_config(world: int, **overrides):
     import transformers
 
-    spec = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
-                num_key_value_heads=4, vocab_size=96, max_position_embeddings=64, rms_norm_eps=1e-5)
+    spec = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=96,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+    )
     spec.update(overrides)
     return transformers.LlamaConfig(**spec)
 
@@ -157,7 +169,7 @@ def _tiny_model(config, seed: int, dtype, device):
     finally:
         torch.set_default_dtype(default)
     with torch.no_grad():  # weights large enough that the layers matter (the default init is very small)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, p.shape[1] ** -0.5)
     return model.to(device=device).eval()
@@ -184,7 +196,7 @@ def _decode_logits(model, ids, prefill: int):
         for step in range(prefill, ids.shape[1]):
             cache = getattr(out, key, None)
             assert cache is not None, f"the model returned no {key}"
-            out = model(input_ids=ids[:, step:step + 1], use_cache=True, **{key: cache})
+            out = model(input_ids=ids[:, step : step + 1], use_cache=True, **{key: cache})
             outs.append(out.logits)
     return outs
 
@@ -201,9 +213,9 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
     ids = torch.randint(0, config.vocab_size, (2, 7), generator=gen).to(device)
 
     ref = copy.deepcopy(pruned)
-    fst.sparsify(ref, 0.0, progress=False)           # the same pruned weights, compressed in one process
+    fst.sparsify(ref, 0.0, progress=False)  # the same pruned weights, compressed in one process
     model = copy.deepcopy(pruned)
-    report = fst.parallelize(model)                  # no sparsity: the weights are compressed as they are
+    report = fst.parallelize(model)  # no sparsity: the weights are compressed as they are
     r["report_names"] = [x.name for x in report]
     r["report_shapes"] = [x.shape for x in report]
     with torch.inference_mode():
@@ -213,8 +225,9 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
     r["ref_decode"] = _decode_logits(ref, ids, 4)
     r["tp_decode"] = _decode_logits(model, ids, 4)
     with torch.inference_mode():  # transformers' own generation loop (default cache), greedy
-        r["generated"] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
-                                        do_sample=False, pad_token_id=0)
+        r["generated"] = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False, pad_token_id=0
+        )
     attn = model.model.layers[0].self_attn
     r["generated_prompt"] = ids
     r["modules"] = {name: type(m).__name__ for name, m in model.model.layers[0].named_modules() if name}
@@ -239,15 +252,15 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
         w = m.weight.detach()
         if child in ("o_proj", "down_proj"):
             k = w.shape[1] // world
-            expected = fst.prune_weight(w[:, rank * k:(rank + 1) * k].contiguous(), SPARSITY)
+            expected = fst.prune_weight(w[:, rank * k : (rank + 1) * k].contiguous(), SPARSITY)
         else:
             n = w.shape[0] // world
-            expected = fst.prune_weight(w, SPARSITY)[rank * n:(rank + 1) * n]
+            expected = fst.prune_weight(w, SPARSITY)[rank * n : (rank + 1) * n]
         layer = own.get_submodule(name)
         if isinstance(layer, fst.SparseLinearSlice):
             fused = layer.fused
-            start = sum(fused.splits[:layer.index])
-            got = fused.to_dense()[start:start + fused.splits[layer.index]]
+            start = sum(fused.splits[: layer.index])
+            got = fused.to_dense()[start : start + fused.splits[layer.index]]
         else:
             got = layer.to_dense()
         shard_ok[name] = bool(torch.equal(got, expected))
@@ -263,13 +276,20 @@ def scenario_model(rank, world, workdir, seed, device, dtype):
         r["wanda_logits_finite"] = bool(torch.isfinite(wanda(input_ids=ids, use_cache=False).logits).all())
 
     # errors: heads that cannot be split, an already parallel model, a tp-parallel checkpoint of a model twice
-    bad = _tiny_model(_tiny_config(world, hidden_size=16 * world, num_attention_heads=2 * world,
-                                   num_key_value_heads=1), seed, dtype, device)
+    bad = _tiny_model(
+        _tiny_config(world, hidden_size=16 * world, num_attention_heads=2 * world, num_key_value_heads=1),
+        seed,
+        dtype,
+        device,
+    )
     r["err_heads"] = _error(lambda: fst.parallelize(bad))
     r["err_twice"] = _error(lambda: fst.parallelize(model))
     r["err_after_sparsify"] = _error(lambda: fst.parallelize(ref))
-    r["err_plan_pairing"] = _error(lambda: fst.parallelize(
-        copy.deepcopy(pruned), plan={k: v for k, v in tp.DEFAULT_TP_PLAN.items() if "o_proj" not in k}))
+    r["err_plan_pairing"] = _error(
+        lambda: fst.parallelize(
+            copy.deepcopy(pruned), plan={k: v for k, v in tp.DEFAULT_TP_PLAN.items() if "o_proj" not in k}
+        )
+    )
     r["err_plan_style"] = _error(lambda: fst.parallelize(copy.deepcopy(pruned), plan={"layers.*.mlp.up_proj": "x"}))
     del transformers
     return r, model, config, ids
@@ -313,8 +333,13 @@ def _worker(rank, world, workdir, seed, backend):
     if backend == "nccl":
         torch.cuda.set_device(rank)
         device = torch.device("cuda", rank)
-    dist.init_process_group(backend, init_method=f"file://{workdir}/init", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        backend,
+        init_method=f"file://{workdir}/init",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     results = {}
     try:
         steps = [("layers", lambda: scenario_layers(rank, world, workdir, seed, device))]
@@ -326,6 +351,7 @@ def _worker(rank, world, workdir, seed, backend):
                     r, model, config, ids = scenario_model(rank, world, workdir, seed, device, dtype)
                     state[dtype] = (model, config, ids)
                     return r
+
                 return run
 
             def checkpoint_step(dtype):
@@ -368,8 +394,9 @@ def spawn_world(world: int, workdir, backend: str = "gloo", timeout: float = 240
     seed = secrets.randbits(31)
     print(f"world {world} ({backend}): torch seed {seed}")
     workdir = os.fspath(workdir)
-    ctx = mp.start_processes(_worker, args=(world, workdir, seed, backend), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(world, workdir, seed, backend), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ctx.join(timeout=2):
@@ -383,6 +410,7 @@ def spawn_world(world: int, workdir, backend: str = "gloo", timeout: float = 240
 
 
 # ---- checks, shared with the GPU tests --------------------------------------------------------------------------
+
 
 def scenario(results, rank: int, name: str):
     r = results[rank]
@@ -438,8 +466,9 @@ def check_layers(results, world, exact: bool):
                         assert torch.equal(r[k], r0[k]), f"{what}: {k} differs from rank 0"
                     else:
                         close(r[k], r0[k], 1e-3, f"{what}: {k} against rank 0")
-            assert "not divisible by the world size" in r["err_col_divisible"] and "ValueError" in \
-                r["err_col_divisible"]
+            assert (
+                "not divisible by the world size" in r["err_col_divisible"] and "ValueError" in r["err_col_divisible"]
+            )
             assert "in_features" in r["err_row_divisible"] and "ValueError" in r["err_row_divisible"]
             assert "ValueError" in r["err_shard_total"] and "world size" in r["err_shard_total"]
             assert "ValueError" in r["err_row_shard_total"] and "do not match" in r["err_row_shard_total"]
@@ -473,8 +502,10 @@ def check_model(results, world, dtype, exact: bool):
         assert types["mlp.gate_up_proj"] == "ColumnParallelFusedSparseLinear"
         assert types["mlp.down_proj"] == "RowParallelSparseLinear"
         head_dim = 8
-        assert r["qkv_splits"] == ((8 // world * head_dim, 4 // world * head_dim, 4 // world * head_dim),
-                                   (8 * head_dim, 4 * head_dim, 4 * head_dim))
+        assert r["qkv_splits"] == (
+            (8 // world * head_dim, 4 // world * head_dim, 4 // world * head_dim),
+            (8 * head_dim, 4 * head_dim, 4 * head_dim),
+        )
         assert r["o_sizes"] == (64 // world, 64, 64)
         assert all(r["own_shards_equal"].values()) and len(r["own_shards_equal"]) == 14, r["own_shards_equal"]
         assert r["own_logits_finite"]
@@ -528,13 +559,16 @@ def check_checkpoint(results, world, dtype, exact: bool):
 
 # ---- the tests -------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
 def world_results(request, tmp_path_factory):
     world = request.param
     t0 = time.monotonic()
     seed, results = spawn_world(world, tmp_path_factory.mktemp(f"tp{world}"))
-    print(f"world {world}: {time.monotonic() - t0:.1f} s, scenarios " +
-          ", ".join(f"{k[:-8]} {v:.1f} s" for k, v in results[0].items() if k.endswith(".seconds")))
+    print(
+        f"world {world}: {time.monotonic() - t0:.1f} s, scenarios "
+        + ", ".join(f"{k[:-8]} {v:.1f} s" for k, v in results[0].items() if k.endswith(".seconds"))
+    )
     return world, results
 
 
@@ -563,9 +597,12 @@ def test_needs_an_initialised_process_group():
     if dist.is_initialized():
         pytest.skip("a process group is initialised in this process")
     w = torch.randn(8, 8).half()
-    for build in (lambda: tp.ColumnParallelSparseLinear.from_dense(w), lambda: tp.RowParallelSparseLinear.from_dense(w),
-                  lambda: fst.parallelize(torch.nn.Sequential(torch.nn.Linear(8, 8).half())),
-                  lambda: fst.load_sparse_parallel(torch.nn.Linear(8, 8), "nowhere")):
+    for build in (
+        lambda: tp.ColumnParallelSparseLinear.from_dense(w),
+        lambda: tp.RowParallelSparseLinear.from_dense(w),
+        lambda: fst.parallelize(torch.nn.Sequential(torch.nn.Linear(8, 8).half())),
+        lambda: fst.load_sparse_parallel(torch.nn.Linear(8, 8), "nowhere"),
+    ):
         with pytest.raises(RuntimeError, match="not initialised"):
             build()
 
@@ -585,14 +622,35 @@ def test_bench_tp_code_path_on_cpus(tmp_path):
     if not _has_transformers():
         pytest.skip("transformers is not installed")
     out = tmp_path / "bench.csv"
-    cmd = [sys.executable, "-m", "flashspmm.torch._bench_tp", "--tp", "2", "--model", "tiny", "--device", "cpu",
-           "--batch", "1,3", "--prompt", "6", "--steps", "3", "--sparsity", "50,70", "--check", "--csv", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flashspmm.torch._bench_tp",
+        "--tp",
+        "2",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--batch",
+        "1,3",
+        "--prompt",
+        "6",
+        "--steps",
+        "3",
+        "--sparsity",
+        "50,70",
+        "--check",
+        "--csv",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "NCCL_NVLS_ENABLE=0" in proc.stderr  # the launcher's environment defaults
     rows = list(csv.DictReader(out.open()))
-    assert [(r["variant"], r["batch"]) for r in rows] == [(v, b) for v in ("dense", "sparse50", "sparse70")
-                                                          for b in ("1", "3")]
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        (v, b) for v in ("dense", "sparse50", "sparse70") for b in ("1", "3")
+    ]
     for r in rows:
         assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["tp"] == "2"
         if r["variant"] != "dense":

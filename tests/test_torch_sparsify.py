@@ -110,8 +110,9 @@ def test_deepcopy_and_pickle_of_a_sparsified_model():
 
 def test_sequential_and_include_exclude():
     seed_torch()
-    seq = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 80),
-                              torch.nn.ReLU(), torch.nn.Linear(80, 16)).half()
+    seq = torch.nn.Sequential(
+        torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 80), torch.nn.ReLU(), torch.nn.Linear(80, 16)
+    ).half()
     ref = pruned_copy(seq, 0.5, ["0", "2"])
     report = fst.sparsify(seq, 0.5, exclude=r"^4$", progress=False)
     assert [r.name for r in report] == ["0", "2"]

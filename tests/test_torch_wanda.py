@@ -87,8 +87,12 @@ def test_sparsify_wanda_transformers_dict_batches():
     batches = [{"input_ids": token_ids(model, 2, 9)} for _ in range(2)]
     # float64 reference norms from the inputs each layer sees in the dense model
     inputs = {n: [] for n in names}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, a, n=n: inputs[n].append(a[0].detach().reshape(-1, a[0].shape[-1]).double())) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda m, a, n=n: inputs[n].append(a[0].detach().reshape(-1, a[0].shape[-1]).double())
+        )
+        for n in names
+    ]
     with torch.no_grad():
         for b in batches:
             model(**b)
@@ -102,7 +106,7 @@ def test_sparsify_wanda_transformers_dict_batches():
             for child, size in zip(m.names, m.splits):
                 full = f"{parent}.{child}"
                 norms = torch.cat(inputs[full]).pow(2).sum(0).sqrt().numpy()
-                check_wanda_mask(weights[full], m.to_dense()[rows:rows + size], norms, 0.5)
+                check_wanda_mask(weights[full], m.to_dense()[rows : rows + size], norms, 0.5)
                 rows += size
         elif isinstance(m, fst.SparseLinear):
             norms = torch.cat(inputs[name]).pow(2).sum(0).sqrt().numpy()

@@ -29,10 +29,30 @@ SEED = 20240614
 # value bits per dtype: quiet NaN, signalling NaN (payload 1), negative NaN, +Inf, -Inf, smallest positive and
 # negative subnormals, a larger subnormal, largest finite, -0.0
 SPECIAL_BITS = {
-    "float16": {"nan": 0x7E00, "snan": 0x7C01, "neg_nan": 0xFE00, "inf": 0x7C00, "neg_inf": 0xFC00,
-                "sub": 0x0001, "neg_sub": 0x8001, "sub_big": 0x03FF, "max": 0x7BFF, "neg_zero": 0x8000},
-    "bfloat16": {"nan": 0x7FC0, "snan": 0x7F81, "neg_nan": 0xFFC0, "inf": 0x7F80, "neg_inf": 0xFF80,
-                 "sub": 0x0001, "neg_sub": 0x8001, "sub_big": 0x007F, "max": 0x7F7F, "neg_zero": 0x8000},
+    "float16": {
+        "nan": 0x7E00,
+        "snan": 0x7C01,
+        "neg_nan": 0xFE00,
+        "inf": 0x7C00,
+        "neg_inf": 0xFC00,
+        "sub": 0x0001,
+        "neg_sub": 0x8001,
+        "sub_big": 0x03FF,
+        "max": 0x7BFF,
+        "neg_zero": 0x8000,
+    },
+    "bfloat16": {
+        "nan": 0x7FC0,
+        "snan": 0x7F81,
+        "neg_nan": 0xFFC0,
+        "inf": 0x7F80,
+        "neg_inf": 0xFF80,
+        "sub": 0x0001,
+        "neg_sub": 0x8001,
+        "sub_big": 0x007F,
+        "max": 0x7F7F,
+        "neg_zero": 0x8000,
+    },
 }
 
 # name -> (M, K, fraction of zeros); every case but the all-zero one holds each special value
@@ -90,8 +110,10 @@ def make_input(rng, dtype, case):
 
 def write_new(path, data):
     if os.path.exists(path):
-        raise SystemExit(f"{path} exists: golden files are written once (see docs/FORMATS.md, Compatibility); "
-                         f"pass --out DIR to write a fresh set elsewhere")
+        raise SystemExit(
+            f"{path} exists: golden files are written once (see docs/FORMATS.md, Compatibility); "
+            f"pass --out DIR to write a fresh set elsewhere"
+        )
     with open(path, "wb") as f:
         f.write(data)
 
@@ -99,8 +121,11 @@ def write_new(path, data):
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.path.normpath(os.path.join(here, os.pardir, "tests", "data")),
-                        help="folder to write into (default: tests/data of this checkout)")
+    parser.add_argument(
+        "--out",
+        default=os.path.normpath(os.path.join(here, os.pardir, "tests", "data")),
+        help="folder to write into (default: tests/data of this checkout)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.join(here, os.pardir, "python"))
     import flashspmm
@@ -122,14 +147,25 @@ def main(argv=None):
                 name = f"{fmt}-{dtype}-{case}.fspmm"
                 write_new(os.path.join(args.out, name), W.blob().tobytes())
                 matrices[(fmt, dtype, case)] = W
-                manifest["blobs"].append({"file": name, "dense": dense_name, "format": fmt, "dtype": dtype,
-                                          "shape": list(W.shape), "nnz": W.nnz, "nbytes": W.nbytes})
+                manifest["blobs"].append(
+                    {
+                        "file": name,
+                        "dense": dense_name,
+                        "format": fmt,
+                        "dtype": dtype,
+                        "shape": list(W.shape),
+                        "nnz": W.nnz,
+                        "nbytes": W.nbytes,
+                    }
+                )
     model_path = os.path.join(args.out, "model-v2.fspmm")
     if os.path.exists(model_path):
         raise SystemExit(f"{model_path} exists: golden files are written once; pass --out DIR")
     flashspmm.save_model(model_path, {name: matrices[key] for name, key in MODEL.items()})
-    manifest["model_v2"] = {"file": "model-v2.fspmm",
-                         "matrices": {name: "{}-{}-{}.fspmm".format(*key) for name, key in MODEL.items()}}
+    manifest["model_v2"] = {
+        "file": "model-v2.fspmm",
+        "matrices": {name: "{}-{}-{}.fspmm".format(*key) for name, key in MODEL.items()},
+    }
     write_new(os.path.join(args.out, "golden.json"), (json.dumps(manifest, indent=1) + "\n").encode())
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"wrote {len(manifest['blobs'])} blobs, their inputs and model.fspmm to {args.out} ({total} bytes)")

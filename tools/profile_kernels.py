@@ -3,6 +3,7 @@
     ncu --clock-control none --kernel-name regex:spmm_kernel --metrics ... python3 tools/profile_kernels.py \
         [N] [sparsities, e.g. 0.5,0.9] [variants, e.g. bitmap:rows,tiled_csl]
 """
+
 import sys
 
 import torch

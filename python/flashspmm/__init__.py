@@ -23,9 +23,25 @@ from ._native import Error
 from ._pointer import ExternalArray, from_pointer
 from ._prune import prune
 
-__all__ = ["Error", "SparseMatrix", "ExternalArray", "compress", "load", "linear", "prune", "from_pointer",
-           "save_model", "load_model", "info", "cmake_dir", "include_dir", "library_path", "device_count",
-           "set_host_threads", "__version__"]
+__all__ = [
+    "Error",
+    "SparseMatrix",
+    "ExternalArray",
+    "compress",
+    "load",
+    "linear",
+    "prune",
+    "from_pointer",
+    "save_model",
+    "load_model",
+    "info",
+    "cmake_dir",
+    "include_dir",
+    "library_path",
+    "device_count",
+    "set_host_threads",
+    "__version__",
+]
 
 __version__ = _native.version_string()
 

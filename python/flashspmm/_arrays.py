@@ -21,16 +21,41 @@ from ._adapters import module_of as _module_of
 from ._adapters.cai import DeviceBuffer, free_device
 from ._adapters.dlpack import JAX_MODULES, HostExport
 
-__all__ = ["ArrayInfo", "Device", "describe", "empty_like_framework", "to_caller", "DeviceBuffer", "HostExport",
-           "free_device", "resolve_stream", "numpy_dtype", "Origin", "workspace", "require_half", "matrix_view",
-           "flatten_leading", "reshape_copy", "framework_of", "record_use", "torch_record_stream", "owner_stream",
-           "used_on", "host_uint8_view", "is_immutable", "ArrayLike", "DeviceLike", "DTypeLike", "StreamLike"]
+__all__ = [
+    "ArrayInfo",
+    "Device",
+    "describe",
+    "empty_like_framework",
+    "to_caller",
+    "DeviceBuffer",
+    "HostExport",
+    "free_device",
+    "resolve_stream",
+    "numpy_dtype",
+    "Origin",
+    "workspace",
+    "require_half",
+    "matrix_view",
+    "flatten_leading",
+    "reshape_copy",
+    "framework_of",
+    "record_use",
+    "torch_record_stream",
+    "owner_stream",
+    "used_on",
+    "host_uint8_view",
+    "is_immutable",
+    "ArrayLike",
+    "DeviceLike",
+    "DTypeLike",
+    "StreamLike",
+]
 
 # Type aliases of the public API (documentation for readers and type checkers; nothing is checked against them).
-ArrayLike = Any    # numpy / torch / cupy / JAX array, __cuda_array_interface__ or __dlpack__ object, DLPack capsule
+ArrayLike = Any  # numpy / torch / cupy / JAX array, __cuda_array_interface__ or __dlpack__ object, DLPack capsule
 DeviceLike = Union[str, int, Any]  # "cpu", "cuda", "cuda:N", N, or a torch.device
-DTypeLike = Any    # "float16" / "bfloat16" (...), or a numpy / torch / JAX / ml_dtypes dtype
-StreamLike = Any   # an int cudaStream_t, or an object with .cuda_stream (torch) or .ptr (cupy)
+DTypeLike = Any  # "float16" / "bfloat16" (...), or a numpy / torch / JAX / ml_dtypes dtype
+StreamLike = Any  # an int cudaStream_t, or an object with .cuda_stream (torch) or .ptr (cupy)
 
 _HALF = ("float16", "bfloat16")
 
@@ -56,14 +81,16 @@ def matrix_view(info: ArrayInfo, what: str) -> tuple[int, int, int]:
     if cols > 1 and info.strides[1] != 1:
         raise ValueError(
             f"{what} must have unit stride on its last dimension (row-major), got strides {info.strides} "
-            f"(elements); make it contiguous first: {info.contiguous_hint()}")
+            f"(elements); make it contiguous first: {info.contiguous_hint()}"
+        )
     ld = info.strides[0]
     if rows <= 1:
         ld = max(cols, 1)
     elif ld < cols:
         raise ValueError(
             f"{what} rows overlap or run backwards (row stride {ld} < {cols} columns); make it contiguous "
-            f"first: {info.contiguous_hint()}")
+            f"first: {info.contiguous_hint()}"
+        )
     return rows, cols, ld
 
 
@@ -86,8 +113,16 @@ def flatten_leading(info: ArrayInfo) -> ArrayInfo | None:
         if shape[i] > 1:
             row_stride = strides[i]
             break
-    return ArrayInfo(obj=info.obj, ptr=info.ptr, shape=(rows, shape[-1]), strides=(row_stride, strides[-1]),
-                     dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework)
+    return ArrayInfo(
+        obj=info.obj,
+        ptr=info.ptr,
+        shape=(rows, shape[-1]),
+        strides=(row_stride, strides[-1]),
+        dtype=info.dtype,
+        device=info.device,
+        stream=info.stream,
+        framework=info.framework,
+    )
 
 
 def reshape_copy(info: ArrayInfo, shape: tuple[int, ...], stream: int | None = None) -> Any:
@@ -97,7 +132,7 @@ def reshape_copy(info: ArrayInfo, shape: tuple[int, ...], stream: int | None = N
 
 
 def framework_of(obj: Any) -> str | None:
-    """"torch", "cupy", "numpy" or the module name of an array object (None for None)."""
+    """ "torch", "cupy", "numpy" or the module name of an array object (None for None)."""
     if obj is None:
         return None
     if isinstance(obj, np.ndarray):
@@ -224,4 +259,5 @@ def resolve_stream(stream: Any, info: ArrayInfo) -> int:
             return value
     raise TypeError(
         f"stream must be an int handle (cudaStream_t) or an object with .cuda_stream (torch) or .ptr (cupy); "
-        f"got {type(stream).__qualname__}")
+        f"got {type(stream).__qualname__}"
+    )

@@ -5,6 +5,7 @@ weights that they are never L2-resident), speedup over cuBLAS, effective bandwid
 (compressed W + x + y) and its fraction of the measured device-to-device copy bandwidth.
 Needs PyTorch with CUDA. Writes a CSV and, with matplotlib, a PNG (speedup vs sparsity, one line per N).
 """
+
 import argparse
 import csv
 import math
@@ -15,8 +16,17 @@ import numpy as np
 
 import flashspmm
 
-SUITE = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192), (4096, 4096), (11008, 4096),
-         (4096, 11008), (8192, 8192), (8192, 28672)]
+SUITE = [
+    (9216, 9216),
+    (36864, 9216),
+    (9216, 36864),
+    (28672, 8192),
+    (4096, 4096),
+    (11008, 4096),
+    (4096, 11008),
+    (8192, 8192),
+    (8192, 28672),
+]
 TARGET_SHAPES = [(9216, 9216), (36864, 9216), (9216, 36864), (28672, 8192)]
 # Issue targets: geometric-mean speedup over cuBLAS on TARGET_SHAPES, fp16.
 TARGETS = {50: (1.3, 1.2, 1.0), 70: (1.9, 1.7, 1.3), 80: (2.5, 2.2, 1.5), 90: (3.5, 2.8, 1.7)}
@@ -34,7 +44,7 @@ MODEL_SHAPES = {name: sorted(layer) for name, layer in MODEL_LAYERS.items()}
 
 
 def _variant(fmt):
-    """"base[:choice]" -> (base format, linear() keyword arguments): a bitmap decoder (direct, scatter, rows) or
+    """ "base[:choice]" -> (base format, linear() keyword arguments): a bitmap decoder (direct, scatter, rows) or
     a kernel (tensor_core, cuda_core) chosen through the plan options."""
     base, _, choice = fmt.partition(":")
     if not choice:
@@ -127,15 +137,19 @@ def run(args):
     card = torch.cuda.get_device_name(0)
     tdtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     bw = copy_bandwidth(torch)
-    print(f"# card: {card}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MB; "
-          f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+    print(
+        f"# card: {card}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MB; "
+        f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)"
+    )
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)
     rows = []
-    header = (f"{'M':>6} {'K':>6} {'sp%':>4} {'N':>4} {'format':>14} {'MB':>8} {'us':>9} {'cublas_us':>9} "
-              f"{'speedup':>7} {'TB/s':>6} {'%copy':>6}")
+    header = (
+        f"{'M':>6} {'K':>6} {'sp%':>4} {'N':>4} {'format':>14} {'MB':>8} {'us':>9} {'cublas_us':>9} "
+        f"{'speedup':>7} {'TB/s':>6} {'%copy':>6}"
+    )
     print(header)
-    for (M, K) in args.shapes:
+    for M, K in args.shapes:
         dense_bytes = M * K * 2
         w_master = torch.randn(M, K, device="cuda", generator=gen).to(tdtype)
         for sp in args.sparsity:
@@ -153,7 +167,8 @@ def run(args):
                 x = torch.randn(N, K, device="cuda", generator=gen).to(tdtype)
                 y = torch.empty(N, M, device="cuda", dtype=tdtype)
                 t_cublas = time_rotation(
-                    torch, [lambda d=d: torch.matmul(x, d.t(), out=y) for d in dense_copies], args.reps)
+                    torch, [lambda d=d: torch.matmul(x, d.t(), out=y) for d in dense_copies], args.reps
+                )
                 io_bytes = N * K * 2 + N * M * 2
                 for fmt in args.formats:
                     base, options = _variant(fmt)
@@ -161,18 +176,35 @@ def run(args):
                     blobs = mats[real]
                     if options.get("kernel") == "cuda_core" and N != 1:
                         continue  # the CUDA-core kernel serves one token
-                    t = time_rotation(torch, [lambda W=W: flashspmm.linear(x, W, out=y, **options) for W in blobs],
-                                      args.reps)
+                    t = time_rotation(
+                        torch, [lambda W=W: flashspmm.linear(x, W, out=y, **options) for W in blobs], args.reps
+                    )
                     nbytes = blobs[0].nbytes + io_bytes
-                    row = dict(card=card, M=M, K=K, sparsity=sp, N=N, format=fmt, resolved=real,
-                               blob_bytes=blobs[0].nbytes, dense_bytes=dense_bytes, us=t * 1e6,
-                               cublas_us=t_cublas * 1e6, speedup=t_cublas / t, tbps=nbytes / t / 1e12,
-                               frac_copy=nbytes / t / bw, cublas_frac_copy=(dense_bytes + io_bytes) / t_cublas / bw,
-                               copy_tbps=bw / 1e12)
+                    row = dict(
+                        card=card,
+                        M=M,
+                        K=K,
+                        sparsity=sp,
+                        N=N,
+                        format=fmt,
+                        resolved=real,
+                        blob_bytes=blobs[0].nbytes,
+                        dense_bytes=dense_bytes,
+                        us=t * 1e6,
+                        cublas_us=t_cublas * 1e6,
+                        speedup=t_cublas / t,
+                        tbps=nbytes / t / 1e12,
+                        frac_copy=nbytes / t / bw,
+                        cublas_frac_copy=(dense_bytes + io_bytes) / t_cublas / bw,
+                        copy_tbps=bw / 1e12,
+                    )
                     rows.append(row)
-                    print(f"{M:>6} {K:>6} {sp:>4} {N:>4} {fmt:>14} {blobs[0].nbytes / 1e6:>8.1f} {t * 1e6:>9.1f} "
-                          f"{t_cublas * 1e6:>9.1f} {t_cublas / t:>7.2f} {nbytes / t / 1e12:>6.2f} "
-                          f"{100 * nbytes / t / bw:>6.1f}", flush=True)
+                    print(
+                        f"{M:>6} {K:>6} {sp:>4} {N:>4} {fmt:>14} {blobs[0].nbytes / 1e6:>8.1f} {t * 1e6:>9.1f} "
+                        f"{t_cublas * 1e6:>9.1f} {t_cublas / t:>7.2f} {nbytes / t / 1e12:>6.2f} "
+                        f"{100 * nbytes / t / bw:>6.1f}",
+                        flush=True,
+                    )
             mats = dense_copies = w = w_host = None  # free device memory before the next point
         w_master = None
         torch.cuda.empty_cache()
@@ -202,8 +234,11 @@ def summarize(rows, card):
         for sp in sorted({r["sparsity"] for r in rows}):
             cells = []
             for _name, pred, idx in buckets:
-                sel = [r["speedup"] for r in rows if r["format"] == fmt and r["sparsity"] == sp and pred(r["N"])
-                       and (r["M"], r["K"]) in TARGET_SHAPES]
+                sel = [
+                    r["speedup"]
+                    for r in rows
+                    if r["format"] == fmt and r["sparsity"] == sp and pred(r["N"]) and (r["M"], r["K"]) in TARGET_SHAPES
+                ]
                 g = _geomean(sel)
                 tgt = TARGETS.get(sp, (None, None, None))[idx]
                 mark = "" if tgt is None or not sel else (" ok" if g >= tgt else f" <{tgt}")
@@ -238,6 +273,7 @@ def summarize_models(rows, models, card):
 def plot(rows, path, card):
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -248,8 +284,10 @@ def plot(rows, path, card):
     for ax, fmt in zip(axes[0], fmts):
         for N in sorted({r["N"] for r in rows}):
             sps = sorted({r["sparsity"] for r in rows})
-            ys = [_geomean([r["speedup"] for r in rows if r["format"] == fmt and r["N"] == N and r["sparsity"] == sp])
-                  for sp in sps]
+            ys = [
+                _geomean([r["speedup"] for r in rows if r["format"] == fmt and r["N"] == N and r["sparsity"] == sp])
+                for sp in sps
+            ]
             ax.plot(sps, ys, marker="o", label=f"N={N}")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_title(f"{fmt} (geomean over shapes)")
@@ -263,19 +301,28 @@ def plot(rows, path, card):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m flashspmm bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m flashspmm bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shapes", type=_parse_shapes, default=SUITE, help="MxK list, e.g. 9216x9216,4096x4096")
     ap.add_argument("--n", type=_parse_list, default=[1, 8, 16, 32, 64], help="token counts, e.g. 1,8,16")
     ap.add_argument("--sparsity", type=_parse_list, default=[50, 60, 70, 80, 90, 95], help="percent list")
-    ap.add_argument("--formats", type=lambda s: s.split(","), default=None,
-                    help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
-                         "FORMAT:cuda_core / FORMAT:tensor_core a kernel (N = 1)")
+    ap.add_argument(
+        "--formats",
+        type=lambda s: s.split(","),
+        default=None,
+        help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
+        "FORMAT:cuda_core / FORMAT:tensor_core a kernel (N = 1)",
+    )
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="the four target shapes, N 1,16,32,64, sparsity 50-90")
-    ap.add_argument("--models", type=lambda s: s.split(","), default=None,
-                    help=f"the projection shapes of these models instead of --shapes: {', '.join(MODEL_SHAPES)}")
+    ap.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=None,
+        help=f"the projection shapes of these models instead of --shapes: {', '.join(MODEL_SHAPES)}",
+    )
     ap.add_argument("--csv", default="bench.csv")
     ap.add_argument("--png", default="bench.png")
     args = ap.parse_args(argv)

@@ -6,6 +6,7 @@ bandwidth; the GPU decoder (blob read + dense written); GPU magnitude pruning (r
 read + written); and the CPU encoder (fspmm_compress_host, all host threads) on the same matrix.
 Needs PyTorch with CUDA. Writes a CSV.
 """
+
 import argparse
 import csv
 import statistics
@@ -61,9 +62,11 @@ def run(args):
     gen = torch.Generator(device="cuda")
     gen.manual_seed(4321)
     rows = []
-    print(f"{'M':>6} {'K':>6} {'sp%':>4} {'format':>9} {'MB':>7} {'count_us':>9} {'write_us':>9} {'enc_TB/s':>8} "
-          f"{'%copy':>6} {'dec_us':>8} {'dec_%copy':>9} {'cpu_ms':>8} {'cpu_GB/s':>8}")
-    for (M, K) in args.shapes:
+    print(
+        f"{'M':>6} {'K':>6} {'sp%':>4} {'format':>9} {'MB':>7} {'count_us':>9} {'write_us':>9} {'enc_TB/s':>8} "
+        f"{'%copy':>6} {'dec_us':>8} {'dec_%copy':>9} {'cpu_ms':>8} {'cpu_GB/s':>8}"
+    )
+    for M, K in args.shapes:
         dense_bytes = M * K * 2
         w0 = torch.randn(M, K, device="cuda", generator=gen).to(tdtype)
         n = ffi.new("size_t *")
@@ -84,8 +87,11 @@ def run(args):
                     mark()
                     check(lib.fspmm_compress_count(_ptr(w), M, K, K, dtype, _ptr(ws), ws_bytes, stream))
                     mark()
-                    check(lib.fspmm_compress(_ptr(w), M, K, K, dtype, FORMAT[fmt], _ptr(ws), ws_bytes, _ptr(blob),
-                                             blob_bytes, stream))
+                    check(
+                        lib.fspmm_compress(
+                            _ptr(w), M, K, K, dtype, FORMAT[fmt], _ptr(ws), ws_bytes, _ptr(blob), blob_bytes, stream
+                        )
+                    )
                     mark()
 
                 t_count, t_write = _median_events(torch, encode, args.reps)
@@ -103,24 +109,52 @@ def run(args):
                     return 1
                 host_blob = np.empty(blob_bytes, dtype=np.uint8)
                 t0 = time.perf_counter()
-                check(lib.fspmm_compress_host(ffi.cast("void *", w_host.ctypes.data), M, K, K, dtype, FORMAT[fmt],
-                                              ffi.cast("void *", host_blob.ctypes.data), blob_bytes, ffi.NULL))
+                check(
+                    lib.fspmm_compress_host(
+                        ffi.cast("void *", w_host.ctypes.data),
+                        M,
+                        K,
+                        K,
+                        dtype,
+                        FORMAT[fmt],
+                        ffi.cast("void *", host_blob.ctypes.data),
+                        blob_bytes,
+                        ffi.NULL,
+                    )
+                )
                 t_cpu = time.perf_counter() - t0
                 if not np.array_equal(host_blob, blob.cpu().numpy()):
                     print(f"# GPU blob differs from the CPU blob ({M}x{K} {sp}% {fmt})", file=sys.stderr)
                     return 1
                 moved = dense_bytes + blob_bytes
                 t_enc = t_count + t_write
-                row = dict(card=card, M=M, K=K, sparsity=sp, format=fmt, dtype=args.dtype, blob_bytes=blob_bytes,
-                           dense_bytes=dense_bytes, count_us=t_count * 1e6, write_us=t_write * 1e6,
-                           encode_tbps=moved / t_enc / 1e12, encode_frac_copy=moved / t_enc / bw,
-                           decode_us=t_dec * 1e6, decode_frac_copy=moved / t_dec / bw, cpu_encode_ms=t_cpu * 1e3,
-                           cpu_encode_gbps=moved / t_cpu / 1e9, copy_tbps=bw / 1e12)
+                row = dict(
+                    card=card,
+                    M=M,
+                    K=K,
+                    sparsity=sp,
+                    format=fmt,
+                    dtype=args.dtype,
+                    blob_bytes=blob_bytes,
+                    dense_bytes=dense_bytes,
+                    count_us=t_count * 1e6,
+                    write_us=t_write * 1e6,
+                    encode_tbps=moved / t_enc / 1e12,
+                    encode_frac_copy=moved / t_enc / bw,
+                    decode_us=t_dec * 1e6,
+                    decode_frac_copy=moved / t_dec / bw,
+                    cpu_encode_ms=t_cpu * 1e3,
+                    cpu_encode_gbps=moved / t_cpu / 1e9,
+                    copy_tbps=bw / 1e12,
+                )
                 rows.append(row)
-                print(f"{M:>6} {K:>6} {sp:>4} {fmt:>9} {blob_bytes / 1e6:>7.1f} {t_count * 1e6:>9.1f} "
-                      f"{t_write * 1e6:>9.1f} {moved / t_enc / 1e12:>8.2f} {100 * moved / t_enc / bw:>6.1f} "
-                      f"{t_dec * 1e6:>8.1f} {100 * moved / t_dec / bw:>9.1f} {t_cpu * 1e3:>8.1f} "
-                      f"{moved / t_cpu / 1e9:>8.2f}", flush=True)
+                print(
+                    f"{M:>6} {K:>6} {sp:>4} {fmt:>9} {blob_bytes / 1e6:>7.1f} {t_count * 1e6:>9.1f} "
+                    f"{t_write * 1e6:>9.1f} {moved / t_enc / 1e12:>8.2f} {100 * moved / t_enc / bw:>6.1f} "
+                    f"{t_dec * 1e6:>8.1f} {100 * moved / t_dec / bw:>9.1f} {t_cpu * 1e3:>8.1f} "
+                    f"{moved / t_cpu / 1e9:>8.2f}",
+                    flush=True,
+                )
                 blob = dense = None
         # pruning (dense read + dense written), both scopes, at the first sparsity
         for scope, code in (("row", lib.FSPMM_PRUNE_ROW), ("tensor", lib.FSPMM_PRUNE_TENSOR)):
@@ -131,16 +165,42 @@ def run(args):
             def prune(mark, scope_code=code, workspace=pws):
                 w.copy_(w0)
                 mark()
-                check(lib.fspmm_prune(_ptr(w), M, K, K, dtype, args.sparsity[0] / 100.0, scope_code, _ptr(workspace),
-                                      workspace.numel(), stream))
+                check(
+                    lib.fspmm_prune(
+                        _ptr(w),
+                        M,
+                        K,
+                        K,
+                        dtype,
+                        args.sparsity[0] / 100.0,
+                        scope_code,
+                        _ptr(workspace),
+                        workspace.numel(),
+                        stream,
+                    )
+                )
                 mark()
 
             (t_prune,) = _median_events(torch, prune, args.reps)
-            rows.append(dict(card=card, M=M, K=K, sparsity=args.sparsity[0], format=f"prune_{scope}",
-                             dtype=args.dtype, dense_bytes=dense_bytes, prune_us=t_prune * 1e6,
-                             prune_frac_copy=2 * dense_bytes / t_prune / bw, copy_tbps=bw / 1e12))
-            print(f"{M:>6} {K:>6} {args.sparsity[0]:>4} {'prune_' + scope:>12}  {t_prune * 1e6:>9.1f} us "
-                  f"{100 * 2 * dense_bytes / t_prune / bw:>6.1f} %copy", flush=True)
+            rows.append(
+                dict(
+                    card=card,
+                    M=M,
+                    K=K,
+                    sparsity=args.sparsity[0],
+                    format=f"prune_{scope}",
+                    dtype=args.dtype,
+                    dense_bytes=dense_bytes,
+                    prune_us=t_prune * 1e6,
+                    prune_frac_copy=2 * dense_bytes / t_prune / bw,
+                    copy_tbps=bw / 1e12,
+                )
+            )
+            print(
+                f"{M:>6} {K:>6} {args.sparsity[0]:>4} {'prune_' + scope:>12}  {t_prune * 1e6:>9.1f} us "
+                f"{100 * 2 * dense_bytes / t_prune / bw:>6.1f} %copy",
+                flush=True,
+            )
         w0 = ws = w = None
         torch.cuda.empty_cache()
     if args.csv:
@@ -155,8 +215,11 @@ def run(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m flashspmm bench-convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m flashspmm bench-convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--shapes", type=_bench._parse_shapes, default=_bench.SUITE, help="MxK list")
     ap.add_argument("--sparsity", type=_bench._parse_list, default=[50, 70, 90], help="percent list")
     ap.add_argument("--formats", type=lambda s: s.split(","), default=["bitmap", "tiled_csl"])

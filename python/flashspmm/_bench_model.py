@@ -27,22 +27,68 @@ import time
 from typing import Dict, List, Optional
 
 MODELS: Dict[str, dict] = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000),
-    "llama2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                       num_key_value_heads=40, vocab_size=32000),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256),
-    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                       num_key_value_heads=8, vocab_size=32000),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    "llama2-13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+    ),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
+    "llama2-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    ),
     # for tests of this code path on the CPU
-    "tiny": dict(hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=256),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    ),
 }
 DEFAULT_MODELS = ["llama2-7b", "llama2-13b", "llama3-8b", "llama2-70b"]
 CHECK_TOL = 2e-2
-FIELDS = ["model", "layers", "variant", "sparsity", "batch", "prompt", "cache_len", "mode", "ms_per_step",
-          "tokens_per_s", "speedup", "kernel_speedup", "weight_gb", "peak_gb", "check_rel_err", "status"]
+FIELDS = [
+    "model",
+    "layers",
+    "variant",
+    "sparsity",
+    "batch",
+    "prompt",
+    "cache_len",
+    "mode",
+    "ms_per_step",
+    "tokens_per_s",
+    "speedup",
+    "kernel_speedup",
+    "weight_gb",
+    "peak_gb",
+    "check_rel_err",
+    "status",
+]
 DESCRIPTION = "Decode tokens/s of LLaMA-shaped models (random weights): dense fp16 against flashspmm sparse."
 
 
@@ -63,8 +109,7 @@ def _int_list(text: str) -> List[int]:
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--batch", type=_int_list, default="1,8,32", help="batch sizes (sequences decoded at once)")
     p.add_argument("--sparsity", type=_percent_list, default="50,70", help="percent list")
     p.add_argument("--layers", type=int, default=None, help="build only N decoder layers per model (short form)")
@@ -75,31 +120,46 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"))
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (eager only; for testing the code path)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true",
-                   help="short form: every model shape with 2 decoder layers, 16 decode steps, 32-token prompt")
-    p.add_argument("--big", action="store_true",
-                   help="LLaMA-2-70B on one GPU: 80 layers at 50 %%, batch 8, a 4096-token KV cache (dense is "
-                        "reported as not fitting)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short form: every model shape with 2 decoder layers, 16 decode steps, 32-token prompt",
+    )
+    p.add_argument(
+        "--big",
+        action="store_true",
+        help="LLaMA-2-70B on one GPU: 80 layers at 50 %%, batch 8, a 4096-token KV cache (dense is "
+        "reported as not fitting)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the logits check")
     p.add_argument("--csv", default="bench-model.csv")
     p.add_argument("--png", default="bench-model.png")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--tp", type=int, default=1,
-                   help="tensor-parallel degree: above 1, runs LLaMA-2-70B shapes over torchrun on that many GPUs "
-                        "(flashspmm.torch._bench_tp, which takes --layers, --batch, --sparsity too)")
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel degree: above 1, runs LLaMA-2-70B shapes over torchrun on that many GPUs "
+        "(flashspmm.torch._bench_tp, which takes --layers, --batch, --sparsity too)",
+    )
     return p
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``bench-model`` subcommand on an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser("bench-model", help="decode tokens/s of LLaMA-shaped models, dense vs sparse",
-                              description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "bench-model",
+        help="decode tokens/s of LLaMA-shaped models, dense vs sparse",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _configure(p)
     p.set_defaults(run=run)
     return p
 
 
 # ---- building --------------------------------------------------------------------------------------------------
+
 
 def _progress(iterable, enabled: bool, desc: str, total: Optional[int] = None):
     if not enabled:
@@ -122,8 +182,17 @@ def make_config(name: str, layers: Optional[int]):
     return config
 
 
-def build_model(config, device, *, seed: int, sparsity: Optional[float] = None, compress_layers: bool = False,
-                format: str = "auto", progress: bool = True, check_first: bool = False):
+def build_model(
+    config,
+    device,
+    *,
+    seed: int,
+    sparsity: Optional[float] = None,
+    compress_layers: bool = False,
+    format: str = "auto",
+    progress: bool = True,
+    check_first: bool = False,
+):
     """A LlamaForCausalLM with random float16 weights on ``device``, one decoder layer at a time.
 
     ``sparsity``: every decoder Linear pruned in place (magnitude, per row). ``compress_layers``: each layer is
@@ -197,6 +266,7 @@ def weight_bytes(model) -> int:
 
 # ---- decoding --------------------------------------------------------------------------------------------------
 
+
 def _forward_params(model) -> set:
     return set(inspect.signature(type(model).forward).parameters)
 
@@ -231,8 +301,11 @@ class Decoder:
         params = _forward_params(model)
         self.cache_key = "cache" if "cache" in params else "past_key_values"
         self.pass_cache_position = "cache_position" in params
-        self.keep_key = "logits_to_keep" if "logits_to_keep" in params else (
-            "num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        self.keep_key = (
+            "logits_to_keep"
+            if "logits_to_keep" in params
+            else ("num_logits_to_keep" if "num_logits_to_keep" in params else None)
+        )
         cfg = model.config
         self.cache = make_static_cache(cfg, batch, cache_len, self.device, torch.float16)
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -243,10 +316,10 @@ class Decoder:
         with torch.no_grad():
             out = self._forward(ids, positions.expand(batch, prompt), positions, prefill_mask, keep=1)
         self.prompt_ids = ids
-        self.ids = out.logits[:, -1:].argmax(-1)                                  # [B, 1]
+        self.ids = out.logits[:, -1:].argmax(-1)  # [B, 1]
         self.position = torch.full((batch, 1), prompt, dtype=torch.long, device=self.device)
         self.cache_position = torch.full((1,), prompt, dtype=torch.long, device=self.device)
-        self.mask = (keys < prompt).expand(batch, 1, 1, cache_len).contiguous()   # [B, 1, 1, L]
+        self.mask = (keys < prompt).expand(batch, 1, 1, cache_len).contiguous()  # [B, 1, 1, L]
         self.pos = prompt
         self.cache_len = cache_len
         self.logits = None
@@ -254,8 +327,13 @@ class Decoder:
         self.history = []  # tokens fed by the warm-up steps of capture()
 
     def _forward(self, ids, position_ids, cache_position, mask, keep=None):
-        kwargs = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask, self.cache_key: self.cache,
-                  "use_cache": True}
+        kwargs = {
+            "input_ids": ids,
+            "position_ids": position_ids,
+            "attention_mask": mask,
+            self.cache_key: self.cache,
+            "use_cache": True,
+        }
         if self.pass_cache_position:
             kwargs["cache_position"] = cache_position
         if keep is not None and self.keep_key is not None:
@@ -350,8 +428,11 @@ def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10
 
     roles: Dict[str, list] = {}
     for name, m in model.named_modules():
-        if isinstance(m, fst.SparseLinear) and ".layers." in name and \
-                int(name.split(".layers.")[1].split(".")[0]) < layers:
+        if (
+            isinstance(m, fst.SparseLinear)
+            and ".layers." in name
+            and int(name.split(".layers.")[1].split(".")[0]) < layers
+        ):
             roles.setdefault(name.split(".")[-1], []).append(m)
     if not roles:
         return None
@@ -391,6 +472,7 @@ def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10
 
 # ---- the run ---------------------------------------------------------------------------------------------------
 
+
 def _kv_bytes(config, batch: int, cache_len: int) -> int:
     head_dim = config.hidden_size // config.num_attention_heads
     return 2 * config.num_hidden_layers * batch * config.num_key_value_heads * head_dim * cache_len * 2
@@ -416,8 +498,14 @@ def run(args: argparse.Namespace) -> int:
     if args.tp > 1:  # the tensor-parallel benchmark, launched with torchrun
         from .torch import _bench_tp
 
-        argv = ["--tp", str(args.tp), "--batch", ",".join(map(str, args.batch)),
-                "--sparsity", ",".join(str(round(100 * s)) for s in args.sparsity)]
+        argv = [
+            "--tp",
+            str(args.tp),
+            "--batch",
+            ",".join(map(str, args.batch)),
+            "--sparsity",
+            ",".join(str(round(100 * s)) for s in args.sparsity),
+        ]
         if args.layers is not None:
             argv += ["--layers", str(args.layers)]
         return _bench_tp.main(argv)
@@ -457,23 +545,50 @@ def run(args: argparse.Namespace) -> int:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     for model_name in models:
         config = make_config(model_name, args.layers)
-        dense_fits = free is None or \
-            _dense_bytes(config) + _kv_bytes(config, max(args.batch), cache_len) < 0.9 * free
+        dense_fits = free is None or _dense_bytes(config) + _kv_bytes(config, max(args.batch), cache_len) < 0.9 * free
         dense_ms: Dict[tuple, float] = {}
         base = dict(model=model_name, layers=config.num_hidden_layers, prompt=args.prompt, cache_len=cache_len)
         for sparsity in [None] + list(args.sparsity):
             variant = "dense" if sparsity is None else f"sparse{round(sparsity * 100)}"
-            empty = dict(base, variant=variant, sparsity=sparsity or 0.0, batch="", mode="", ms_per_step="",
-                         tokens_per_s="", speedup="", kernel_speedup="", weight_gb="", peak_gb="",
-                         check_rel_err="", status="")
+            empty = dict(
+                base,
+                variant=variant,
+                sparsity=sparsity or 0.0,
+                batch="",
+                mode="",
+                ms_per_step="",
+                tokens_per_s="",
+                speedup="",
+                kernel_speedup="",
+                weight_gb="",
+                peak_gb="",
+                check_rel_err="",
+                status="",
+            )
             if sparsity is None and not dense_fits:
-                emit(dict(empty, weight_gb=_dense_bytes(config) / 1e9,
-                          status=f"does not fit ({_dense_bytes(config) / 1e9:.0f} GB of dense weights, "
-                                 f"{free / 1e9:.0f} GB free)"))
+                emit(
+                    dict(
+                        empty,
+                        weight_gb=_dense_bytes(config) / 1e9,
+                        status=f"does not fit ({_dense_bytes(config) / 1e9:.0f} GB of dense weights, "
+                        f"{free / 1e9:.0f} GB free)",
+                    )
+                )
                 continue
             try:
-                ok = _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len, free, dense_ms,
-                                    lambda **kw: emit(dict(empty, **kw)), progress)
+                ok = _bench_variant(
+                    args,
+                    config,
+                    device,
+                    modes,
+                    sparsity,
+                    dense_fits,
+                    cache_len,
+                    free,
+                    dense_ms,
+                    lambda **kw: emit(dict(empty, **kw)),
+                    progress,
+                )
                 failures += not ok
             except Exception as exc:  # one failing variant must not cost the rest of the run
                 failures += 1
@@ -492,8 +607,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len, free, dense_ms, emit,
-                   progress) -> bool:
+def _bench_variant(
+    args, config, device, modes, sparsity, dense_fits, cache_len, free, dense_ms, emit, progress
+) -> bool:
     """Build one variant (dense, or sparse at ``sparsity``), check it and time it at every batch size; False when
     the logits check failed. Rows go to ``emit``; the model is freed when this returns."""
     import torch
@@ -510,8 +626,16 @@ def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len,
         check = "" if reference is None else logits_check(model, reference)
         del reference
     else:
-        model, worst = build_model(config, device, seed=args.seed, sparsity=sparsity, compress_layers=True,
-                                   format=args.format, progress=progress, check_first=not args.no_check)
+        model, worst = build_model(
+            config,
+            device,
+            seed=args.seed,
+            sparsity=sparsity,
+            compress_layers=True,
+            format=args.format,
+            progress=progress,
+            check_first=not args.no_check,
+        )
         check = "" if worst is None else worst
     wbytes = weight_bytes(model)
     check_ok = check == "" or check <= CHECK_TOL
@@ -537,10 +661,18 @@ def _bench_variant(args, config, device, modes, sparsity, dense_fits, cache_len,
             if sparsity is None:
                 dense_ms[key] = ms
             peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else ""
-            emit(batch=batch, mode=mode, ms_per_step=ms, tokens_per_s=batch * steps / seconds,
-                 speedup=dense_ms[key] / ms if key in dense_ms else "",
-                 kernel_speedup=ksp if mode == "graph" else "", weight_gb=wbytes / 1e9, peak_gb=peak,
-                 check_rel_err=check, status=status)
+            emit(
+                batch=batch,
+                mode=mode,
+                ms_per_step=ms,
+                tokens_per_s=batch * steps / seconds,
+                speedup=dense_ms[key] / ms if key in dense_ms else "",
+                kernel_speedup=ksp if mode == "graph" else "",
+                weight_gb=wbytes / 1e9,
+                peak_gb=peak,
+                check_rel_err=check,
+                status=status,
+            )
             del decoder
     return check_ok
 
@@ -552,13 +684,17 @@ def _num(value, spec: str, suffix: str = "") -> str:
 def _row_text(row: Optional[dict]) -> str:
     """One result line (the header line for None)."""
     if row is None:
-        return (f"{'model':>11} {'lay':>4} {'variant':>9} {'batch':>5} {'mode':<5} {'ms/step':>9} {'tokens/s':>10} "
-                f"{'speedup':>7} {'kernels':>7} {'weights':>9} {'peak':>9} {'check':>8}  status")
-    return (f"{row['model']:>11} {row['layers']:>4} {row['variant']:>9} {str(row['batch']):>5} {row['mode']:<5} "
-            f"{_num(row['ms_per_step'], '9.3f')} {_num(row['tokens_per_s'], '10.1f')} "
-            f"{_num(row['speedup'], '6.2f', 'x'):>7} {_num(row['kernel_speedup'], '6.2f', 'x'):>7} "
-            f"{_num(row['weight_gb'], '6.2f', ' GB'):>9} {_num(row['peak_gb'], '6.2f', ' GB'):>9} "
-            f"{_num(row['check_rel_err'], '8.1e')}  {row['status']}")
+        return (
+            f"{'model':>11} {'lay':>4} {'variant':>9} {'batch':>5} {'mode':<5} {'ms/step':>9} {'tokens/s':>10} "
+            f"{'speedup':>7} {'kernels':>7} {'weights':>9} {'peak':>9} {'check':>8}  status"
+        )
+    return (
+        f"{row['model']:>11} {row['layers']:>4} {row['variant']:>9} {str(row['batch']):>5} {row['mode']:<5} "
+        f"{_num(row['ms_per_step'], '9.3f')} {_num(row['tokens_per_s'], '10.1f')} "
+        f"{_num(row['speedup'], '6.2f', 'x'):>7} {_num(row['kernel_speedup'], '6.2f', 'x'):>7} "
+        f"{_num(row['weight_gb'], '6.2f', ' GB'):>9} {_num(row['peak_gb'], '6.2f', ' GB'):>9} "
+        f"{_num(row['check_rel_err'], '8.1e')}  {row['status']}"
+    )
 
 
 def _write_csv(path: str, rows: List[dict]) -> None:
@@ -616,8 +752,13 @@ def _plot(path: str, rows: List[dict]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m flashspmm._bench_model ...`` (the same as ``flashspmm bench-model``)."""
-    parser = _configure(argparse.ArgumentParser(prog="flashspmm bench-model", description=DESCRIPTION,
-                                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    parser = _configure(
+        argparse.ArgumentParser(
+            prog="flashspmm bench-model",
+            description=DESCRIPTION,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+    )
     return run(parser.parse_args(argv))
 
 

@@ -34,8 +34,12 @@ def _per_call(fn, calls, repeats, torch):
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("bench-overhead", help="host time per linear call vs torch.nn.functional.linear",
-                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "bench-overhead",
+        help="host time per linear call vs torch.nn.functional.linear",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--shapes", default=_DEFAULT_SHAPES, help="MxK list")
     p.add_argument("--n", type=int, default=1, help="tokens per call")
     p.add_argument("--calls", type=int, default=2000, help="calls per timed loop")
@@ -71,8 +75,11 @@ def run(args) -> int:
             dense_b = _per_call(lambda: F.linear(x, w, b), args.calls, args.repeats, torch)
             sparse_b = _per_call(lambda: flashspmm.linear(x, W, b), args.calls, args.repeats, torch)
         worst = max(worst, sparse / dense, sparse_b / dense_b)
-        print(f"{M:>6} {K:>6} {dense * 1e6:>12.1f} {sparse * 1e6:>13.1f} {sparse / dense:>6.2f} "
-              f"{sparse_b * 1e6:>8.1f} {sparse_b / dense_b:>6.2f}", flush=True)
+        print(
+            f"{M:>6} {K:>6} {dense * 1e6:>12.1f} {sparse * 1e6:>13.1f} {sparse / dense:>6.2f} "
+            f"{sparse_b * 1e6:>8.1f} {sparse_b / dense_b:>6.2f}",
+            flush=True,
+        )
     print(f"# worst ratio {worst:.2f} (target <= 1.5)")
     return 0
 

@@ -24,28 +24,55 @@ import tempfile
 import time
 from typing import List, Optional
 
-DESCRIPTION = ("Prune a safetensors checkpoint (file or sharded directory) to SPARSITY and store the selected "
-               "weights as flashspmm blobs; other tensors are copied unchanged.")
+DESCRIPTION = (
+    "Prune a safetensors checkpoint (file or sharded directory) to SPARSITY and store the selected "
+    "weights as flashspmm blobs; other tensors are copied unchanged."
+)
 DEFAULT_INCLUDE = r"\.\d+\."  # a numbered element of a block list: model.layers.<i>. / h.<i>. / decoder.layers.<i>.
 _FLOAT_TYPES = ("F16", "BF16")
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("input", metavar="IN", help="a .safetensors file, or a directory holding model.safetensors or "
-                                               "shards with model.safetensors.index.json")
+    p.add_argument(
+        "input",
+        metavar="IN",
+        help="a .safetensors file, or a directory holding model.safetensors or "
+        "shards with model.safetensors.index.json",
+    )
     p.add_argument("output", metavar="OUT", help="the file (IN is a file) or directory (IN is a directory) to write")
-    p.add_argument("--sparsity", type=float, required=True, default=argparse.SUPPRESS,
-                   help="fraction of zeros per row, in [0, 1), e.g. 0.5")
-    p.add_argument("--method", default="magnitude", help="pruning method: magnitude (the smallest |w| of each "
-                                                         "row; Wanda needs activations: use flashspmm.torch.sparsify)")
-    p.add_argument("--include", default=None, metavar="REGEX",
-                   help="sparsify the 2-D weights whose module name matches REGEX (unset: those inside the "
-                        f"transformer blocks, i.e. names matching {DEFAULT_INCLUDE!r})")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        required=True,
+        default=argparse.SUPPRESS,
+        help="fraction of zeros per row, in [0, 1), e.g. 0.5",
+    )
+    p.add_argument(
+        "--method",
+        default="magnitude",
+        help="pruning method: magnitude (the smallest |w| of each "
+        "row; Wanda needs activations: use flashspmm.torch.sparsify)",
+    )
+    p.add_argument(
+        "--include",
+        default=None,
+        metavar="REGEX",
+        help="sparsify the 2-D weights whose module name matches REGEX (unset: those inside the "
+        f"transformer blocks, i.e. names matching {DEFAULT_INCLUDE!r})",
+    )
     p.add_argument("--exclude", default=None, metavar="REGEX", help="leave the weights matching REGEX dense")
-    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"),
-                   help="compressed format (auto: the smaller blob per matrix)")
-    p.add_argument("--dtype", default=None, choices=("float16", "bfloat16"),
-                   help="convert selected weights of other float dtypes (F32, ...) to this dtype first")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "bitmap", "tiled_csl"),
+        help="compressed format (auto: the smaller blob per matrix)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float16", "bfloat16"),
+        help="convert selected weights of other float dtypes (F32, ...) to this dtype first",
+    )
     p.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,8 +81,12 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``sparsify`` subcommand on an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser("sparsify", help="prune and compress a safetensors checkpoint", description=DESCRIPTION,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "sparsify",
+        help="prune and compress a safetensors checkpoint",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _configure(p)
     p.set_defaults(run=run)
     return p
@@ -136,8 +167,9 @@ class _Progress:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sparsify",
-                                file=sys.stderr)
+                self.bar = tqdm(
+                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sparsify", file=sys.stderr
+                )
             except ImportError:
                 self.bar = None
 
@@ -165,8 +197,10 @@ def _convert(args: argparse.Namespace) -> int:
     if not (0.0 <= sparsity < 1.0):
         raise CliError(f"--sparsity must be in [0, 1) (e.g. 0.5 for 50 % zeros), got {sparsity}")
     if args.method != "magnitude":
-        raise CliError(f"--method {args.method!r} is not available here: the command line prunes by magnitude; "
-                       f"Wanda needs calibration activations (flashspmm.torch.sparsify(model, ..., method='wanda'))")
+        raise CliError(
+            f"--method {args.method!r} is not available here: the command line prunes by magnitude; "
+            f"Wanda needs calibration activations (flashspmm.torch.sparsify(model, ..., method='wanda'))"
+        )
     src, dst = os.path.abspath(args.input), os.path.abspath(args.output)
     if not os.path.exists(src):
         raise CliError(f"no such file or directory: {args.input}")
@@ -176,16 +210,20 @@ def _convert(args: argparse.Namespace) -> int:
     if os.path.exists(dst) and not args.force:
         raise CliError(f"{args.output} exists; choose another OUT or pass --force to replace it")
     if os.path.exists(dst) and os.path.isdir(dst) != in_dir:
-        raise CliError(f"{args.output} exists and is {'a directory' if os.path.isdir(dst) else 'a file'}, but IN is "
-                       f"{'a directory' if in_dir else 'a file'}: --force replaces only the same kind")
+        raise CliError(
+            f"{args.output} exists and is {'a directory' if os.path.isdir(dst) else 'a file'}, but IN is "
+            f"{'a directory' if in_dir else 'a file'}: --force replaces only the same kind"
+        )
     ckpt = Checkpoint(src)  # every header, the index and the shards are checked here
     targets = _select(ckpt, args.include, args.exclude)
     target_set = set(targets)
     for name in targets:
         info = ckpt.info(name)
         if info.dtype not in _FLOAT_TYPES and not (args.dtype and info.dtype.startswith("F")):
-            raise CliError(f"{name} has dtype {info.dtype}; flashspmm compresses F16 or BF16 weights: convert the "
-                           f"checkpoint, pass --dtype float16 / bfloat16, or leave it out with --exclude")
+            raise CliError(
+                f"{name} has dtype {info.dtype}; flashspmm compresses F16 or BF16 weights: convert the "
+                f"checkpoint, pass --dtype float16 / bfloat16, or leave it out with --exclude"
+            )
         if min(info.shape) == 0:
             raise CliError(f"{name} is empty (shape {info.shape})")
     for name in targets:
@@ -193,8 +231,11 @@ def _convert(args: argparse.Namespace) -> int:
         if blob_name in ckpt.where:
             raise CliError(f"{blob_name} is already in the checkpoint (is IN already sparsified?)")
     device = _device(args.device)
-    fmt_code = {"auto": lib.FSPMM_FORMAT_AUTO, "bitmap": lib.FSPMM_FORMAT_BITMAP,
-                "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL}[args.format]
+    fmt_code = {
+        "auto": lib.FSPMM_FORMAT_AUTO,
+        "bitmap": lib.FSPMM_FORMAT_BITMAP,
+        "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
+    }[args.format]
     convert_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
 
     def bound(M: int, K: int) -> int:
@@ -228,8 +269,14 @@ def _convert(args: argparse.Namespace) -> int:
                 M, K = sf.tensors[n].shape
                 plan.append((module + ".blob", "U8", None, bound(M, K)))
                 bias = module + ".bias"
-                layers[module] = {"blob": module + ".blob", "bias": bias if bias in ckpt.where else None,
-                                  "shape": [M, K], "dtype": None, "format": None, "parts": None}
+                layers[module] = {
+                    "blob": module + ".blob",
+                    "bias": bias if bias in ckpt.where else None,
+                    "shape": [M, K],
+                    "dtype": None,
+                    "format": None,
+                    "parts": None,
+                }
                 room[module] = dict(layers[module], dtype="bfloat16", format="tiled_csl")  # the longest values
             for n in others:
                 info = sf.tensors[n]
@@ -263,14 +310,19 @@ def _convert(args: argparse.Namespace) -> int:
             except BaseException:
                 writer.abort()
                 raise
-            total_out += writer.close({"format": "pt", "flashspmm": json.dumps({"version": 1, "layers": layers,
-                                                                                "aliases": {}})})
+            total_out += writer.close(
+                {"format": "pt", "flashspmm": json.dumps({"version": 1, "layers": layers, "aliases": {}})}
+            )
             all_layers.update(layers)
         if in_dir:
             if os.path.isfile(os.path.join(src, INDEX_NAME)):
-                index = {"metadata": {"total_size": total_out, "flashspmm": {"version": 1, "layers": all_layers,
-                                                                             "aliases": {}}},
-                         "weight_map": weight_map}
+                index = {
+                    "metadata": {
+                        "total_size": total_out,
+                        "flashspmm": {"version": 1, "layers": all_layers, "aliases": {}},
+                    },
+                    "weight_map": weight_map,
+                }
                 with open(os.path.join(work, INDEX_NAME), "w") as f:
                     json.dump(index, f, indent=2)
             for entry in os.listdir(src):  # config.json, tokenizer files, ...: copied as they are
@@ -293,20 +345,24 @@ def _convert(args: argparse.Namespace) -> int:
             elif os.path.exists(work):
                 os.remove(work)
     seconds = time.perf_counter() - t0
-    print(f"{args.input} -> {args.output}: {len(targets)} of {len(ckpt.keys())} tensors sparsified to "
-          f"{sparsity:.0%} on {device} in {seconds:.1f} s ({dense_in / max(seconds, 1e-9) / 1e9:.2f} GB/s of dense "
-          f"input)")
+    print(
+        f"{args.input} -> {args.output}: {len(targets)} of {len(ckpt.keys())} tensors sparsified to "
+        f"{sparsity:.0%} on {device} in {seconds:.1f} s ({dense_in / max(seconds, 1e-9) / 1e9:.2f} GB/s of dense "
+        f"input)"
+    )
     ratio = dense_in / sparse_out if sparse_out else float("nan")
-    print(f"  sparsified weights: {dense_in / 1e9:.3f} GB dense -> {sparse_out / 1e9:.3f} GB compressed "
-          f"({ratio:.2f}x)")
+    print(f"  sparsified weights: {dense_in / 1e9:.3f} GB dense -> {sparse_out / 1e9:.3f} GB compressed ({ratio:.2f}x)")
     print(f"  checkpoint: {total_in / 1e9:.3f} GB -> {total_out / 1e9:.3f} GB")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m flashspmm._cli_sparsify IN OUT --sparsity S ...`` (the same as ``flashspmm sparsify``)."""
-    parser = _configure(argparse.ArgumentParser(prog="flashspmm sparsify", description=DESCRIPTION,
-                                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    parser = _configure(
+        argparse.ArgumentParser(
+            prog="flashspmm sparsify", description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+    )
     return run(parser.parse_args(argv))
 
 

@@ -35,9 +35,15 @@ class _DataType(ctypes.Structure):
 
 
 class _Tensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _Device), ("ndim", ctypes.c_int32), ("dtype", _DataType),
-                ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
-                ("byte_offset", ctypes.c_uint64)]
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _Device),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
 
 
 class _Managed(ctypes.Structure):  # DLManagedTensor (legacy)
@@ -51,8 +57,13 @@ class _ManagedVersioned(ctypes.Structure):  # DLManagedTensorVersioned (DLPack >
 _Deleter = ctypes.CFUNCTYPE(None, ctypes.POINTER(_Managed))
 _DeleterVersioned = ctypes.CFUNCTYPE(None, ctypes.POINTER(_ManagedVersioned))
 _Managed._fields_ = [("dl_tensor", _Tensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _Deleter)]
-_ManagedVersioned._fields_ = [("version", _Version), ("manager_ctx", ctypes.c_void_p),
-                              ("deleter", _DeleterVersioned), ("flags", ctypes.c_uint64), ("dl_tensor", _Tensor)]
+_ManagedVersioned._fields_ = [
+    ("version", _Version),
+    ("manager_ctx", ctypes.c_void_p),
+    ("deleter", _DeleterVersioned),
+    ("flags", ctypes.c_uint64),
+    ("dl_tensor", _Tensor),
+]
 
 # Private prototypes of the CPython capsule API (so the shared ctypes.pythonapi attributes stay untouched).
 _api = ctypes.pythonapi
@@ -61,7 +72,8 @@ _capsule_get = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_cha
 _capsule_set_name = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_SetName", _api))
 _CapsuleDestructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _capsule_new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, _CapsuleDestructor)(
-    ("PyCapsule_New", _api))
+    ("PyCapsule_New", _api)
+)
 # Used from the capsule destructor, which gets a raw pointer to a capsule that is being destroyed.
 _capsule_get_name_raw = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p)(("PyCapsule_GetName", _api))
 _capsule_get_raw = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_GetPointer", _api))
@@ -147,8 +159,10 @@ def import_array(obj, stream=None):
             return Imported(address, versioned)
     for versioned in (True, False):
         if _capsule_is_valid(capsule, _USED[versioned]):
-            raise ValueError("this DLPack capsule was already consumed; a capsule can be used once, call "
-                             "__dlpack__() again (or pass the array itself) for a new one")
+            raise ValueError(
+                "this DLPack capsule was already consumed; a capsule can be used once, call "
+                "__dlpack__() again (or pass the array itself) for a new one"
+            )
     raise TypeError("the object's __dlpack__() did not return a DLPack capsule")
 
 

@@ -36,17 +36,28 @@ def _as_rows(info, what, allow_copy, stream=None):
     if info.ndim == 1:
         stride = info.strides[0]
         if info.shape[0] > 1 and stride != 1:
-            raise ValueError(f"{what} must have unit stride on its last dimension; make it contiguous first: "
-                             f"{info.contiguous_hint()}")
-        return ArrayInfo(obj=info.obj, ptr=info.ptr, shape=(1, info.shape[0]), strides=(info.shape[0], 1),
-                         dtype=info.dtype, device=info.device, stream=info.stream, framework=info.framework,
-                         keep=info.keep)
+            raise ValueError(
+                f"{what} must have unit stride on its last dimension; make it contiguous first: "
+                f"{info.contiguous_hint()}"
+            )
+        return ArrayInfo(
+            obj=info.obj,
+            ptr=info.ptr,
+            shape=(1, info.shape[0]),
+            strides=(info.shape[0], 1),
+            dtype=info.dtype,
+            device=info.device,
+            stream=info.stream,
+            framework=info.framework,
+            keep=info.keep,
+        )
     flat = _arrays.flatten_leading(info)
     if flat is not None:
         return flat
     if not allow_copy:
-        raise ValueError(f"{what}'s leading dimensions cannot be flattened into rows without a copy; "
-                         f"pass a contiguous {what}")
+        raise ValueError(
+            f"{what}'s leading dimensions cannot be flattened into rows without a copy; pass a contiguous {what}"
+        )
     rows = 1
     for n in info.shape[:-1]:
         rows *= n
@@ -61,8 +72,10 @@ def _number(value, what):
 
 
 def _grad_error():
-    return ValueError("flashspmm.linear computes no gradients, but x requires grad: call it under torch.no_grad() "
-                      "or torch.inference_mode(), or pass x.detach()")
+    return ValueError(
+        "flashspmm.linear computes no gradients, but x requires grad: call it under torch.no_grad() "
+        "or torch.inference_mode(), or pass x.detach()"
+    )
 
 
 # ---- the torch fast path -------------------------------------------------------------------------------
@@ -98,15 +111,22 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
         raise _grad_error()
     bias_ptr = 0
     if bias is not None:
-        if (type(bias) is not type(x) or bias.dtype is not dtype or bias.device != device or bias.dim() != 1
-                or bias.shape[0] != M or (M > 1 and bias.stride(0) != 1)):
+        if (
+            type(bias) is not type(x)
+            or bias.dtype is not dtype
+            or bias.device != device
+            or bias.dim() != 1
+            or bias.shape[0] != M
+            or (M > 1 and bias.stride(0) != 1)
+        ):
             return None  # the general path says what is wrong
         bias_ptr = bias.data_ptr()
     entry = W._entries.get((N, split_k, kernel, decoder)) or W._entry(N, split_k, kernel, decoder)
     y = torch.empty(x.shape[:-1] + (M,), dtype=dtype, device=device)
     if _raw_stream is None:
         _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
-            lambda index: torch.cuda.current_stream(index).cuda_stream)
+            lambda index: torch.cuda.current_stream(index).cuda_stream
+        )
     stream = _raw_stream(device.index)
     ws_bytes = entry.workspace
     ws_ptr = 0
@@ -123,16 +143,27 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)  # freed in the current stream's order
         ws_ptr = ws.data_ptr()
     ldx = x2.stride(0) if N > 1 else K
-    status = _native.lib_addr.fspmm_linear(plan, x2.data_ptr(), N, K, ldx, bias_ptr, y.data_ptr(), M, M,
-                                            alpha, 0.0, ws_ptr, ws_bytes, stream)
+    status = _native.lib_addr.fspmm_linear(
+        plan, x2.data_ptr(), N, K, ldx, bias_ptr, y.data_ptr(), M, M, alpha, 0.0, ws_ptr, ws_bytes, stream
+    )
     if status:
         check(status)
     return y
 
 
-def linear(x: ArrayLike, W: SparseMatrix, bias: ArrayLike | None = None, *, out: ArrayLike | None = None,
-           alpha: float = 1.0, beta: float = 0.0, split_k: int = 0, kernel: str = "auto", decoder: str = "auto",
-           stream: StreamLike | None = None) -> ArrayLike:
+def linear(
+    x: ArrayLike,
+    W: SparseMatrix,
+    bias: ArrayLike | None = None,
+    *,
+    out: ArrayLike | None = None,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    split_k: int = 0,
+    kernel: str = "auto",
+    decoder: str = "auto",
+    stream: StreamLike | None = None,
+) -> ArrayLike:
     """y = alpha * x @ W.T + bias + beta * out, like ``torch.nn.functional.linear`` with a sparse W.
 
     Args:
@@ -158,8 +189,9 @@ def linear(x: ArrayLike, W: SparseMatrix, bias: ArrayLike | None = None, *, out:
     """
     global _torch
     if not isinstance(W, SparseMatrix):
-        raise TypeError(f"W must be a flashspmm.SparseMatrix (from flashspmm.compress or load), "
-                        f"got {type(W).__qualname__}")
+        raise TypeError(
+            f"W must be a flashspmm.SparseMatrix (from flashspmm.compress or load), got {type(W).__qualname__}"
+        )
     kernel_code = _choice(kernel, KERNELS, "kernel")
     decoder_code = _choice(decoder, DECODERS, "decoder")
     if isinstance(split_k, bool) or not isinstance(split_k, numbers.Integral):
@@ -171,8 +203,14 @@ def linear(x: ArrayLike, W: SparseMatrix, bias: ArrayLike | None = None, *, out:
     beta = _number(beta, "beta")
     if _torch is None and "torch" in sys.modules:
         _torch = sys.modules["torch"]
-    if (_torch is not None and out is None and stream is None and beta == 0.0 and W._ptr is not None
-            and isinstance(x, _torch.Tensor)):
+    if (
+        _torch is not None
+        and out is None
+        and stream is None
+        and beta == 0.0
+        and W._ptr is not None
+        and isinstance(x, _torch.Tensor)
+    ):
         y = _torch_fast(x, W, bias, alpha, split_k, kernel_code, decoder_code)
         if y is not None:
             return y
@@ -186,16 +224,19 @@ def _linear_general(x, W, bias, out, alpha, beta, split_k, kernel, decoder, stre
     if xi.ndim == 0:
         raise ValueError("x must have at least 1 dimension ([K] or [N, K])")
     if xi.shape[-1] != K:
-        raise ValueError(f"x.shape[-1] = {xi.shape[-1]} does not match W's in features: W is [M={M}, K={K}], "
-                         f"x must be [..., {K}] (got shape {xi.shape})")
+        raise ValueError(
+            f"x.shape[-1] = {xi.shape[-1]} does not match W's in features: W is [M={M}, K={K}], "
+            f"x must be [..., {K}] (got shape {xi.shape})"
+        )
     if xi.requires_grad:
         raise _grad_error()
 
     if W.device == "cpu" and xi.is_cuda:
         raise ValueError(f"W is on the CPU but x is on {xi.device_name}: move W first, W = W.to('{xi.device_name}')")
     if W.device != "cpu" and not xi.is_cuda:
-        raise ValueError(f"W is on {W.device} but x is a host array: move x to {W.device}, or use W.to('cpu') "
-                         f"for the CPU reference")
+        raise ValueError(
+            f"W is on {W.device} but x is a host array: move x to {W.device}, or use W.to('cpu') for the CPU reference"
+        )
     if W.device != "cpu" and W.device != xi.device_name:
         raise ValueError(f"W is on {W.device} but x is on {xi.device_name}: use W.to('{xi.device_name}')")
 
@@ -229,11 +270,15 @@ def _linear_general(x, W, bias, out, alpha, beta, split_k, kernel, decoder, stre
         _half_like_w(oi, "out", W)
         _same_device_or_raise(oi, "out", xi)
         if oi.read_only:
-            raise ValueError("out is read-only (a read-only numpy array, or a DLPack producer says so: JAX arrays "
-                             "are immutable): omit out and use the returned array")
+            raise ValueError(
+                "out is read-only (a read-only numpy array, or a DLPack producer says so: JAX arrays "
+                "are immutable): omit out and use the returned array"
+            )
         if tuple(oi.shape) != out_shape:
-            raise ValueError(f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
-                             f"got {tuple(oi.shape)}")
+            raise ValueError(
+                f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
+                f"got {tuple(oi.shape)}"
+            )
     o2 = _as_rows(oi, "out", allow_copy=False)
     _, _, ldy = _arrays.matrix_view(o2, "out")
 
@@ -241,14 +286,28 @@ def _linear_general(x, W, bias, out, alpha, beta, split_k, kernel, decoder, stre
         return result if out is not None else _arrays.to_caller(result, xi, stream_handle)
 
     if not xi.is_cuda:
-        check(lib.fspmm_linear_host(W._handle, _native.as_ptr(x2.ptr), N, K, ldx, _native.as_ptr(bias_ptr),
-                                    _native.as_ptr(o2.ptr), M, ldy, alpha, beta))
+        check(
+            lib.fspmm_linear_host(
+                W._handle,
+                _native.as_ptr(x2.ptr),
+                N,
+                K,
+                ldx,
+                _native.as_ptr(bias_ptr),
+                _native.as_ptr(o2.ptr),
+                M,
+                ldy,
+                alpha,
+                beta,
+            )
+        )
         return result if out is not None else _arrays.to_caller(result, xi)
 
     entry = W._entry(N, split_k, kernel, decoder)
     ws, ws_ptr = _arrays.workspace(xi, entry.workspace, stream_handle)
-    status = _native.lib_addr.fspmm_linear(entry.address, x2.ptr, N, K, ldx, bias_ptr, o2.ptr, M, ldy, alpha, beta,
-                                            ws_ptr, entry.workspace, stream_handle)
+    status = _native.lib_addr.fspmm_linear(
+        entry.address, x2.ptr, N, K, ldx, bias_ptr, o2.ptr, M, ldy, alpha, beta, ws_ptr, entry.workspace, stream_handle
+    )
     check(status)
     # Everything the kernel reads or writes stays alive until it has run: the framework's allocator orders the
     # reuse of the workspace, the output and a copy of x after `stream` (record_stream where it is a side

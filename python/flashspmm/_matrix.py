@@ -19,10 +19,17 @@ __all__ = ["SparseMatrix", "BlobHeader", "compress", "load", "FORMATS", "DTYPES"
 
 FORMATS = {"auto": lib.FSPMM_FORMAT_AUTO, "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL, "bitmap": lib.FSPMM_FORMAT_BITMAP}
 DTYPES = {"float16": lib.FSPMM_DTYPE_FLOAT16, "bfloat16": lib.FSPMM_DTYPE_BFLOAT16}
-KERNELS = {"auto": lib.FSPMM_KERNEL_AUTO, "tensor_core": lib.FSPMM_KERNEL_TENSOR_CORE,
-           "cuda_core": lib.FSPMM_KERNEL_CUDA_CORE}
-DECODERS = {"auto": lib.FSPMM_DECODER_AUTO, "direct": lib.FSPMM_DECODER_DIRECT,
-            "scatter": lib.FSPMM_DECODER_SCATTER, "rows": lib.FSPMM_DECODER_ROWS}
+KERNELS = {
+    "auto": lib.FSPMM_KERNEL_AUTO,
+    "tensor_core": lib.FSPMM_KERNEL_TENSOR_CORE,
+    "cuda_core": lib.FSPMM_KERNEL_CUDA_CORE,
+}
+DECODERS = {
+    "auto": lib.FSPMM_DECODER_AUTO,
+    "direct": lib.FSPMM_DECODER_DIRECT,
+    "scatter": lib.FSPMM_DECODER_SCATTER,
+    "rows": lib.FSPMM_DECODER_ROWS,
+}
 KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
 DECODER_NAMES = {v: k for k, v in DECODERS.items()}
 _FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
@@ -60,9 +67,11 @@ def _parse_device(device):
         raise TypeError(f"device must be 'cpu', 'cuda', 'cuda:N' or an int; got {type(device).__qualname__}")
     count = _native.device_count()
     if count == 0:
-        raise Error(lib.FSPMM_ERR_NO_DEVICE,
-                    "no CUDA device is available to flashspmm (fspmm_device_count() == 0); keep the matrix "
-                    "on the CPU or run on a machine with an NVIDIA GPU and driver")
+        raise Error(
+            lib.FSPMM_ERR_NO_DEVICE,
+            "no CUDA device is available to flashspmm (fspmm_device_count() == 0); keep the matrix "
+            "on the CPU or run on a machine with an NVIDIA GPU and driver",
+        )
     if index is None:
         index = _native.get_device()
     if not 0 <= index < count:
@@ -172,27 +181,30 @@ class SparseMatrix:
     """
 
     def __init__(self, *args, **kwargs):
-        raise TypeError("create a SparseMatrix with flashspmm.compress(), flashspmm.load(), "
-                        "SparseMatrix.from_blob() or SparseMatrix.from_array()")
+        raise TypeError(
+            "create a SparseMatrix with flashspmm.compress(), flashspmm.load(), "
+            "SparseMatrix.from_blob() or SparseMatrix.from_array()"
+        )
 
     @classmethod
-    def _new(cls, handle, *, host_blob=None, device_ptr=None, device_index=None, owner=None, origin=None,
-             free_on_exit=False):
+    def _new(
+        cls, handle, *, host_blob=None, device_ptr=None, device_index=None, owner=None, origin=None, free_on_exit=False
+    ):
         self = object.__new__(cls)
-        self._handle = handle              # cdata fspmm_matrix_t (destroyed with it)
+        self._handle = handle  # cdata fspmm_matrix_t (destroyed with it)
         self._meta = _handle_header(handle)
-        self._host = host_blob             # numpy uint8 array, or None for a device matrix
-        self._ptr = device_ptr             # device address (int), or None for a host matrix
+        self._host = host_blob  # numpy uint8 array, or None for a device matrix
+        self._ptr = device_ptr  # device address (int), or None for a host matrix
         self._device_index = device_index
-        self._owner = owner                # array holding the device blob (torch, cupy, DeviceBuffer, ...)
-        self._origin = origin              # _arrays.Origin of the dense matrix compressed, or None
-        self._plans = {}                   # (max_n, split_k, kernel, decoder) -> cdata fspmm_plan_t
-        self._entries = {}                 # (N, split_k, kernel, decoder) -> _PlanEntry
-        self._kept = {}                    # (zeroed plan address, stream) -> workspace tensor kept zeroed
+        self._owner = owner  # array holding the device blob (torch, cupy, DeviceBuffer, ...)
+        self._origin = origin  # _arrays.Origin of the dense matrix compressed, or None
+        self._plans = {}  # (max_n, split_k, kernel, decoder) -> cdata fspmm_plan_t
+        self._entries = {}  # (N, split_k, kernel, decoder) -> _PlanEntry
+        self._kept = {}  # (zeroed plan address, stream) -> workspace tensor kept zeroed
         self._lock = threading.Lock()
-        self._side_streams = set()         # streams other than the owner's that read the blob (non-torch owners)
+        self._side_streams = set()  # streams other than the owner's that read the blob (non-torch owners)
         self._torch_dtype = None
-        if device_ptr and owner is None:   # memory from fspmm_device_malloc
+        if device_ptr and owner is None:  # memory from fspmm_device_malloc
             fin = weakref.finalize(self, _arrays.free_device, device_ptr, device_index)
             fin.atexit = False
         elif device_ptr and _arrays.framework_of(owner) != "torch":
@@ -220,8 +232,9 @@ class SparseMatrix:
         return cls._new(handle, device_ptr=ptr, device_index=device_index, owner=owner, origin=origin)
 
     @classmethod
-    def from_blob(cls, data: bytes | bytearray | memoryview | np.ndarray, *,
-                  device: DeviceLike = "cpu") -> SparseMatrix:
+    def from_blob(
+        cls, data: bytes | bytearray | memoryview | np.ndarray, *, device: DeviceLike = "cpu"
+    ) -> SparseMatrix:
         """Wrap a blob given as bytes-like data (bytes, bytearray, memoryview, numpy uint8 array).
 
         The data is copied and validated (:class:`flashspmm.Error` with ``FSPMM_ERR_CORRUPT_BUFFER`` for a
@@ -235,7 +248,9 @@ class SparseMatrix:
             try:
                 blob = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8).copy()
             except TypeError:
-                raise TypeError(f"blob data must be bytes-like or a uint8 numpy array, got {type(data).__qualname__}") from None
+                raise TypeError(
+                    f"blob data must be bytes-like or a uint8 numpy array, got {type(data).__qualname__}"
+                ) from None
         return cls._from_validated_host(blob).to(device)
 
     @classmethod
@@ -260,8 +275,14 @@ class SparseMatrix:
             matrix = cls._new(handle, host_blob=host)
             matrix._owner = blob
             return matrix
-        return cls._from_device(info.ptr, info.shape[0], info.device_index, owner=blob,
-                                origin=_arrays.Origin.of(info), stream=info.stream or 0)
+        return cls._from_device(
+            info.ptr,
+            info.shape[0],
+            info.device_index,
+            owner=blob,
+            origin=_arrays.Origin.of(info),
+            stream=info.stream or 0,
+        )
 
     # ---- properties ----------------------------------------------------------------------------------
 
@@ -272,12 +293,12 @@ class SparseMatrix:
 
     @property
     def dtype(self) -> str:
-        """"float16" or "bfloat16"."""
+        """ "float16" or "bfloat16"."""
         return _DTYPE_NAMES[self._meta.dtype]
 
     @property
     def format(self) -> str:
-        """"bitmap" or "tiled_csl"."""
+        """ "bitmap" or "tiled_csl"."""
         return _FORMAT_NAMES[self._meta.format]
 
     @property
@@ -304,7 +325,7 @@ class SparseMatrix:
 
     @property
     def device(self) -> str:
-        """"cpu" or "cuda:N"."""
+        """ "cpu" or "cuda:N"."""
         return "cpu" if self._ptr is None else f"cuda:{self._device_index}"
 
     @property
@@ -349,8 +370,9 @@ class SparseMatrix:
                 zkey = pkey + ("zeroed",)
                 zeroed = self._plans.get(zkey)
                 if zeroed is None:
-                    zeroed = self._plans[zkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder,
-                                                              lib.FSPMM_LINEAR_ZEROED_WORKSPACE)
+                    zeroed = self._plans[zkey] = _create_plan(
+                        self._handle, max_n, split_k, kernel, decoder, lib.FSPMM_LINEAR_ZEROED_WORKSPACE
+                    )
                 entry = _PlanEntry(plan, n, zeroed)
             self._entries[key] = entry
         return entry
@@ -360,13 +382,19 @@ class SparseMatrix:
         ``{"kernel", "decoder", "n_tile", "split_k", "grid", "shared_memory_bytes", "workspace_bytes"}``."""
         if self._ptr is None:
             raise ValueError("plans are made for device matrices: use W.to('cuda') first")
-        entry = self._entry(int(n), int(split_k), _choice(kernel, KERNELS, "kernel"),
-                            _choice(decoder, DECODERS, "decoder"))
+        entry = self._entry(
+            int(n), int(split_k), _choice(kernel, KERNELS, "kernel"), _choice(decoder, DECODERS, "decoder")
+        )
         i = entry.info
-        return {"kernel": KERNEL_NAMES[int(i.kernel)], "decoder": DECODER_NAMES[int(i.decoder)],
-                "n_tile": int(i.n_tile), "split_k": int(i.split_k), "grid": (int(i.grid_x), int(i.grid_y),
-                int(i.grid_z)), "shared_memory_bytes": int(i.shared_memory_bytes),
-                "workspace_bytes": int(i.workspace_bytes)}
+        return {
+            "kernel": KERNEL_NAMES[int(i.kernel)],
+            "decoder": DECODER_NAMES[int(i.decoder)],
+            "n_tile": int(i.n_tile),
+            "split_k": int(i.split_k),
+            "grid": (int(i.grid_x), int(i.grid_y), int(i.grid_z)),
+            "shared_memory_bytes": int(i.shared_memory_bytes),
+            "workspace_bytes": int(i.workspace_bytes),
+        }
 
     # ---- conversion ----------------------------------------------------------------------------------
 
@@ -376,8 +404,15 @@ class SparseMatrix:
             return self._host
         out = np.empty(self.nbytes, dtype=np.uint8)
         with _native.on_device(self._device_index):
-            check(lib.fspmm_memcpy(_native.as_ptr(_addr(out)), ffi.cast("void *", self._ptr), self.nbytes,
-                                   lib.FSPMM_COPY_DEVICE_TO_HOST, ffi.NULL))
+            check(
+                lib.fspmm_memcpy(
+                    _native.as_ptr(_addr(out)),
+                    ffi.cast("void *", self._ptr),
+                    self.nbytes,
+                    lib.FSPMM_COPY_DEVICE_TO_HOST,
+                    ffi.NULL,
+                )
+            )
         out.flags.writeable = False
         return out
 
@@ -397,8 +432,16 @@ class SparseMatrix:
             dense = origin.empty((m, k), self.dtype)
             stream = origin.stream()
             with _native.on_device(self._device_index):
-                check(lib.fspmm_decompress(self._handle, _native.as_ptr(_arrays.describe(dense, "dense").ptr), m, k,
-                                           k, _native.as_ptr(stream)))
+                check(
+                    lib.fspmm_decompress(
+                        self._handle,
+                        _native.as_ptr(_arrays.describe(dense, "dense").ptr),
+                        m,
+                        k,
+                        k,
+                        _native.as_ptr(stream),
+                    )
+                )
             self._read_on(stream)
             return origin.wrap(dense, stream)
         dtype = np.dtype(np.uint16) if raw else _arrays.numpy_dtype(self.dtype)
@@ -442,8 +485,11 @@ class SparseMatrix:
             check(lib.fspmm_device_malloc(p, self.nbytes))
             ptr = int(ffi.cast("uintptr_t", p[0]))
             try:
-                check(lib.fspmm_memcpy(p[0], _native.as_ptr(_addr(blob)), self.nbytes, lib.FSPMM_COPY_HOST_TO_DEVICE,
-                                       ffi.NULL))
+                check(
+                    lib.fspmm_memcpy(
+                        p[0], _native.as_ptr(_addr(blob)), self.nbytes, lib.FSPMM_COPY_HOST_TO_DEVICE, ffi.NULL
+                    )
+                )
                 handle = _new_handle(lib.fspmm_matrix_create_device, p[0], self.nbytes, ffi.NULL)
             except BaseException:
                 lib.fspmm_device_free(p[0])
@@ -464,8 +510,10 @@ class SparseMatrix:
 
     def __repr__(self) -> str:
         m, k = self.shape
-        return (f"SparseMatrix(shape=({m}, {k}), dtype={self.dtype}, format={self.format}, nnz={self.nnz}, "
-                f"density={self.density:.4f}, nbytes={self.nbytes}, device={self.device})")
+        return (
+            f"SparseMatrix(shape=({m}, {k}), dtype={self.dtype}, format={self.format}, nnz={self.nnz}, "
+            f"density={self.density:.4f}, nbytes={self.nbytes}, device={self.device})"
+        )
 
 
 def _choice(value, table, what):
@@ -474,7 +522,9 @@ def _choice(value, table, what):
         return table[value]
     except (KeyError, TypeError):
         if not isinstance(value, str):
-            raise TypeError(f"{what} must be a string, one of {sorted(table)}; got {type(value).__qualname__}") from None
+            raise TypeError(
+                f"{what} must be a string, one of {sorted(table)}; got {type(value).__qualname__}"
+            ) from None
         raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(table)}") from None
 
 
@@ -489,12 +539,16 @@ def _compress_host(ptr, m, k, ld, dtype_code, format_code):
     check(lib.fspmm_compress_size_host(src, m, k, ld, dtype_code, format_code, size, chosen))
     blob = np.empty(int(size[0]), dtype=np.uint8)
     written = ffi.new("size_t *")
-    check(lib.fspmm_compress_host(src, m, k, ld, dtype_code, int(chosen[0]), _native.as_ptr(_addr(blob)),
-                                  blob.size, written))
+    check(
+        lib.fspmm_compress_host(
+            src, m, k, ld, dtype_code, int(chosen[0]), _native.as_ptr(_addr(blob)), blob.size, written
+        )
+    )
     blob = blob[: int(written[0])]
     blob.flags.writeable = False
-    return SparseMatrix._new(_new_handle(lib.fspmm_matrix_create_host, _native.as_ptr(_addr(blob)), blob.size),
-                             host_blob=blob)
+    return SparseMatrix._new(
+        _new_handle(lib.fspmm_matrix_create_host, _native.as_ptr(_addr(blob)), blob.size), host_blob=blob
+    )
 
 
 def _compress_device(info, m, k, ld, dtype_code, format_code):
@@ -514,17 +568,21 @@ def _compress_device(info, m, k, ld, dtype_code, format_code):
         check(lib.fspmm_compress_size(ws_ptr, ws_bytes[0], format_code, size, chosen, stream))
         blob = origin.empty((int(size[0]),), "uint8")
         blob_ptr = _arrays.describe(blob, "blob").ptr
-        check(lib.fspmm_compress(src, m, k, ld, dtype_code, chosen[0], ws_ptr, ws_bytes[0], _native.as_ptr(blob_ptr),
-                                 size[0], stream))
+        check(
+            lib.fspmm_compress(
+                src, m, k, ld, dtype_code, chosen[0], ws_ptr, ws_bytes[0], _native.as_ptr(blob_ptr), size[0], stream
+            )
+        )
         # waits for the write and reports a refused one (the matrix changed meanwhile)
         check(lib.fspmm_compress_size(ws_ptr, ws_bytes[0], chosen[0], size, ffi.NULL, stream))
     del ws  # freed by its framework, ordered after the work on the stream
-    return SparseMatrix._from_device(blob_ptr, int(size[0]), info.device_index, owner=blob, origin=origin,
-                                     stream=stream_int)
+    return SparseMatrix._from_device(
+        blob_ptr, int(size[0]), info.device_index, owner=blob, origin=origin, stream=stream_int
+    )
 
 
 def _dtype_name(dtype: DTypeLike) -> str | None:
-    """"float16" / "bfloat16" from a string or a numpy / torch / JAX / ml_dtypes dtype; None for None."""
+    """ "float16" / "bfloat16" from a string or a numpy / torch / JAX / ml_dtypes dtype; None for None."""
     if dtype is None:
         return None
     if isinstance(dtype, type):  # numpy / ml_dtypes scalar types (np.float16, ml_dtypes.bfloat16, jnp.bfloat16)
@@ -571,8 +629,8 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> 
     else:
         hint = "w.astype(np.float16)" if info.framework == "numpy" else "w.half() / w.astype(float16)"
         raise TypeError(
-            f"w has dtype {info.dtype}; flashspmm compresses float16 or bfloat16 weights: convert first, "
-            f"e.g. {hint}")
+            f"w has dtype {info.dtype}; flashspmm compresses float16 or bfloat16 weights: convert first, e.g. {hint}"
+        )
     if info.ndim != 2:
         raise ValueError(f"w must be a 2-D matrix [M, K] (out features x in features), got shape {info.shape}")
     if info.shape[0] == 0 or info.shape[1] == 0:
@@ -609,6 +667,8 @@ def load(file: str | os.PathLike | BinaryIO, *, device: DeviceLike = "cpu") -> S
 
     if is_model_file(bytes(blob[:64])):
         name = getattr(file, "name", file)
-        raise Error(lib.FSPMM_ERR_CORRUPT_BUFFER,
-                    f"{name} is a flashspmm model file (many matrices): read it with flashspmm.load_model()")
+        raise Error(
+            lib.FSPMM_ERR_CORRUPT_BUFFER,
+            f"{name} is a flashspmm model file (many matrices): read it with flashspmm.load_model()",
+        )
     return SparseMatrix._from_validated_host(blob).to(device)

@@ -22,7 +22,7 @@ _END = "/* FSPMM_CDEF_END */"
 
 _REINSTALL_HINT = (
     "Reinstall flashspmm from a source checkout with "
-    '`pip install .` (this builds libflashspmm.so; it needs CMake >= 3.24 and a CUDA toolkit >= 12 with nvcc), '
+    "`pip install .` (this builds libflashspmm.so; it needs CMake >= 3.24 and a CUDA toolkit >= 12 with nvcc), "
     "or point FLASHSPMM_LIBRARY and FLASHSPMM_HEADER at a built library and its header."
 )
 
@@ -69,7 +69,7 @@ def _read_cdef(path):
     end = text.find(_END)
     if begin < 0 or end < 0 or end < begin:
         raise ImportError(f"flashspmm: {path} lacks the markers {_BEGIN} ... {_END}")
-    body = text[begin + len(_BEGIN):end]
+    body = text[begin + len(_BEGIN) : end]
     body = re.sub(r"/\*.*?\*/", " ", body, flags=re.S)
     body = re.sub(r"//[^\n]*", " ", body)
     return body

@@ -24,27 +24,51 @@ class ExternalArray:
     for as long as the view (and any work queued on it) is in use.
     """
 
-    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: str, device_index: int, strides: tuple[int, ...],
-                 stream: int, readonly: bool):
+    def __init__(
+        self,
+        ptr: int,
+        shape: tuple[int, ...],
+        dtype: str,
+        device_index: int,
+        strides: tuple[int, ...],
+        stream: int,
+        readonly: bool,
+    ):
         self.ptr, self.shape, self.dtype = ptr, shape, dtype
         self.device_index, self.strides, self.stream, self.readonly = device_index, strides, stream, readonly
 
     def _flashspmm_info(self) -> _adapters.ArrayInfo:
         """The :class:`flashspmm._adapters.ArrayInfo` of this view (read by the "external" adapter)."""
-        return _adapters.ArrayInfo(obj=self, ptr=self.ptr, shape=self.shape, strides=self.strides, dtype=self.dtype,
-                                 device=("cuda", self.device_index), stream=self.stream, framework="external",
-                                 read_only=self.readonly)
+        return _adapters.ArrayInfo(
+            obj=self,
+            ptr=self.ptr,
+            shape=self.shape,
+            strides=self.strides,
+            dtype=self.dtype,
+            device=("cuda", self.device_index),
+            stream=self.stream,
+            framework="external",
+            read_only=self.readonly,
+        )
 
     @property
     def __cuda_array_interface__(self) -> dict:
         typestr = {"float16": "<f2", "bfloat16": "<V2", "uint16": "<u2", "int16": "<i2", "uint8": "|u1"}[self.dtype]
         item = _ITEMSIZE[self.dtype]
-        return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, self.readonly),
-                "strides": tuple(s * item for s in self.strides), "version": 3, "stream": self.stream or None}
+        return {
+            "shape": self.shape,
+            "typestr": typestr,
+            "data": (self.ptr, self.readonly),
+            "strides": tuple(s * item for s in self.strides),
+            "version": 3,
+            "stream": self.stream or None,
+        }
 
     def __repr__(self):
-        return (f"ExternalArray(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype}, "
-                f"device=cuda:{self.device_index}, strides={self.strides})")
+        return (
+            f"ExternalArray(ptr=0x{self.ptr:x}, shape={self.shape}, dtype={self.dtype}, "
+            f"device=cuda:{self.device_index}, strides={self.strides})"
+        )
 
 
 def _int(value, what):
@@ -53,9 +77,16 @@ def _int(value, what):
     return int(value)
 
 
-def from_pointer(ptr: int, shape: int | Sequence[int], dtype: DTypeLike, *, device: DeviceLike = "cuda",
-                 strides: Sequence[int] | None = None, stream: int | None = None,
-                 readonly: bool = False) -> np.ndarray | ExternalArray:
+def from_pointer(
+    ptr: int,
+    shape: int | Sequence[int],
+    dtype: DTypeLike,
+    *,
+    device: DeviceLike = "cuda",
+    strides: Sequence[int] | None = None,
+    stream: int | None = None,
+    readonly: bool = False,
+) -> np.ndarray | ExternalArray:
     """An array view of memory at a raw address, for callers that hold C pointers rather than array objects.
 
     Args:
@@ -100,8 +131,11 @@ def from_pointer(ptr: int, shape: int | Sequence[int], dtype: DTypeLike, *, devi
             raise ValueError("readonly host views are not supported: pass a read-only numpy array instead")
         buf = (ctypes.c_char * max(span * item, 1)).from_address(ptr)
         flat = np.frombuffer(buf, dtype=np.uint8)[: span * item]
-        np_dtype = np.dtype(np.uint8) if dtype == "uint8" else (
-            _adapters.numpy_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype))
+        np_dtype = (
+            np.dtype(np.uint8)
+            if dtype == "uint8"
+            else (_adapters.numpy_dtype(dtype) if dtype in ("float16", "bfloat16") else np.dtype(dtype))
+        )
         base = flat.view(np_dtype)
         return np.lib.stride_tricks.as_strided(base, shape=shape, strides=tuple(s * item for s in strides))
     if stream is not None:

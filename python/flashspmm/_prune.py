@@ -53,8 +53,7 @@ def prune(w: ArrayLike, sparsity: float, *, scope: str = "row") -> ArrayLike:
     span = (m - 1) * ld + k
     flat = np.frombuffer((ctypes.c_uint16 * span).from_address(info.ptr), dtype=np.uint16)
     host = np.array(np.lib.stride_tricks.as_strided(flat, shape=(m, k), strides=(ld * 2, 2)))
-    check(lib.fspmm_prune_host(_native.as_ptr(_addr(host)), m, k, k, DTYPES[info.dtype], sparsity,
-                               _SCOPES[scope]))
+    check(lib.fspmm_prune_host(_native.as_ptr(_addr(host)), m, k, k, DTYPES[info.dtype], sparsity, _SCOPES[scope]))
     return _arrays.Origin.of(info).from_host(host.view(_arrays.numpy_dtype(info.dtype)))
 
 
@@ -68,7 +67,19 @@ def _prune_device(info, m, k, sparsity, scope):
         check(lib.fspmm_prune_workspace_size(m, k, scope, ws_bytes))
         nbytes = int(ws_bytes[0])
         ws, ws_ptr = _arrays.workspace(info, nbytes, stream)
-        check(lib.fspmm_prune(_native.as_ptr(_arrays.describe(out, "out").ptr), m, k, k, DTYPES[info.dtype],
-                              sparsity, scope, _native.as_ptr(ws_ptr), nbytes, _native.as_ptr(stream)))
+        check(
+            lib.fspmm_prune(
+                _native.as_ptr(_arrays.describe(out, "out").ptr),
+                m,
+                k,
+                k,
+                DTYPES[info.dtype],
+                sparsity,
+                scope,
+                _native.as_ptr(ws_ptr),
+                nbytes,
+                _native.as_ptr(stream),
+            )
+        )
     del ws  # freed by its framework, ordered after the work on the stream
     return _arrays.to_caller(out, info, stream)

@@ -45,12 +45,11 @@ inline void require_leading_dim(int64_t rows, int64_t cols, int64_t ld, const ch
                                   " = " + std::to_string(cols) + ": pass " + ld_name + " >= " + cols_name +
                                   " (elements between the starts of consecutive rows)");
     int64_t elements = 0, bytes = 0;
-    const bool overflow = __builtin_mul_overflow(rows - 1, ld, &elements) ||
-                          __builtin_add_overflow(elements, cols, &elements) ||
-                          __builtin_mul_overflow(elements, int64_t{kElemBytes}, &bytes) ||
-                          static_cast<uint64_t>(bytes) > SIZE_MAX;
-    FSPMM_REQUIRE(!overflow, std::string(ld_name) + " = " + std::to_string(ld) + " with " +
-                                 std::to_string(rows) + " rows overflows the address space: pass a smaller " + ld_name);
+    const bool overflow =
+        __builtin_mul_overflow(rows - 1, ld, &elements) || __builtin_add_overflow(elements, cols, &elements) ||
+        __builtin_mul_overflow(elements, int64_t{kElemBytes}, &bytes) || static_cast<uint64_t>(bytes) > SIZE_MAX;
+    FSPMM_REQUIRE(!overflow, std::string(ld_name) + " = " + std::to_string(ld) + " with " + std::to_string(rows) +
+                                 " rows overflows the address space: pass a smaller " + ld_name);
 }
 
 // Raise INVALID_ARGUMENT unless `p` (a device buffer: blob, workspace, output) is 16-byte aligned.
@@ -61,9 +60,9 @@ inline void require_aligned16(const void* p, const char* name) {
 
 // Raise INVALID_ARGUMENT unless dtype is FLOAT16 or BFLOAT16.
 inline void require_dtype(int dtype) {
-    FSPMM_REQUIRE(dtype == FSPMM_DTYPE_FLOAT16 || dtype == FSPMM_DTYPE_BFLOAT16,
-                  "dtype = " + std::to_string(dtype) +
-                      " is invalid: pass FSPMM_DTYPE_FLOAT16 (1) or FSPMM_DTYPE_BFLOAT16 (2)");
+    FSPMM_REQUIRE(
+        dtype == FSPMM_DTYPE_FLOAT16 || dtype == FSPMM_DTYPE_BFLOAT16,
+        "dtype = " + std::to_string(dtype) + " is invalid: pass FSPMM_DTYPE_FLOAT16 (1) or FSPMM_DTYPE_BFLOAT16 (2)");
 }
 
 // Raise INVALID_ARGUMENT unless format is AUTO, TILED_CSL or BITMAP.
@@ -98,8 +97,8 @@ inline void require_matrix(const void* dense, int64_t M, int64_t K, int64_t ld, 
 // Raise INVALID_ARGUMENT unless a dense output described as [rows, cols] is the matrix's [M, K].
 inline void require_output_shape(const fspmm_header_t& h, int64_t rows, int64_t cols) {
     FSPMM_REQUIRE(rows == h.M && cols == h.K, "the output is [" + std::to_string(rows) + ", " + std::to_string(cols) +
-                                                  "] but the matrix is [M = " + std::to_string(h.M) + ", K = " +
-                                                  std::to_string(h.K) + "]: pass an M x K output");
+                                                  "] but the matrix is [M = " + std::to_string(h.M) +
+                                                  ", K = " + std::to_string(h.K) + "]: pass an M x K output");
 }
 
 }  // namespace fspmm

@@ -63,8 +63,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_workspace_size(int64_t M, int
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_compress_count(const void* dense, int64_t M, int64_t K, int64_t ld,
-                                                         fspmm_dtype_t dtype, void* workspace,
-                                                         size_t workspace_bytes, void* stream) {
+                                                         fspmm_dtype_t dtype, void* workspace, size_t workspace_bytes,
+                                                         void* stream) {
     return guard("fspmm_compress_count", [&] {
         const DeviceDense d = device_dense(dense, M, K, ld, enum_value(dtype));
         require_encode_workspace(workspace, workspace_bytes, M, K);
@@ -75,8 +75,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_count(const void* dense, int6
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes,
-                                                        fspmm_format_t format, size_t* bytes,
-                                                        fspmm_format_t* chosen, void* stream) {
+                                                        fspmm_format_t format, size_t* bytes, fspmm_format_t* chosen,
+                                                        void* stream) {
     return guard("fspmm_compress_size", [&] {
         const int fmt = enum_value(format);
         require_format(fmt);
@@ -95,13 +95,13 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_size(const void* workspace, s
         FSPMM_REQUIRE(workspace_bytes >= encode_workspace_bytes(static_cast<int64_t>(st.M), static_cast<int64_t>(st.K)),
                       "workspace_bytes is smaller than the workspace fspmm_compress_count used");
         FSPMM_REQUIRE(st.refused == kRefuseNone, refusal_message(st.refused));
-        const int resolved = fmt != FSPMM_FORMAT_AUTO ? fmt
+        const int resolved = fmt != FSPMM_FORMAT_AUTO              ? fmt
                              : st.data_bytes[0] < st.data_bytes[1] ? FSPMM_FORMAT_TILED_CSL
                                                                    : FSPMM_FORMAT_BITMAP;
         const Geometry g = make_geometry(static_cast<int64_t>(st.M), static_cast<int64_t>(st.K));
         const uint64_t total = g.data_offset + st.data_bytes[resolved == FSPMM_FORMAT_BITMAP ? 1 : 0];
-        FSPMM_REQUIRE(total <= SIZE_MAX, "the blob would be " + std::to_string(total) +
-                                             " bytes, more than this process can address");
+        FSPMM_REQUIRE(total <= SIZE_MAX,
+                      "the blob would be " + std::to_string(total) + " bytes, more than this process can address");
         *bytes = static_cast<size_t>(total);
         if (chosen) *chosen = static_cast<fspmm_format_t>(resolved);
         return FSPMM_OK;
@@ -110,8 +110,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_size(const void* workspace, s
 
 extern "C" FSPMM_API fspmm_status_t fspmm_compress(const void* dense, int64_t M, int64_t K, int64_t ld,
                                                    fspmm_dtype_t dtype, fspmm_format_t format, void* workspace,
-                                                   size_t workspace_bytes, void* out, size_t out_bytes,
-                                                   void* stream) {
+                                                   size_t workspace_bytes, void* out, size_t out_bytes, void* stream) {
     return guard("fspmm_compress", [&] {
         const DeviceDense d = device_dense(dense, M, K, ld, enum_value(dtype));
         const int fmt = enum_value(format);
@@ -129,8 +128,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress(const void* dense, int64_t M,
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_decompress(fspmm_matrix_t matrix, void* dense, int64_t rows,
-                                                     int64_t cols, int64_t ld, void* stream) {
+extern "C" FSPMM_API fspmm_status_t fspmm_decompress(fspmm_matrix_t matrix, void* dense, int64_t rows, int64_t cols,
+                                                     int64_t ld, void* stream) {
     return guard("fspmm_decompress", [&] {
         const fspmm_matrix_s& m = matrix_arg(matrix, false);
         const fspmm_header_t& h = m.header;

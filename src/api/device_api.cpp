@@ -6,9 +6,9 @@
 
 #include "api/checks.h"
 #include "api/export.h"
+#include "api/handles.h"
 #include "common/error.h"
 #include "format/header.h"
-#include "api/handles.h"
 #include "spmm/launch.h"
 
 using fspmm::check_cuda;
@@ -20,10 +20,9 @@ bool fits(int64_t rows, int64_t ld) { return rows <= 0 || ld <= (INT64_MAX / 2) 
 
 }  // namespace
 
-extern "C" FSPMM_API fspmm_status_t fspmm_linear(fspmm_plan_t plan, const void* x, int64_t N, int64_t K,
-                                                 int64_t ldx, const void* bias, void* y, int64_t M, int64_t ldy,
-                                                 float alpha, float beta, void* workspace, size_t workspace_bytes,
-                                                 void* stream) {
+extern "C" FSPMM_API fspmm_status_t fspmm_linear(fspmm_plan_t plan, const void* x, int64_t N, int64_t K, int64_t ldx,
+                                                 const void* bias, void* y, int64_t M, int64_t ldy, float alpha,
+                                                 float beta, void* workspace, size_t workspace_bytes, void* stream) {
     return fspmm::guard("fspmm_linear", [&] {
         FSPMM_REQUIRE(plan != nullptr, "plan is NULL: create one with fspmm_plan_create");
         const fspmm_header_t& h = plan->header;
@@ -31,23 +30,23 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear(fspmm_plan_t plan, const void* 
         FSPMM_REQUIRE(reinterpret_cast<uintptr_t>(x) % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 2 == 0 &&
                           reinterpret_cast<uintptr_t>(bias) % 2 == 0,
                       "x, y and bias must be 2-byte aligned");
-        FSPMM_REQUIRE(N >= 1 && N <= plan->max_n, "N = " + std::to_string(N) + " is outside [1, max_n = " +
-                                                      std::to_string(plan->max_n) +
+        FSPMM_REQUIRE(N >= 1 && N <= plan->max_n, "N = " + std::to_string(N) +
+                                                      " is outside [1, max_n = " + std::to_string(plan->max_n) +
                                                       "] of this plan: create a plan with a larger max_n");
-        FSPMM_REQUIRE(K == h.K, "K = " + std::to_string(K) + " does not match the matrix, which is [M = " +
-                                    std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]: x must be [N, " +
-                                    std::to_string(h.K) + "]");
-        FSPMM_REQUIRE(M == h.M, "M = " + std::to_string(M) + " does not match the matrix, which is [M = " +
-                                    std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]: y must be [N, " +
-                                    std::to_string(h.M) + "]");
+        FSPMM_REQUIRE(K == h.K, "K = " + std::to_string(K) +
+                                    " does not match the matrix, which is [M = " + std::to_string(h.M) +
+                                    ", K = " + std::to_string(h.K) + "]: x must be [N, " + std::to_string(h.K) + "]");
+        FSPMM_REQUIRE(M == h.M, "M = " + std::to_string(M) +
+                                    " does not match the matrix, which is [M = " + std::to_string(h.M) +
+                                    ", K = " + std::to_string(h.K) + "]: y must be [N, " + std::to_string(h.M) + "]");
         FSPMM_REQUIRE(ldx >= h.K, "ldx (" + std::to_string(ldx) + ") must be >= K (" + std::to_string(h.K) + ")");
         FSPMM_REQUIRE(ldy >= h.M, "ldy (" + std::to_string(ldy) + ") must be >= M (" + std::to_string(h.M) + ")");
         FSPMM_REQUIRE(fits(N, ldx) && fits(N, ldy), "N * ldx or N * ldy overflows 64-bit addressing");
         const fspmm::LinearPlan& lp = plan->plans[fspmm_plan_s::index(N)];
         const size_t needed = fspmm::linear_workspace_bytes(h, lp, N);
-        FSPMM_REQUIRE(workspace_bytes >= needed,
-                      "workspace too small: need " + std::to_string(needed) + " bytes, got " +
-                          std::to_string(workspace_bytes) + " (ask fspmm_plan_workspace_size)");
+        FSPMM_REQUIRE(workspace_bytes >= needed, "workspace too small: need " + std::to_string(needed) +
+                                                     " bytes, got " + std::to_string(workspace_bytes) +
+                                                     " (ask fspmm_plan_workspace_size)");
         FSPMM_REQUIRE(needed == 0 || workspace != nullptr, "workspace is NULL but this call needs one");
         if (needed != 0) fspmm::require_aligned16(workspace, "workspace");
         fspmm::DeviceScope scope(plan->device);

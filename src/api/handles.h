@@ -38,11 +38,13 @@ namespace fspmm {
 inline const fspmm_matrix_s& matrix_arg(fspmm_matrix_t m, bool host) {
     FSPMM_REQUIRE(m != nullptr, "matrix is NULL: create one with fspmm_matrix_create_host / _device");
     if (host)
-        FSPMM_REQUIRE(m->device < 0, "this matrix is in device memory: use the device function (or a handle over "
-                                     "a host copy of the blob)");
+        FSPMM_REQUIRE(m->device < 0,
+                      "this matrix is in device memory: use the device function (or a handle over "
+                      "a host copy of the blob)");
     else
-        FSPMM_REQUIRE(m->device >= 0, "this matrix is in host memory: create the handle over a device copy of the "
-                                      "blob (fspmm_matrix_create_device) for GPU functions");
+        FSPMM_REQUIRE(m->device >= 0,
+                      "this matrix is in host memory: create the handle over a device copy of the "
+                      "blob (fspmm_matrix_create_device) for GPU functions");
     return *m;
 }
 

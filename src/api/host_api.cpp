@@ -118,8 +118,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_validate_host(const void* blob, size_t
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format,
-                                                           size_t* bytes) {
+extern "C" FSPMM_API fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format, size_t* bytes) {
     return guard("fspmm_blob_bytes_bound", [&] {
         require_dimension(M, "M", "rows of W, out features");
         require_dimension(K, "K", "columns of W, in features");
@@ -132,8 +131,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K,
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld,
-                                                             fspmm_dtype_t dtype, fspmm_format_t format,
-                                                             size_t* bytes, fspmm_format_t* chosen) {
+                                                             fspmm_dtype_t dtype, fspmm_format_t format, size_t* bytes,
+                                                             fspmm_format_t* chosen) {
     return guard("fspmm_compress_size_host", [&] {
         const int dt = enum_value(dtype), fmt = enum_value(format);
         const DenseView view = dense_input(dense, M, K, ld, dt, fmt);
@@ -181,8 +180,8 @@ extern "C" FSPMM_API fspmm_status_t fspmm_decompress_host(fspmm_matrix_t matrix,
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(fspmm_matrix_t matrix, const void* x, int64_t N, int64_t K,
-                                                      int64_t ldx, const void* bias, void* y, int64_t M,
-                                                      int64_t ldy, float alpha, float beta) {
+                                                      int64_t ldx, const void* bias, void* y, int64_t M, int64_t ldy,
+                                                      float alpha, float beta) {
     return guard("fspmm_linear_host", [&] {
         const fspmm_matrix_s& m = matrix_arg(matrix, true);
         const fspmm_header_t& h = m.header;
@@ -192,21 +191,20 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear_host(fspmm_matrix_t matrix, con
         require_aligned(y, "y");
         if (bias) require_aligned(bias, "bias");
         FSPMM_REQUIRE(N >= 1, "N = " + std::to_string(N) + " is invalid: N (rows of x and y) must be >= 1");
-        FSPMM_REQUIRE(K == h.K && M == h.M, "x [N, K = " + std::to_string(K) + "] and y [N, M = " +
-                                                std::to_string(M) + "] do not match the matrix, which is [M = " +
-                                                std::to_string(h.M) + ", K = " + std::to_string(h.K) + "]");
+        FSPMM_REQUIRE(K == h.K && M == h.M, "x [N, K = " + std::to_string(K) + "] and y [N, M = " + std::to_string(M) +
+                                                "] do not match the matrix, which is [M = " + std::to_string(h.M) +
+                                                ", K = " + std::to_string(h.K) + "]");
         require_leading_dim(N, h.K, ldx, "ldx", "K");
         require_leading_dim(N, h.M, ldy, "ldy", "M");
-        const LinearArgs args{static_cast<const uint16_t*>(x), N, ldx, static_cast<const uint16_t*>(bias),
-                              static_cast<uint16_t*>(y), ldy, alpha, beta};
+        const LinearArgs args{static_cast<const uint16_t*>(x), N,   ldx,   static_cast<const uint16_t*>(bias),
+                              static_cast<uint16_t*>(y),       ldy, alpha, beta};
         linear_blob(static_cast<const uint8_t*>(m.blob), h, args);
         return FSPMM_OK;
     });
 }
 
-extern "C" FSPMM_API fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld,
-                                                     fspmm_dtype_t dtype, double sparsity,
-                                                     fspmm_prune_scope_t scope) {
+extern "C" FSPMM_API fspmm_status_t fspmm_prune_host(void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
+                                                     double sparsity, fspmm_prune_scope_t scope) {
     return guard("fspmm_prune_host", [&] {
         const int dt = enum_value(dtype), sc = enum_value(scope);
         require_matrix(dense, M, K, ld, dt);

@@ -22,8 +22,10 @@ namespace {
 int device_of(const void* ptr) {
     cudaPointerAttributes attr{};
     const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
-    if (err == cudaErrorInvalidValue) (void)cudaGetLastError();
-    else check_cuda(err, "cudaPointerGetAttributes");
+    if (err == cudaErrorInvalidValue)
+        (void)cudaGetLastError();
+    else
+        check_cuda(err, "cudaPointerGetAttributes");
     FSPMM_REQUIRE(err == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
                   "blob is not device memory: pass a device copy of the blob, or use fspmm_matrix_create_host for "
                   "host memory");
@@ -70,7 +72,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_matrix_create_host(const void* blob, s
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_matrix_create_device(const void* blob, size_t bytes, void* stream,
-                                                              fspmm_matrix_t* matrix) {
+                                                               fspmm_matrix_t* matrix) {
     return guard("fspmm_matrix_create_device", [&] {
         require_pointer(matrix, "matrix", "a pointer to an fspmm_matrix_t to receive the handle");
         require_pointer(blob, "blob", "a pointer to a blob in device memory");
@@ -136,13 +138,14 @@ extern "C" FSPMM_API fspmm_status_t fspmm_linear_options_init(fspmm_linear_optio
 }
 
 extern "C" FSPMM_API fspmm_status_t fspmm_plan_create(fspmm_matrix_t matrix, int64_t max_n,
-                                                     const fspmm_linear_options_t* options, fspmm_plan_t* plan) {
+                                                      const fspmm_linear_options_t* options, fspmm_plan_t* plan) {
     return guard("fspmm_plan_create", [&] {
         require_pointer(plan, "plan", "a pointer to an fspmm_plan_t to receive the plan");
         const fspmm_matrix_s& m = matrix_arg(matrix, false);
         FSPMM_REQUIRE(max_n >= 1 && max_n <= int64_t{65535} * 64,
-                      "max_n = " + std::to_string(max_n) + " is invalid: pass the largest N (tokens) the plan "
-                                                          "serves, 1 .. 65535 * 64");
+                      "max_n = " + std::to_string(max_n) +
+                          " is invalid: pass the largest N (tokens) the plan "
+                          "serves, 1 .. 65535 * 64");
         const LinearOptions o = options_arg(options);
         DeviceScope scope(m.device);
         auto p = std::make_unique<fspmm_plan_s>();

@@ -27,8 +27,7 @@ void require_prune_workspace(const void* workspace, size_t workspace_bytes, int6
                     "device memory of fspmm_prune_workspace_size bytes (tensor scope needs a workspace)");
     require_aligned16(workspace, "workspace");
     FSPMM_REQUIRE(workspace_bytes >= need, "workspace too small: need " + std::to_string(need) + " bytes, got " +
-                                               std::to_string(workspace_bytes) +
-                                               " (ask fspmm_prune_workspace_size)");
+                                               std::to_string(workspace_bytes) + " (ask fspmm_prune_workspace_size)");
 }
 
 }  // namespace

@@ -74,8 +74,9 @@ void cuda_linear(const fspmm_header_t& h, const void* blob, const void* x, int64
     const LinearPlan plan = cuda_plan_of(h, N, split_k);
     FSPMM_REQUIRE(workspace_bytes >= plan.workspace,
                   "the workspace result holds " + std::to_string(workspace_bytes) + " bytes but this call needs " +
-                      std::to_string(plan.workspace) + " (N = " + std::to_string(N) + ", split_k = " +
-                      std::to_string(split_k) + "): size it with fspmm_xla_linear_workspace for the same N and "
+                      std::to_string(plan.workspace) + " (N = " + std::to_string(N) +
+                      ", split_k = " + std::to_string(split_k) +
+                      "): size it with fspmm_xla_linear_workspace for the same N and "
                       "split_k (flashspmm.jax does)");
     run_linear(h, plan, blob, x, h.K, N, bias, y, h.M, alpha, beta, workspace, stream);
 }
@@ -98,8 +99,8 @@ fspmm_header_t cpu_blob(const fspmm_header_t& launch, const void* blob, size_t b
 // The CPU reference linear (fp32 accumulation in k order, as fspmm_linear_host); x, y contiguous.
 void cpu_linear(const void* blob, const fspmm_header_t& own, const void* x, int64_t N, const void* bias, void* y,
                 float alpha, float beta) {
-    const LinearArgs args{static_cast<const uint16_t*>(x), N, own.K, static_cast<const uint16_t*>(bias),
-                          static_cast<uint16_t*>(y), own.M, alpha, beta};
+    const LinearArgs args{static_cast<const uint16_t*>(x), N,     own.K, static_cast<const uint16_t*>(bias),
+                          static_cast<uint16_t*>(y),       own.M, alpha, beta};
     linear_blob(static_cast<const uint8_t*>(blob), own, args);
 }
 
@@ -173,7 +174,7 @@ struct Buffer {
 
 // The call frame of one execution, with typed access to its arguments, results and attributes.
 class Frame {
-  public:
+public:
     explicit Frame(const XLA_FFI_CallFrame* frame) : f_(frame) {
         FSPMM_REQUIRE(f_->struct_size >= kXlaCallFrameSize && f_->args.struct_size >= kXlaArgsSize &&
                           f_->rets.struct_size >= kXlaRetsSize && f_->attrs.struct_size >= kXlaAttrsSize,
@@ -201,7 +202,8 @@ class Frame {
     int64_t int_attr(const char* name) const {
         const XLA_FFI_Scalar* s = static_cast<const XLA_FFI_Scalar*>(attr(name, XLA_FFI_AttrType_SCALAR, "a scalar"));
         switch (s->dtype) {
-            case XLA_FFI_DataType_PRED: case XLA_FFI_DataType_S8: return *static_cast<const int8_t*>(s->value);
+            case XLA_FFI_DataType_PRED:
+            case XLA_FFI_DataType_S8: return *static_cast<const int8_t*>(s->value);
             case XLA_FFI_DataType_U8: return *static_cast<const uint8_t*>(s->value);
             case XLA_FFI_DataType_S16: return *static_cast<const int16_t*>(s->value);
             case XLA_FFI_DataType_U16: return *static_cast<const uint16_t*>(s->value);
@@ -230,7 +232,7 @@ class Frame {
         return core::launch_header(static_cast<const uint8_t*>(a->data));
     }
 
-  private:
+private:
     const XLA_FFI_CallFrame* f_;
 
     // The attribute `name` of `type`; raises if it is absent or of another type.
@@ -263,12 +265,13 @@ const char* dtype_name(int dtype) { return dtype == FSPMM_DTYPE_BFLOAT16 ? "bflo
 
 // Raise unless a 16-bit array has W's dtype and `elements` elements (its last dimension `last` if given).
 void require_array(const Buffer& b, const fspmm_header_t& h, int64_t elements, int64_t last, const char* what) {
-    FSPMM_REQUIRE(b.dtype == xla_dtype(h.dtype),
-                  std::string(what) + " must have W's dtype " + dtype_name(h.dtype) + " (XLA type " +
-                      std::to_string(xla_dtype(h.dtype)) + "), got XLA type " + std::to_string(b.dtype));
+    FSPMM_REQUIRE(b.dtype == xla_dtype(h.dtype), std::string(what) + " must have W's dtype " + dtype_name(h.dtype) +
+                                                     " (XLA type " + std::to_string(xla_dtype(h.dtype)) +
+                                                     "), got XLA type " + std::to_string(b.dtype));
     FSPMM_REQUIRE(b.elements == elements && (last < 0 || (b.rank >= 1 && b.dims[b.rank - 1] == last)),
                   std::string(what) + " has " + std::to_string(b.elements) + " elements, expected " +
-                      std::to_string(elements) + (last >= 0 ? " with a last dimension of " + std::to_string(last) : ""));
+                      std::to_string(elements) +
+                      (last >= 0 ? " with a last dimension of " + std::to_string(last) : ""));
     require_aligned(b.data, what);
 }
 
@@ -278,7 +281,8 @@ void require_blob(const Buffer& b, const fspmm_header_t& h) {
                   "the blob must be a uint8 array (XLA type " + std::to_string(b.dtype) + " given)");
     FSPMM_REQUIRE(static_cast<uint64_t>(b.elements) == h.total_bytes,
                   "the blob holds " + std::to_string(b.elements) + " bytes but its header says " +
-                      std::to_string(h.total_bytes) + ": pass the blob and header of one matrix (or of one shard, "
+                      std::to_string(h.total_bytes) +
+                      ": pass the blob and header of one matrix (or of one shard, "
                       "inside shard_map)");
 }
 
@@ -349,8 +353,8 @@ XLA_FFI_Error* handle(XLA_FFI_CallFrame* frame, const char* target, XLA_FFI_Hand
         return e.error;
     } catch (const Error& e) {
         try {
-            const std::string message = std::string("flashspmm ") + target + ": " + fspmm_status_string(e.status) +
-                                        ": " + e.message;
+            const std::string message =
+                std::string("flashspmm ") + target + ": " + fspmm_status_string(e.status) + ": " + e.message;
             return make_error(api, error_code(e.status), message.c_str());
         } catch (...) {
             return make_error(api, error_code(e.status), "flashspmm: a call failed (out of memory for the message)");

@@ -29,7 +29,9 @@ struct XLA_FFI_Error;             // opaque, created by XLA
 struct XLA_FFI_ExecutionContext;  // opaque, per call
 
 // Chained optional extensions of a struct; type 1 is the metadata query.
-enum XLA_FFI_Extension_Type : int { XLA_FFI_Extension_Metadata = 1 };
+enum XLA_FFI_Extension_Type : int {
+    XLA_FFI_Extension_Metadata = 1
+};
 struct XLA_FFI_Extension_Base {
     size_t struct_size;
     XLA_FFI_Extension_Type type;
@@ -88,8 +90,12 @@ struct XLA_FFI_Buffer {
     int64_t* dims;  // rank entries
 };
 
-enum XLA_FFI_ArgType : int { XLA_FFI_ArgType_BUFFER = 1 };
-enum XLA_FFI_RetType : int { XLA_FFI_RetType_BUFFER = 1 };
+enum XLA_FFI_ArgType : int {
+    XLA_FFI_ArgType_BUFFER = 1
+};
+enum XLA_FFI_RetType : int {
+    XLA_FFI_RetType_BUFFER = 1
+};
 enum XLA_FFI_AttrType : int {
     XLA_FFI_AttrType_ARRAY = 1,
     XLA_FFI_AttrType_DICTIONARY = 2,

@@ -19,9 +19,7 @@ struct Error {
     std::string message;
 };
 
-[[noreturn]] inline void raise(fspmm_status_t status, const std::string& message) {
-    throw Error{status, message};
-}
+[[noreturn]] inline void raise(fspmm_status_t status, const std::string& message) { throw Error{status, message}; }
 
 // Run `body` (returning fspmm_status_t) and turn any exception into a status + message.
 template <typename F>
@@ -43,7 +41,7 @@ fspmm_status_t guard(const char* function, F&& body) noexcept {
 }  // namespace fspmm
 
 // Argument check inside a guard()ed body: raise INVALID_ARGUMENT with a message if `cond` is false.
-#define FSPMM_REQUIRE(cond, msg)                                                 \
-    do {                                                                         \
-        if (!(cond)) ::fspmm::raise(FSPMM_ERR_INVALID_ARGUMENT, (msg));          \
+#define FSPMM_REQUIRE(cond, msg)                                        \
+    do {                                                                \
+        if (!(cond)) ::fspmm::raise(FSPMM_ERR_INVALID_ARGUMENT, (msg)); \
     } while (0)

@@ -28,7 +28,9 @@ struct DenseArgs {
 };
 
 // Element e (0..7) of a chunk.
-__device__ __forceinline__ uint32_t chunk_elem(const Chunk& c, int e) { return (c.w[e >> 1] >> (16 * (e & 1))) & 0xFFFFu; }
+__device__ __forceinline__ uint32_t chunk_elem(const Chunk& c, int e) {
+    return (c.w[e >> 1] >> (16 * (e & 1))) & 0xFFFFu;
+}
 
 // Elements [col, col + 8) of `row` (zeros outside the matrix), read with streaming loads.
 __device__ __forceinline__ Chunk load_chunk(const DenseArgs& d, int64_t row, int64_t col) {
@@ -116,7 +118,8 @@ __device__ __forceinline__ void store_lane_chunk(const DenseArgs& d, int64_t row
 
 // Exclusive prefix sums, in tile chunk order (chunk lane + 32 * k), of the lane's 16 chunk counts (each
 // <= 8); returns the tile total. Two chunk rows share one warp scan in 16-bit fields.
-__device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kLaneChunks], uint32_t (&first)[kLaneChunks]) {
+__device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kLaneChunks],
+                                                    uint32_t (&first)[kLaneChunks]) {
     uint32_t base = 0;
 #pragma unroll
     for (int k = 0; k < kLaneChunks; k += 2) {

@@ -36,7 +36,8 @@ __device__ __forceinline__ void tile_range(const BlobArgs& b, uint64_t t, uint32
 
 // Bitmap: the warp copies the tile into its stage (cp.async, all in flight at once), then each lane expands
 // its 16 chunks from the masks and values and stores them.
-__global__ void __launch_bounds__(kThreads) decode_bitmap_kernel(BlobArgs b, DenseArgs d) {
+__global__ void
+__launch_bounds__(kThreads) decode_bitmap_kernel(BlobArgs b, DenseArgs d) {
     __shared__ __align__(16) uint8_t stages[kWarps][kBitmapMaxTileBytes];
     const int lane = threadIdx.x & 31;
     uint8_t* stage = stages[threadIdx.x >> 5];

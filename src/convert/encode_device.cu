@@ -1,7 +1,7 @@
 // GPU encoder: dense device matrix -> blob in device memory, byte-identical to the CPU encoder.
 //
-// Count phase: one kernel counts the stored values of every 64x64 tile (a warp per tile) (tile_nnz in the workspace) and the
-// data-section sizes of both formats. Write phase, all on the stream with no host synchronisation:
+// Count phase: one kernel counts the stored values of every 64x64 tile (a warp per tile) (tile_nnz in the workspace)
+// and the data-section sizes of both formats. Write phase, all on the stream with no host synchronisation:
 //   resolve      checks the call against the counts, picks the format (AUTO), refuses a too small `out`;
 //   scan_reduce  per block of tiles: sum and maximum of the tile sizes;
 //   scan_blocks  one CTA: exclusive scan of the block sums, the table's last entry and padding;
@@ -60,7 +60,8 @@ struct Tiles {
 
 // One warp counts one tile at a time. Few registers per thread, so that many warps (each with a few loads
 // in flight) keep the memory system busy.
-__global__ void __launch_bounds__(kCountThreads, 4)
+__global__ void
+__launch_bounds__(kCountThreads, 4)
 count_kernel(DenseArgs d, Tiles g, uint16_t* tile_nnz, EncodeState* st, int dtype) {
     const int lane = threadIdx.x & 31;
     constexpr int kWarps = kCountThreads / 32;

@@ -142,8 +142,7 @@ __device__ void flush_bins(uint32_t* hist, int bins, unsigned long long* global)
 }
 
 // Zero the entries of a row below `threshold`, and its first `ties` entries equal to it (column order).
-__device__ void zero_row(uint16_t* row, int64_t K, uint32_t threshold, unsigned long long ties,
-                         uint32_t* warp_counts) {
+__device__ void zero_row(uint16_t* row, int64_t K, uint32_t threshold, unsigned long long ties, uint32_t* warp_counts) {
     unsigned long long seen = 0;  // threshold entries in the chunks before this one
     for (int64_t base = 0; base < K; base += kThreads) {
         const int64_t c = base + threadIdx.x;
@@ -160,7 +159,8 @@ __device__ void zero_row(uint16_t* row, int64_t K, uint32_t threshold, unsigned 
 }
 
 // Row scope: one CTA per row (grid-stride) selects the row's threshold and zeroes. Needs 0 < k < K.
-__global__ void __launch_bounds__(kThreads) prune_rows_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
+__global__ void
+__launch_bounds__(kThreads) prune_rows_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
                                                               int64_t k) {
     __shared__ uint32_t hist[kCoarseBins];
     __shared__ uint32_t warp_counts[kWarps];

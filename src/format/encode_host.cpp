@@ -249,7 +249,7 @@ uint64_t blob_bytes(const TileCounts& counts, int format) {
 
 int choose_format(const TileCounts& counts) {
     return blob_bytes(counts, FSPMM_FORMAT_TILED_CSL) < blob_bytes(counts, FSPMM_FORMAT_BITMAP) ? FSPMM_FORMAT_TILED_CSL
-                                                                                              : FSPMM_FORMAT_BITMAP;
+                                                                                                : FSPMM_FORMAT_BITMAP;
 }
 
 void encode_blob(const DenseView& dense, const TileCounts& counts, int format, int dtype, void* out) {

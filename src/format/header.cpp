@@ -143,8 +143,8 @@ void check_offsets(const uint8_t* blob, const fspmm_header_t& h, const Geometry&
     for (uint64_t t = 1; t <= g.tiles; ++t) {
         const uint64_t off = load_u64(table + 8 * t);
         if (off < previous || off - previous > max_tile || off % 16 != 0 || off > h.data_bytes)
-            corrupt("tile offset table: entry " + str(t) + " = " + str(off) +
-                    " is not a valid tile end (after " + str(previous) + ")");
+            corrupt("tile offset table: entry " + str(t) + " = " + str(off) + " is not a valid tile end (after " +
+                    str(previous) + ")");
         previous = off;
     }
     if (previous != h.data_bytes)
@@ -172,14 +172,13 @@ void check_tiles(const uint8_t* blob, const fspmm_header_t& h, const Geometry& g
         }
         nnz.fetch_add(local_nnz, std::memory_order_relaxed);
         uint64_t seen = max_bytes.load(std::memory_order_relaxed);
-        while (local_max > seen && !max_bytes.compare_exchange_weak(seen, local_max)) {
-        }
+        while (local_max > seen && !max_bytes.compare_exchange_weak(seen, local_max)) {}
     });
     if (nnz.load() != static_cast<uint64_t>(h.nnz))
         corrupt("the tiles hold " + str(nnz.load()) + " values but the header says nnz = " + str(h.nnz));
     if (max_bytes.load() != h.max_tile_bytes)
-        corrupt("the largest tile is " + str(max_bytes.load()) + " bytes but the header says max_tile_bytes = " +
-                str(uint64_t{h.max_tile_bytes}));
+        corrupt("the largest tile is " + str(max_bytes.load()) +
+                " bytes but the header says max_tile_bytes = " + str(uint64_t{h.max_tile_bytes}));
 }
 
 }  // namespace

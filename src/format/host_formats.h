@@ -35,16 +35,36 @@ inline int popcount64(uint64_t x) {
 }
 
 // Unaligned little-endian loads and stores (blobs and user buffers may have any alignment).
-inline uint16_t load_u16(const void* p) { uint16_t v; memcpy(&v, p, 2); return v; }
-inline uint32_t load_u32(const void* p) { uint32_t v; memcpy(&v, p, 4); return v; }
-inline uint64_t load_u64(const void* p) { uint64_t v; memcpy(&v, p, 8); return v; }
+inline uint16_t load_u16(const void* p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+inline uint32_t load_u32(const void* p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+inline uint64_t load_u64(const void* p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
 inline void store_u16(void* p, uint16_t v) { memcpy(p, &v, 2); }
 inline void store_u32(void* p, uint32_t v) { memcpy(p, &v, 4); }
 inline void store_u64(void* p, uint64_t v) { memcpy(p, &v, 8); }
 
 // Bit pattern of a float and back.
-inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-inline float bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+inline uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+inline float bits_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 
 // IEEE binary16 -> float (exact; NaN payloads kept).
 inline float half_to_float(uint16_t h) {

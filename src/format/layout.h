@@ -29,9 +29,7 @@ static_assert(sizeof(fspmm_header_t) == kHeaderBytes, "header must be 128 bytes"
 // Swizzled position of element (r, c) of a 64x64 tile: the 8-element (16-byte) chunk index is XORed with
 // r % 8, so that 8 consecutive rows of one chunk column fall in 8 different shared-memory bank groups.
 // Tiled-CSL stores this position; the kernels use the same map for their dense shared-memory tiles.
-FSPMM_HD uint32_t swizzle(uint32_t r, uint32_t c) {
-    return r * kTileK + ((((c >> 3) ^ (r & 7u)) << 3) | (c & 7u));
-}
+FSPMM_HD uint32_t swizzle(uint32_t r, uint32_t c) { return r * kTileK + ((((c >> 3) ^ (r & 7u)) << 3) | (c & 7u)); }
 // Inverse of swizzle(): position -> (r, c).
 FSPMM_HD void unswizzle(uint32_t p, uint32_t* r, uint32_t* c) {
     *r = p / kTileK;

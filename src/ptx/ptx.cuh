@@ -53,9 +53,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 
 // Two 8x8 b16 matrices from shared memory; lanes 0-15 give the row addresses.
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(addr));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
 // Asynchronous 16-byte global->shared copy bypassing L1; copies src_bytes (0 or 16) and zero-fills the rest.
@@ -95,7 +93,9 @@ __device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
 
 // Barrier among the kThreads consumer threads only (named barrier 1): the producer warp is not held.
 template <int kThreads>
-__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
+__device__ __forceinline__ void consumer_sync() {
+    asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
+}
 
 // Spin until the mbarrier phase with the given parity has completed.
 __device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t parity) {
@@ -211,29 +211,25 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #endif
 // One N: FRAGS fragments, REGS the asm list of the N / 2 accumulators, RS / SS the operand numbers after them.
 #define FSPMM_WGMMA_N(TYPE, N, FRAGS, REGS, RS, SS)                                                        \
-    __device__ __forceinline__ void wgmma_##TYPE(FragC (&d)[FRAGS], const FragA& a, uint64_t desc_b) {     \
+    __device__ __forceinline__ void wgmma_##TYPE(FragC(&d)[FRAGS], const FragA& a, uint64_t desc_b) {      \
         FSPMM_WGMMA_ASM("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " REGS ", " RS \
-                        ", 1, 1, 1, 0;\n"                                                                   \
-                        : FSPMM_D##FRAGS                                                                    \
-                        : FSPMM_A, "l"(desc_b)                                                              \
-                        : "memory");                                                                        \
+                        ", 1, 1, 1, 0;\n" : FSPMM_D##FRAGS : FSPMM_A,                                      \
+                        "l"(desc_b) : "memory");                                                           \
     }                                                                                                      \
-    __device__ __forceinline__ void wgmma_ss_##TYPE(FragC (&d)[FRAGS], uint64_t desc_a, uint64_t desc_b) { \
+    __device__ __forceinline__ void wgmma_ss_##TYPE(FragC(&d)[FRAGS], uint64_t desc_a, uint64_t desc_b) {  \
         FSPMM_WGMMA_ASM("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " REGS ", " SS \
-                        ", 1, 1, 1, 0, 0;\n"                                                                \
-                        : FSPMM_D##FRAGS                                                                    \
-                        : "l"(desc_a), "l"(desc_b)                                                          \
-                        : "memory");                                                                        \
+                        ", 1, 1, 1, 0, 0;\n" : FSPMM_D##FRAGS : "l"(desc_a),                               \
+                        "l"(desc_b) : "memory");                                                           \
     }
 // Accumulator lists of 1, 2, 4 and 8 fragments.
 #define FSPMM_ACC1 "{%0,%1,%2,%3"
 #define FSPMM_ACC2 FSPMM_ACC1 ",%4,%5,%6,%7"
 #define FSPMM_ACC4 FSPMM_ACC2 ",%8,%9,%10,%11,%12,%13,%14,%15"
 #define FSPMM_ACC8 FSPMM_ACC4 ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
-#define FSPMM_WGMMA_TYPE(TYPE)                                                                    \
-    FSPMM_WGMMA_N(TYPE, 8, 1, FSPMM_ACC1 "}", "{%4,%5,%6,%7}, %8", "%4, %5")                      \
-    FSPMM_WGMMA_N(TYPE, 16, 2, FSPMM_ACC2 "}", "{%8,%9,%10,%11}, %12", "%8, %9")                  \
-    FSPMM_WGMMA_N(TYPE, 32, 4, FSPMM_ACC4 "}", "{%16,%17,%18,%19}, %20", "%16, %17")              \
+#define FSPMM_WGMMA_TYPE(TYPE)                                                       \
+    FSPMM_WGMMA_N(TYPE, 8, 1, FSPMM_ACC1 "}", "{%4,%5,%6,%7}, %8", "%4, %5")         \
+    FSPMM_WGMMA_N(TYPE, 16, 2, FSPMM_ACC2 "}", "{%8,%9,%10,%11}, %12", "%8, %9")     \
+    FSPMM_WGMMA_N(TYPE, 32, 4, FSPMM_ACC4 "}", "{%16,%17,%18,%19}, %20", "%16, %17") \
     FSPMM_WGMMA_N(TYPE, 64, 8, FSPMM_ACC8 "}", "{%32,%33,%34,%35}, %36", "%32, %33")
 FSPMM_WGMMA_TYPE(f16)
 FSPMM_WGMMA_TYPE(bf16)

@@ -49,8 +49,8 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
             const uint32_t f = __shfl_sync(kFull, firsts, j >> 1);
             const uint2 mask = reinterpret_cast<const uint2*>(tile)[j];
             const uint32_t word = q < 4 ? mask.x : mask.y, shift = 8 * (q & 3);
-            uint32_t v = ((j & 1) ? f >> 16 : f & 0xFFFFu) + (q < 4 ? 0u : __popc(mask.x)) +
-                         __popc(word & ((1u << shift) - 1u));
+            uint32_t v =
+                ((j & 1) ? f >> 16 : f & 0xFFFFu) + (q < 4 ? 0u : __popc(mask.x)) + __popc(word & ((1u << shift) - 1u));
             for (uint32_t b = (word >> shift) & 0xFFu; b != 0; b &= b - 1, ++v) {
                 const int col = 8 * bc + (__ffs(b) - 1);
                 if (v < values_end) acc[h] = fmaf(Dtype::to_float(values[v]), Dtype::to_float(x[col]), acc[h]);
@@ -94,7 +94,8 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
 __device__ __forceinline__ uint32_t buffer_bytes(uint32_t slot_bytes) { return slot_bytes + kTileK * 2; }
 
 template <int kFormat, class Dtype>
-__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
+__global__ void
+__launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
     __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
     __shared__ float s_sum[kGemvWarps][kTileM];

@@ -298,7 +298,8 @@ constexpr int min_ctas(int groups, int n_tile) {
 }
 
 template <class Decoder, class Dtype, int kNTile>
-__global__ void __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTile))
+__global__ void
+__launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTile))
     spmm_kernel(const __grid_constant__ LinearParams p) {  // (TMA reads p.x_map in place)
     constexpr int kGroups = Decoder::kGroups;               // 16-row groups per consumer warp
     constexpr int kWarps = consumer_warps(kGroups);          // consumer warps; warp kWarps is the producer

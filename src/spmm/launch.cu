@@ -16,8 +16,8 @@ namespace fspmm {
 
 void check_cuda(cudaError_t err, const char* what) {
     if (err == cudaSuccess) return;
-    const std::string msg = std::string(what) + " failed: " + cudaGetErrorName(err) + " (" +
-                            cudaGetErrorString(err) + ")";
+    const std::string msg =
+        std::string(what) + " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
     if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver)
         raise(FSPMM_ERR_NO_DEVICE, msg + "; a CUDA device and driver are needed for this function");
     raise(FSPMM_ERR_CUDA, msg);
@@ -51,12 +51,12 @@ constexpr double kDirectDensity = 0.02;  // above: direct; at or below (98 % spa
 
 // The kernel for (kernel id, dtype, n_tile).
 KernelHandle select_kernel(int format, int dtype, int n_tile) {
-#define FSPMM_CASE(F, D)                                                  \
-    if (format == F && dtype == D) switch (n_tile) {                      \
-            case 8: return kernel_handle<F, D, 8>();                      \
-            case 16: return kernel_handle<F, D, 16>();                    \
-            case 32: return kernel_handle<F, D, 32>();                    \
-            default: return kernel_handle<F, D, 64>();                    \
+#define FSPMM_CASE(F, D)                               \
+    if (format == F && dtype == D) switch (n_tile) {   \
+            case 8: return kernel_handle<F, D, 8>();   \
+            case 16: return kernel_handle<F, D, 16>(); \
+            case 32: return kernel_handle<F, D, 32>(); \
+            default: return kernel_handle<F, D, 64>(); \
         }
     FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16)
     FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16)
@@ -173,8 +173,7 @@ uint32_t slot_bytes_of(const fspmm_header_t& h) {
 
 // Split-K (given, or chosen for `slots` resident CTAs), K tiles per split and workspace of a plan whose
 // m_blocks and n_blocks are set; a CTA handles at most max_k_tiles K tiles.
-void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots,
-                 int max_k_tiles) {
+void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots, int max_k_tiles) {
     int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
     const int64_t min_splits = ceil_div(h.tiles_k, max_k_tiles);
     if (splits < min_splits) splits = int(min_splits);
@@ -244,9 +243,9 @@ bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64
     const cuuint64_t strides[1] = {cuuint64_t(ldx) * 2};
     const cuuint32_t box[2] = {64, cuuint32_t(n_tile)};
     const cuuint32_t element_strides[2] = {1, 1};
-    return encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box,
-                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                  CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(x), dims, strides, box, element_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // Plan of the Tensor Core kernels.
@@ -334,9 +333,9 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
                        "cudaMemsetAsync(split-K counters)");
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)
-                                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(
-                                                       p, grid, plan.smem, stream);
+    const cudaError_t err = plan.kernel == kGemv
+                                ? launch_gemv(h.format, h.dtype, p, grid, stream)
+                                : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
     if (err != cudaSuccess) {
         const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +
                                  std::to_string(plan.n_tile) + ", grid " + std::to_string(grid.x) + "x" +

@@ -43,13 +43,13 @@ int current_device();
 
 // Makes `device` current for its lifetime (only if it is not already) and restores the previous one.
 class DeviceScope {
-   public:
+public:
     explicit DeviceScope(int device);
     ~DeviceScope();
     DeviceScope(const DeviceScope&) = delete;
     DeviceScope& operator=(const DeviceScope&) = delete;
 
-   private:
+private:
     int previous_ = -1;
 };
 

@@ -46,9 +46,9 @@ constexpr int stages_for(int n_tile, bool dense, bool sm90) {
 constexpr int kMaxKTilesPerSplit = 128;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
                                                  // write to; 1024-aligned tiles (wgmma_desc_sw128)
-constexpr int kCStride = kCtaRows + 4;      // fp32 epilogue staging row stride (bank-conflict free)
-constexpr int kXRowBytes = 64 * 2;         // an x row of one K tile in shared memory: 128 bytes, its 16-byte
-                                            // chunks swizzled (kernel.cuh, x_chunk)
+constexpr int kCStride = kCtaRows + 4;  // fp32 epilogue staging row stride (bank-conflict free)
+constexpr int kXRowBytes = 64 * 2;  // an x row of one K tile in shared memory: 128 bytes, its 16-byte
+                                    // chunks swizzled (kernel.cuh, x_chunk)
 // Alignment of the x tiles: 1024 bytes where the kernel may read them with wgmma or write them with TMA (the
 // 128-byte swizzle of both repeats every 1024 bytes: the sm_90 pipeline, and the direct decoder from 32
 // tokens and the dense-tile decoders anywhere), else 128.
@@ -67,8 +67,8 @@ inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense, bool sm90)
 
 // Kernel variants beyond the blob formats: the bitmap format has two decoders.
 constexpr int kBitmapDirect = 3;  // bitmap decoded straight into mma fragments (kernel id, not a blob format)
-constexpr int kBitmapRows = 4;    // bitmap expanded row by row into the dense tile (kernel id)
-constexpr int kGemv = 5;          // N = 1: the CUDA-core kernel of gemv.cu, either format (kernel id)
+constexpr int kBitmapRows = 4;  // bitmap expanded row by row into the dense tile (kernel id)
+constexpr int kGemv = 5;  // N = 1: the CUDA-core kernel of gemv.cu, either format (kernel id)
 
 // One kernel instantiation per (kernel id = format or kBitmapDirect, dtype, N tile); defined in
 // spmm_<variant>_<dtype>.cu.

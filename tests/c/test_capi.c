@@ -39,7 +39,12 @@ static float half_to_float(uint16_t h) { return (float)fspmm_bits_to_double(h, F
 /* True iff fp16 bits are stored by flashspmm (not +0.0 / -0.0). */
 static int is_stored(uint16_t h) { return (h & 0x7FFFu) != 0; }
 
-enum { M = 130, K = 200, LD = 203, N = 5 };
+enum {
+    M = 130,
+    K = 200,
+    LD = 203,
+    N = 5
+};
 
 /* A pruned random fp16 matrix: about 70 % zeros (some of them -0.0), values in (-1, 1). */
 static void make_matrix(uint16_t* w) {
@@ -67,8 +72,8 @@ static void* compress(const uint16_t* w, fspmm_format_t format, size_t* bytes, f
     check(fspmm_compress_host(w, M, K, LD, FSPMM_DTYPE_FLOAT16, format, blob, *bytes, &written) == FSPMM_OK &&
               written == *bytes,
           "fspmm_compress_host writes exactly the reported size");
-    check(fspmm_validate_host(blob, *bytes, &h) == FSPMM_OK && h.M == M && h.K == K &&
-              h.format == (uint8_t)*chosen && h.dtype == FSPMM_DTYPE_FLOAT16 && h.total_bytes == *bytes,
+    check(fspmm_validate_host(blob, *bytes, &h) == FSPMM_OK && h.M == M && h.K == K && h.format == (uint8_t)*chosen &&
+              h.dtype == FSPMM_DTYPE_FLOAT16 && h.total_bytes == *bytes,
           "fspmm_validate_host accepts the blob and reports its header");
     return blob;
 }
@@ -157,7 +162,8 @@ int main(void) {
         free(blob);
     }
     check(fspmm_compress_size_host(NULL, M, K, LD, FSPMM_DTYPE_FLOAT16, FSPMM_FORMAT_AUTO, &sizes[0], NULL) ==
-                  FSPMM_ERR_INVALID_ARGUMENT && fspmm_last_error()[0] != '\0',
+                  FSPMM_ERR_INVALID_ARGUMENT &&
+              fspmm_last_error()[0] != '\0',
           "NULL dense gives FSPMM_ERR_INVALID_ARGUMENT and a message");
     check(fspmm_device_count(&count) == FSPMM_OK && count >= 0, "fspmm_device_count returns FSPMM_OK");
     printf("test_capi: %d passed, %d failed\n", g_passed, g_failed);

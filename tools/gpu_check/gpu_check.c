@@ -11,14 +11,14 @@
 #include "flashspmm.h"
 #include "fspmm_bits.h" /* tests/c */
 
-#define CHECK(call)                                                                                   \
-    do {                                                                                              \
-        fspmm_status_t s_ = (call);                                                                   \
-        if (s_ != FSPMM_OK) {                                                                         \
+#define CHECK(call)                                                                                     \
+    do {                                                                                                \
+        fspmm_status_t s_ = (call);                                                                     \
+        if (s_ != FSPMM_OK) {                                                                           \
             fprintf(stderr, "%s:%d %s -> %s: %s\n", __FILE__, __LINE__, #call, fspmm_status_string(s_), \
-                    fspmm_last_error());                                                              \
-            return 1;                                                                                 \
-        }                                                                                             \
+                    fspmm_last_error());                                                                \
+            return 1;                                                                                   \
+        }                                                                                               \
     } while (0)
 
 static uint64_t rng_state = 0x1234567887654321ull;
@@ -146,14 +146,18 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
             if (err / tol > worst) worst = err / tol;
         }
     int ok = bad == 0 && same_zeroed;
-    printf("%-9s %-4s M=%-5lld K=%-5lld N=%-3lld sparsity=%.2f split_k=%d (ran %d, n_tile %d, %s) alpha=%.1f "
-           "beta=%.1f %s-encoded err/tol=%.2f %s",
-           format == FSPMM_FORMAT_BITMAP ? "bitmap" : format == FSPMM_FORMAT_TILED_CSL ? "tiled_csl" : "auto",
-           dtype == FSPMM_DTYPE_BFLOAT16 ? "bf16" : "fp16", (long long)M, (long long)K, (long long)N, sparsity,
-           split_k, info.split_k, info.n_tile, info.kernel == FSPMM_KERNEL_CUDA_CORE ? "cuda core" : "tensor core",
-           alpha, beta, gpu_encode ? "GPU" : "CPU", worst, ok ? "ok\n" : "FAIL");
-    if (!ok) printf(" (%lld elements out of tolerance, first at %lld; kept workspace %s)\n", (long long)bad,
-                    (long long)first, same_zeroed ? "same" : "DIFFERS");
+    printf(
+        "%-9s %-4s M=%-5lld K=%-5lld N=%-3lld sparsity=%.2f split_k=%d (ran %d, n_tile %d, %s) alpha=%.1f "
+        "beta=%.1f %s-encoded err/tol=%.2f %s",
+        format == FSPMM_FORMAT_BITMAP      ? "bitmap"
+        : format == FSPMM_FORMAT_TILED_CSL ? "tiled_csl"
+                                           : "auto",
+        dtype == FSPMM_DTYPE_BFLOAT16 ? "bf16" : "fp16", (long long)M, (long long)K, (long long)N, sparsity, split_k,
+        info.split_k, info.n_tile, info.kernel == FSPMM_KERNEL_CUDA_CORE ? "cuda core" : "tensor core", alpha, beta,
+        gpu_encode ? "GPU" : "CPU", worst, ok ? "ok\n" : "FAIL");
+    if (!ok)
+        printf(" (%lld elements out of tolerance, first at %lld; kept workspace %s)\n", (long long)bad,
+               (long long)first, same_zeroed ? "same" : "DIFFERS");
     CHECK(fspmm_plan_destroy(plan));
     CHECK(fspmm_device_free(d_blob));
     CHECK(fspmm_device_free(d_x));
@@ -170,7 +174,8 @@ static int convert_case(int64_t M, int64_t K, double sparsity, fspmm_format_t fo
     uint16_t* w = malloc(dense_bytes);
     uint16_t* back = malloc(dense_bytes);
     uint16_t* pruned = malloc(dense_bytes);
-    for (int64_t i = 0; i < M * K; ++i) w[i] = uniform() < sparsity ? 0 : to_bits((float)(uniform() * 2 - 1), FSPMM_DTYPE_FLOAT16);
+    for (int64_t i = 0; i < M * K; ++i)
+        w[i] = uniform() < sparsity ? 0 : to_bits((float)(uniform() * 2 - 1), FSPMM_DTYPE_FLOAT16);
     size_t bytes = 0, ws = 0, gpu_bytes = 0;
     CHECK(fspmm_compress_size_host(w, M, K, K, FSPMM_DTYPE_FLOAT16, format, &bytes, NULL));
     uint8_t* blob = malloc(bytes);

@@ -29,13 +29,25 @@ import numpy as np
 from .. import _native
 from .._native import check, lib
 
-__all__ = ["Adapter", "ArrayInfo", "Device", "adapter_for", "adapter_named", "registry", "module_of", "numpy_dtype",
-           "dtype_name", "c_strides", "byte_strides_to_elements"]
+__all__ = [
+    "Adapter",
+    "ArrayInfo",
+    "Device",
+    "adapter_for",
+    "adapter_named",
+    "registry",
+    "module_of",
+    "numpy_dtype",
+    "dtype_name",
+    "c_strides",
+    "byte_strides_to_elements",
+]
 
 Device = Union[str, tuple[str, int]]  # "cpu" or ("cuda", index)
 
 
 # ---- framework-neutral helpers --------------------------------------------------------------------------------
+
 
 def module_of(obj: Any) -> str:
     """The top-level module name of ``obj``'s type ("torch", "cupy", "jaxlib", ...)."""
@@ -60,7 +72,8 @@ def numpy_dtype(name: str) -> np.dtype:
         if dt is None:
             raise ModuleNotFoundError(
                 "bfloat16 numpy arrays need the ml_dtypes package: pip install ml_dtypes "
-                "(or use to_dense(raw=True) for the raw uint16 bit patterns)")
+                "(or use to_dense(raw=True) for the raw uint16 bit patterns)"
+            )
         return dt
     raise ValueError(f"unsupported dtype {name!r}")
 
@@ -98,6 +111,7 @@ def c_strides(shape) -> tuple[int, ...]:
 
 
 # ---- what the C API needs to know about one array ------------------------------------------------------------
+
 
 @dataclass
 class ArrayInfo:
@@ -150,6 +164,7 @@ class ArrayInfo:
 
 
 # ---- the interface --------------------------------------------------------------------------------------------
+
 
 class Adapter:
     """How flashspmm reads, allocates and hands back the arrays of one library.
@@ -204,12 +219,26 @@ class Adapter:
         dst = adapter_for(out).describe(out, "out").ptr
         ld = info.strides[0]
         if ld == cols or rows == 1:
-            check(lib.fspmm_memcpy(_native.as_ptr(dst), _native.as_ptr(info.ptr), rows * cols * 2,
-                                   lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
+            check(
+                lib.fspmm_memcpy(
+                    _native.as_ptr(dst),
+                    _native.as_ptr(info.ptr),
+                    rows * cols * 2,
+                    lib.FSPMM_COPY_DEVICE_TO_DEVICE,
+                    _native.as_ptr(stream),
+                )
+            )
             return
         for r in range(rows):
-            check(lib.fspmm_memcpy(_native.as_ptr(dst + r * cols * 2), _native.as_ptr(info.ptr + r * ld * 2), cols * 2,
-                                   lib.FSPMM_COPY_DEVICE_TO_DEVICE, _native.as_ptr(stream)))
+            check(
+                lib.fspmm_memcpy(
+                    _native.as_ptr(dst + r * cols * 2),
+                    _native.as_ptr(info.ptr + r * ld * 2),
+                    cols * 2,
+                    lib.FSPMM_COPY_DEVICE_TO_DEVICE,
+                    _native.as_ptr(stream),
+                )
+            )
 
     def owner_stream(self, array: Any) -> int:
         """The stream the array's allocator orders the reuse of its memory on (0: memory returned through
@@ -276,10 +305,10 @@ def adapter_for(obj: Any, what: str = "array") -> Adapter:
             return adapter
     raise TypeError(
         f"{what} must be a numpy array, a torch tensor, a cupy array, an object with __cuda_array_interface__ "
-        f"or __dlpack__ (JAX, ...); got {type(obj).__module__}.{type(obj).__qualname__}")
+        f"or __dlpack__ (JAX, ...); got {type(obj).__module__}.{type(obj).__qualname__}"
+    )
 
 
 def adapter_named(framework: str) -> Adapter:
     """The adapter whose :attr:`Adapter.name` is ``framework`` (the generic one for an unknown name)."""
     return _BY_NAME.get(framework, _GENERIC)
-

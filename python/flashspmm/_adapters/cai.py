@@ -53,12 +53,21 @@ class CAIAdapter(Adapter):
         except _native.Error:  # no driver or device: the array cannot be used on a GPU anyway; say so later
             index = 0
         if index < 0:
-            raise ValueError("this __cuda_array_interface__ array points at host memory; pass a numpy array for "
-                             "host data")
+            raise ValueError(
+                "this __cuda_array_interface__ array points at host memory; pass a numpy array for host data"
+            )
         stream = cai.get("stream")
-        return ArrayInfo(obj=obj, ptr=ptr, shape=shape, strides=strides, dtype=dtype, device=("cuda", index),
-                         stream=0 if stream is None else int(stream), framework="cuda_array_interface",
-                         read_only=bool(cai["data"][1]))
+        return ArrayInfo(
+            obj=obj,
+            ptr=ptr,
+            shape=shape,
+            strides=strides,
+            dtype=dtype,
+            device=("cuda", index),
+            stream=0 if stream is None else int(stream),
+            framework="cuda_array_interface",
+            read_only=bool(cai["data"][1]),
+        )
 
 
 class ExternalAdapter(CAIAdapter):
@@ -131,14 +140,21 @@ class DeviceBuffer:
             with _native.on_device(self.device_index):
                 _native.check(lib.fspmm_stream_synchronize(_native.as_ptr(self.ready_stream)))
         versioned = max_version is not None and tuple(max_version) >= (1, 0)
-        return _dlpack.export_capsule(self.ptr, self.shape, self.dtype, _dlpack.DEVICE_CUDA, self.device_index,
-                                      owner=self, versioned=versioned)
+        return _dlpack.export_capsule(
+            self.ptr, self.shape, self.dtype, _dlpack.DEVICE_CUDA, self.device_index, owner=self, versioned=versioned
+        )
 
     @property
     def __cuda_array_interface__(self):
         typestr = {"float16": "<f2", "bfloat16": "<V2", "uint8": "|u1"}[self.dtype]
-        return {"shape": self.shape, "typestr": typestr, "data": (self.ptr, False), "strides": None,
-                "version": 3, "stream": None}
+        return {
+            "shape": self.shape,
+            "typestr": typestr,
+            "data": (self.ptr, False),
+            "strides": None,
+            "version": 3,
+            "stream": None,
+        }
 
     def __repr__(self):
         return f"DeviceBuffer(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device_index})"

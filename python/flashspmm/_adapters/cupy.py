@@ -32,10 +32,16 @@ class CupyAdapter(Adapter):
 
     def describe(self, a, what="array"):
         index = int(a.device.id)
-        return ArrayInfo(obj=a, ptr=int(a.data.ptr), shape=tuple(a.shape),
-                         strides=byte_strides_to_elements(a.strides, a.itemsize, "the array"),
-                         dtype=a.dtype.name, device=("cuda", index), stream=self.current_stream(index),
-                         framework="cupy")
+        return ArrayInfo(
+            obj=a,
+            ptr=int(a.data.ptr),
+            shape=tuple(a.shape),
+            strides=byte_strides_to_elements(a.strides, a.itemsize, "the array"),
+            dtype=a.dtype.name,
+            device=("cuda", index),
+            stream=self.current_stream(index),
+            framework="cupy",
+        )
 
     def empty(self, shape, dtype, device_index):
         if device_index is None:

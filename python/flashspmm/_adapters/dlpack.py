@@ -38,8 +38,15 @@ class HostExport:
         a = self.array
         dtype = "bfloat16" if a.dtype.name == "bfloat16" else a.dtype.name
         versioned = max_version is not None and tuple(max_version) >= (1, 0)
-        return _dlpack.export_capsule(int(a.__array_interface__["data"][0]), a.shape, dtype, _dlpack.DEVICE_CPU, 0,
-                                      owner=self, versioned=versioned)
+        return _dlpack.export_capsule(
+            int(a.__array_interface__["data"][0]),
+            a.shape,
+            dtype,
+            _dlpack.DEVICE_CPU,
+            0,
+            owner=self,
+            versioned=versioned,
+        )
 
 
 class DLPackAdapter(Adapter):
@@ -70,11 +77,21 @@ class DLPackAdapter(Adapter):
         elif imported.device_type in (_dlpack.DEVICE_CUDA, _dlpack.DEVICE_CUDA_MANAGED):
             where, stream = ("cuda", imported.device_id), 0
         else:
-            raise ValueError(f"{what} lives on DLPack device type {imported.device_type}; flashspmm reads CPU and "
-                             f"CUDA memory")
-        return ArrayInfo(obj=obj, ptr=imported.ptr, shape=imported.shape, strides=imported.strides,
-                         dtype=imported.dtype, device=where, stream=stream, framework="dlpack", keep=imported,
-                         read_only=imported.read_only)
+            raise ValueError(
+                f"{what} lives on DLPack device type {imported.device_type}; flashspmm reads CPU and CUDA memory"
+            )
+        return ArrayInfo(
+            obj=obj,
+            ptr=imported.ptr,
+            shape=imported.shape,
+            strides=imported.strides,
+            dtype=imported.dtype,
+            device=where,
+            stream=stream,
+            framework="dlpack",
+            keep=imported,
+            read_only=imported.read_only,
+        )
 
     def importer(self, obj):
         """The ``from_dlpack`` of the library that made ``obj`` (None for a capsule or an unknown library)."""

@@ -20,9 +20,16 @@ class NumpyAdapter(Adapter):
         if a.dtype.byteorder == ">":
             raise TypeError("big-endian arrays are not supported; convert with a.astype(a.dtype.newbyteorder('<'))")
         return ArrayInfo(
-            obj=a, ptr=int(a.__array_interface__["data"][0]), shape=tuple(a.shape),
+            obj=a,
+            ptr=int(a.__array_interface__["data"][0]),
+            shape=tuple(a.shape),
             strides=byte_strides_to_elements(a.strides, a.itemsize, "the array"),
-            dtype=a.dtype.name, device="cpu", stream=None, framework="numpy", read_only=not a.flags.writeable)
+            dtype=a.dtype.name,
+            device="cpu",
+            stream=None,
+            framework="numpy",
+            read_only=not a.flags.writeable,
+        )
 
     def contiguous_copy(self, info, shape, stream):
         return np.ascontiguousarray(info.obj).reshape(shape)

@@ -38,9 +38,17 @@ class TorchAdapter(Adapter):
             device, stream = "cpu", None
         else:
             raise ValueError(f"torch tensors on {t.device.type!r} are not supported; use a CUDA or CPU tensor")
-        return ArrayInfo(obj=t, ptr=int(t.data_ptr()), shape=tuple(t.shape), strides=tuple(t.stride()),
-                         dtype=dtype, device=device, stream=stream, framework="torch",
-                         requires_grad=bool(t.requires_grad and torch.is_grad_enabled()))
+        return ArrayInfo(
+            obj=t,
+            ptr=int(t.data_ptr()),
+            shape=tuple(t.shape),
+            strides=tuple(t.stride()),
+            dtype=dtype,
+            device=device,
+            stream=stream,
+            framework="torch",
+            requires_grad=bool(t.requires_grad and torch.is_grad_enabled()),
+        )
 
     def empty(self, shape, dtype, device_index):
         torch = sys.modules["torch"]

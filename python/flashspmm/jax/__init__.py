@@ -17,5 +17,16 @@ from ._matrix import JaxSparseMatrix, compress, from_sparse, load, to_dense
 from ._ops import linear
 from ._shard import shard_cols, shard_rows
 
-__all__ = ["JaxSparseMatrix", "compress", "from_sparse", "load", "linear", "to_dense", "prune", "shard_rows",
-           "shard_cols", "LINEAR", "DECOMPRESS"]
+__all__ = [
+    "JaxSparseMatrix",
+    "compress",
+    "from_sparse",
+    "load",
+    "linear",
+    "to_dense",
+    "prune",
+    "shard_rows",
+    "shard_cols",
+    "LINEAR",
+    "DECOMPRESS",
+]

@@ -24,8 +24,18 @@ try:  # the public name, where this JAX still has it
 except ImportError:  # pragma: no cover
     from jax._src.core import Tracer
 
-__all__ = ["LINEAR", "DECOMPRESS", "HeaderInfo", "parse_header", "launch_header", "linear_call", "decompress_call",
-           "cuda_workspace", "is_tracer", "match_varying"]
+__all__ = [
+    "LINEAR",
+    "DECOMPRESS",
+    "HeaderInfo",
+    "parse_header",
+    "launch_header",
+    "linear_call",
+    "decompress_call",
+    "cuda_workspace",
+    "is_tracer",
+    "match_varying",
+]
 
 LINEAR = "flashspmm_linear"
 DECOMPRESS = "flashspmm_decompress"
@@ -44,8 +54,8 @@ class HeaderInfo(NamedTuple):
 
     M: int
     K: int
-    dtype: str          # "float16" or "bfloat16"
-    format: str         # "bitmap" or "tiled_csl"
+    dtype: str  # "float16" or "bfloat16"
+    format: str  # "bitmap" or "tiled_csl"
     nnz: int
     total_bytes: int
     data_offset: int
@@ -59,8 +69,17 @@ def parse_header(header: bytes) -> HeaderInfo:
     f = _HEADER.unpack(header)
     if f[0] != _MAGIC or f[3] not in _DTYPES or f[2] not in _FORMATS:
         raise ValueError("not a flashspmm blob header (bad magic, dtype or format)")
-    return HeaderInfo(M=f[4], K=f[5], dtype=_DTYPES[f[3]], format=_FORMATS[f[2]], nnz=f[6], total_bytes=f[15],
-                      data_offset=f[13], data_bytes=f[14], max_tile_bytes=f[17])
+    return HeaderInfo(
+        M=f[4],
+        K=f[5],
+        dtype=_DTYPES[f[3]],
+        format=_FORMATS[f[2]],
+        nnz=f[6],
+        total_bytes=f[15],
+        data_offset=f[13],
+        data_bytes=f[14],
+        max_tile_bytes=f[17],
+    )
 
 
 def _checksum(data: bytes) -> int:
@@ -87,11 +106,11 @@ def launch_header(headers) -> bytes:
         if (f[2], f[3], f[4], f[5]) != (first[2], first[3], first[4], first[5]):
             raise ValueError("the shards differ in format, dtype or shape; they cannot share one launch header")
     out = list(max(fields, key=lambda f: f[15]))
-    out[6] = max(f[6] for f in fields)            # nnz
-    out[14] = max(f[14] for f in fields)          # data_bytes
-    out[15] = out[13] + out[14]                   # total_bytes = data_offset + data_bytes
-    out[16] = 0                                   # payload_checksum: not one blob's
-    out[17] = max(f[17] for f in fields)          # max_tile_bytes
+    out[6] = max(f[6] for f in fields)  # nnz
+    out[14] = max(f[14] for f in fields)  # data_bytes
+    out[15] = out[13] + out[14]  # total_bytes = data_offset + data_bytes
+    out[16] = 0  # payload_checksum: not one blob's
+    out[17] = max(f[17] for f in fields)  # max_tile_bytes
     body = _HEADER.pack(*out)[:120]
     return body + struct.pack("<Q", _checksum(body))
 
@@ -100,8 +119,10 @@ def _handler_capsule(name: str):
     try:
         fn = _native.lib.fspmm_xla_handler
     except AttributeError:
-        raise ImportError("flashspmm.jax needs a libflashspmm with XLA FFI handlers (fspmm_xla_handler); rebuild "
-                          "and reinstall flashspmm (pip install .)") from None
+        raise ImportError(
+            "flashspmm.jax needs a libflashspmm with XLA FFI handlers (fspmm_xla_handler); rebuild "
+            "and reinstall flashspmm (pip install .)"
+        ) from None
     ptr = fn(name.encode())
     if ptr == ffi.NULL:
         raise ImportError(f"libflashspmm has no XLA FFI handler {name!r}; rebuild and reinstall flashspmm")
@@ -143,6 +164,7 @@ def is_tracer(a) -> bool:
 
 # ---- varying manual axes (inside shard_map) ------------------------------------------------------------------
 
+
 def _varying(a) -> frozenset:
     """The mesh axes `a` varies over inside shard_map (empty elsewhere)."""
     t = jax.typeof(a)
@@ -178,6 +200,7 @@ def _result(like, shape, dtype):
 
 # ---- the calls ------------------------------------------------------------------------------------------------
 
+
 def _words(header: bytes) -> np.ndarray:
     return np.frombuffer(header, dtype="<i8").copy()
 
@@ -191,19 +214,20 @@ def linear_call(header: bytes, x, blob, bias, out, *, alpha: float, beta: float,
     out_shape = tuple(x.shape[:-1]) + (info.M,)
     y_type = _result(x, out_shape, dtype)
     n = math.prod(x.shape[:-1])
-    attrs = dict(header=_words(header), alpha=np.float32(alpha), beta=np.float32(beta),
-                 has_bias=np.int32(bias is not None))
+    attrs = dict(
+        header=_words(header), alpha=np.float32(alpha), beta=np.float32(beta), has_bias=np.int32(bias is not None)
+    )
     aliases: Optional[dict] = {len(operands) - 1: 0} if out is not None else None
 
     def cpu(*ops):
-        return jax.ffi.ffi_call(LINEAR, y_type, input_output_aliases=aliases)(*ops, split_k=np.int32(split_k),
-                                                                              **attrs)
+        return jax.ffi.ffi_call(LINEAR, y_type, input_output_aliases=aliases)(*ops, split_k=np.int32(split_k), **attrs)
 
     def cuda(*ops):
         ws_bytes, splits = cuda_workspace(header, n, split_k)
         ws_type = _result(ops[1], (ws_bytes,), np.uint8)
         y, _ = jax.ffi.ffi_call(LINEAR, (y_type, ws_type), input_output_aliases=aliases)(
-            *ops, split_k=np.int32(splits), **attrs)
+            *ops, split_k=np.int32(splits), **attrs
+        )
         return y
 
     return jax.lax.platform_dependent(*operands, cpu=cpu, cuda=cuda)

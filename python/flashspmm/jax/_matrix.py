@@ -18,10 +18,10 @@ __all__ = ["JaxSparseMatrix", "compress", "from_sparse", "load"]
 class _Static:
     """The pytree's static part (hashable; equal for equal matrices, so jit traces once per set of weights)."""
 
-    header: bytes        # the 128 header bytes: the blob's own, or the launch header of a shard
-    shards: int = 1      # > 1: the blob holds `shards` padded shard blobs, one per device along a mesh axis
-    split: str = ""      # "rows" (W split by out features) or "cols" (by in features) when shards > 1
-    nnz: int = -1        # stored values of the whole matrix (-1: the header's)
+    header: bytes  # the 128 header bytes: the blob's own, or the launch header of a shard
+    shards: int = 1  # > 1: the blob holds `shards` padded shard blobs, one per device along a mesh axis
+    split: str = ""  # "rows" (W split by out features) or "cols" (by in features) when shards > 1
+    nnz: int = -1  # stored values of the whole matrix (-1: the header's)
     axis: object = None  # the mesh axis the shards are spread over
 
     def __repr__(self):  # the header as its checksum: treedefs print this
@@ -91,7 +91,7 @@ class JaxSparseMatrix:
 
     @property
     def split(self) -> Optional[str]:
-        """"rows" or "cols" for a matrix from shard_rows / shard_cols, else None."""
+        """ "rows" or "cols" for a matrix from shard_rows / shard_cols, else None."""
         return self._static.split or None
 
     @property
@@ -129,7 +129,7 @@ class JaxSparseMatrix:
 
     @property
     def format(self) -> str:
-        """"bitmap" or "tiled_csl"."""
+        """ "bitmap" or "tiled_csl"."""
         return parse_header(self.header).format
 
     @property
@@ -188,8 +188,10 @@ class JaxSparseMatrix:
         if isinstance(self.blob, jax.Array) and not is_tracer(self.blob):
             where = f", device={','.join(sorted(str(d) for d in self.blob.devices()))}"
         shards = f", shards={self.shards} ({self.split})" if self.shards > 1 else ""
-        return (f"JaxSparseMatrix(shape=({m}, {k}), dtype={self.dtype.name}, format={self.format}, nnz={self.nnz}"
-                f"{shards}, nbytes={self.nbytes}{where})")
+        return (
+            f"JaxSparseMatrix(shape=({m}, {k}), dtype={self.dtype.name}, format={self.format}, nnz={self.nnz}"
+            f"{shards}, nbytes={self.nbytes}{where})"
+        )
 
 
 def _rebuild(blob, static):
@@ -202,8 +204,10 @@ def _default_device(w):
     if isinstance(w, jax.Array) and not is_tracer(w):
         devices = w.devices()
         if len(devices) != 1:
-            raise ValueError("w is split over several devices; compress its shards with flashspmm.jax.shard_rows "
-                             "or shard_cols, or gather it first")
+            raise ValueError(
+                "w is split over several devices; compress its shards with flashspmm.jax.shard_rows "
+                "or shard_cols, or gather it first"
+            )
         return next(iter(devices)) if w.committed else None
     return None
 
@@ -235,9 +239,11 @@ def _sparse_compress(w, **kwargs):
     from .. import compress as sparse_compress
 
     if is_tracer(w):
-        raise TypeError("flashspmm.jax.compress cannot run under jax.jit or other transformations (the blob "
-                        "size depends on the data): compress the weights once, eagerly, and pass the "
-                        "JaxSparseMatrix into the jitted function")
+        raise TypeError(
+            "flashspmm.jax.compress cannot run under jax.jit or other transformations (the blob "
+            "size depends on the data): compress the weights once, eagerly, and pass the "
+            "JaxSparseMatrix into the jitted function"
+        )
     return sparse_compress(w, **kwargs)
 
 
@@ -267,14 +273,19 @@ def check_blob(W: JaxSparseMatrix, what: str) -> None:
     shape = getattr(blob, "shape", None)
     dtype = getattr(blob, "dtype", None)
     if shape is None or dtype != np.uint8 or len(shape) != 1:
-        raise TypeError(f"W.blob must be a 1-D uint8 array, got {type(blob).__qualname__} "
-                        f"{getattr(blob, 'dtype', '')}{list(shape) if shape is not None else ''}")
+        raise TypeError(
+            f"W.blob must be a 1-D uint8 array, got {type(blob).__qualname__} "
+            f"{getattr(blob, 'dtype', '')}{list(shape) if shape is not None else ''}"
+        )
     n = W.shard_nbytes
     if shape[0] == n:
         return
     if W.shards > 1 and shape[0] == n * W.shards:
         axis = "out features (rows)" if W.split == "rows" else "in features (columns)"
-        raise ValueError(f"{what}: W is split by {axis} into {W.shards} shards over a mesh axis; call it inside "
-                         f"jax.shard_map with W's in_spec P(axis) so that each device sees its own shard")
-    raise ValueError(f"{what}: W.blob holds {shape[0]} bytes but W's header says {n}; the blob and header do not "
-                     f"belong together")
+        raise ValueError(
+            f"{what}: W is split by {axis} into {W.shards} shards over a mesh axis; call it inside "
+            f"jax.shard_map with W's in_spec P(axis) so that each device sees its own shard"
+        )
+    raise ValueError(
+        f"{what}: W.blob holds {shape[0]} bytes but W's header says {n}; the blob and header do not belong together"
+    )

@@ -36,8 +36,10 @@ class _Call:
 
 def _static_number(value, what: str) -> float:
     if is_tracer(value) or isinstance(value, jax.Array):
-        raise TypeError(f"{what} must be a Python number: it is compiled into the call. For a traced {what}, "
-                        f"scale instead (e.g. {what} * linear(x, W))")
+        raise TypeError(
+            f"{what} must be a Python number: it is compiled into the call. For a traced {what}, "
+            f"scale instead (e.g. {what} * linear(x, W))"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {type(value).__qualname__}")
     return float(value)
@@ -48,14 +50,18 @@ def _as_array(a, what: str):
         return a
     if isinstance(a, (np.ndarray, np.generic, list, tuple)):
         return jnp.asarray(a)
-    raise TypeError(f"{what} must be a JAX or numpy array, got {type(a).__module__}.{type(a).__qualname__} "
-                    f"(convert it with jnp.asarray)")
+    raise TypeError(
+        f"{what} must be a JAX or numpy array, got {type(a).__module__}.{type(a).__qualname__} "
+        f"(convert it with jnp.asarray)"
+    )
 
 
 def _require_dtype(a, what: str, W: JaxSparseMatrix) -> None:
     if a.dtype != W.dtype:
-        raise TypeError(f"{what} has dtype {a.dtype} but W holds {W.dtype.name}: convert it with "
-                        f"{what}.astype(jnp.{W.dtype.name}) (x, bias, out and W share one dtype)")
+        raise TypeError(
+            f"{what} has dtype {a.dtype} but W holds {W.dtype.name}: convert it with "
+            f"{what}.astype(jnp.{W.dtype.name}) (x, bias, out and W share one dtype)"
+        )
 
 
 def _devices(a):
@@ -74,12 +80,13 @@ def _require_same_devices(W: JaxSparseMatrix, arrays) -> None:
         if devices is not None and devices != w_devices:
             names = ", ".join(sorted(str(d) for d in devices))
             w_names = ", ".join(sorted(str(d) for d in w_devices))
-            raise ValueError(f"{what} is on {names} but W is on {w_names}: put them on one device, e.g. "
-                             f"W = jax.device_put(W, {what}.sharding) (or move {what} to W's device)")
+            raise ValueError(
+                f"{what} is on {names} but W is on {w_names}: put them on one device, e.g. "
+                f"W = jax.device_put(W, {what}.sharding) (or move {what} to W's device)"
+            )
 
 
-def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float = 0.0, out=None,
-           split_k: int = 0):
+def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float = 0.0, out=None, split_k: int = 0):
     """y = alpha * x @ W.T + bias + beta * out, like ``flashspmm.linear``, as a JAX operation.
 
     Works eagerly and under ``jax.jit``, ``jax.vmap`` (batch dimensions of x become rows: one launch),
@@ -105,8 +112,10 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
         [..., M] array of W's dtype.
     """
     if isinstance(W, SparseMatrix):
-        raise TypeError("W is a flashspmm.SparseMatrix; convert it once with W = flashspmm.jax.from_sparse(W) "
-                        "(or compress with flashspmm.jax.compress)")
+        raise TypeError(
+            "W is a flashspmm.SparseMatrix; convert it once with W = flashspmm.jax.from_sparse(W) "
+            "(or compress with flashspmm.jax.compress)"
+        )
     if not isinstance(W, JaxSparseMatrix):
         raise TypeError(f"W must be a flashspmm.jax.JaxSparseMatrix, got {type(W).__qualname__}")
     alpha = _static_number(alpha, "alpha")
@@ -121,10 +130,15 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
     x = _as_array(x, "x")
     _require_dtype(x, "x", W)
     if x.ndim == 0 or x.shape[-1] != K:
-        shard = (" (one shard of a matrix split by columns: split x the same way, in_spec P(None, axis))"
-                 if W.split == "cols" else "")
-        raise ValueError(f"x.shape[-1] does not match W's in features: W is [M={M}, K={K}]{shard}, x must be "
-                         f"[..., {K}], got shape {tuple(x.shape)}")
+        shard = (
+            " (one shard of a matrix split by columns: split x the same way, in_spec P(None, axis))"
+            if W.split == "cols"
+            else ""
+        )
+        raise ValueError(
+            f"x.shape[-1] does not match W's in features: W is [M={M}, K={K}]{shard}, x must be "
+            f"[..., {K}], got shape {tuple(x.shape)}"
+        )
     out_shape = tuple(x.shape[:-1]) + (M,)
     checked = [("x", x)]
     if bias is not None:
@@ -139,8 +153,10 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
         out = _as_array(out, "out")
         _require_dtype(out, "out", W)
         if tuple(out.shape) != out_shape:
-            raise ValueError(f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
-                             f"got {tuple(out.shape)}")
+            raise ValueError(
+                f"out must have shape {out_shape} (x's leading dimensions + W's out features {M}), "
+                f"got {tuple(out.shape)}"
+            )
         checked.append(("out", out))
     else:
         out = None  # with beta == 0 the old values are not used
@@ -160,6 +176,7 @@ def linear(x, W: JaxSparseMatrix, bias=None, *, alpha: float = 1.0, beta: float 
 
 
 # ---- gradient ---------------------------------------------------------------------------------------------
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _linear(call: _Call, x, blob, bias, out):
@@ -189,6 +206,7 @@ _linear_compiled = jax.jit(_linear, static_argnums=0)
 
 # ---- batching ---------------------------------------------------------------------------------------------
 
+
 def _pack(call: _Call, x, blob, bias, out):
     return [x, blob] + ([bias] if call.has_bias else []) + ([out] if call.has_out else [])
 
@@ -206,8 +224,9 @@ def _batched(call: _Call, x, blob, bias, out):
     @jax.custom_batching.custom_vmap
     def f(*args):
         x, blob, bias, out = _unpack(call, args)
-        return linear_call(call.header, x, blob, bias, out, alpha=call.alpha, beta=call.beta,
-                           split_k=call.split_k, dtype=call.dtype)
+        return linear_call(
+            call.header, x, blob, bias, out, alpha=call.alpha, beta=call.beta, split_k=call.split_k, dtype=call.dtype
+        )
 
     f.def_vmap(functools.partial(_vmap_rule, call))
     return f(*_pack(call, x, blob, bias, out))
@@ -217,8 +236,10 @@ def _vmap_rule(call: _Call, axis_size: int, in_batched, *args):
     x, blob, bias, out = _unpack(call, args)
     x_b, blob_b, bias_b, out_b = _unpack(call, in_batched)
     if blob_b:
-        raise ValueError("jax.vmap over W is not supported: W's blob has a batch dimension. Map over x only "
-                         "(close over W, or pass it with in_axes=None), or loop over the matrices with lax.map")
+        raise ValueError(
+            "jax.vmap over W is not supported: W's blob has a batch dimension. Map over x only "
+            "(close over W, or pass it with in_axes=None), or loop over the matrices with lax.map"
+        )
     # batched arguments have their batch dimension first; give the others one too
     if not x_b:
         x = jnp.broadcast_to(x, (axis_size,) + tuple(x.shape))
@@ -230,4 +251,3 @@ def _vmap_rule(call: _Call, axis_size: int, in_batched, *args):
         b = bias.astype(jnp.float32).reshape((axis_size,) + (1,) * (y.ndim - 2) + (bias.shape[-1],))
         return (y.astype(jnp.float32) + b).astype(call.dtype), True
     return _batched(call, x, blob, bias, out), True
-

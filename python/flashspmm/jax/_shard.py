@@ -47,12 +47,14 @@ def _pieces(w, count: int, split: str):
     n = M if split == "rows" else K
     if n % count:
         what = "M (rows, out features)" if split == "rows" else "K (columns, in features)"
-        raise ValueError(f"{what} = {n} is not a multiple of the mesh axis size {count}: every device needs a shard "
-                         f"of the same shape (pad W, or use a mesh axis whose size divides {n})")
+        raise ValueError(
+            f"{what} = {n} is not a multiple of the mesh axis size {count}: every device needs a shard "
+            f"of the same shape (pad W, or use a mesh axis whose size divides {n})"
+        )
     step = n // count
     if split == "rows":
-        return [w[i * step:(i + 1) * step] for i in range(count)]
-    return [w[:, i * step:(i + 1) * step] for i in range(count)]
+        return [w[i * step : (i + 1) * step] for i in range(count)]
+    return [w[:, i * step : (i + 1) * step] for i in range(count)]
 
 
 def _compress_shard(piece, device, format: str, dtype):
@@ -64,11 +66,14 @@ def _compress_shard(piece, device, format: str, dtype):
 
 def _shard(w, mesh: Mesh, axis, split: str, format: str, dtype) -> JaxSparseMatrix:
     if is_tracer(w):
-        raise TypeError("shard_rows / shard_cols run eagerly (the blob sizes depend on the data): call them outside "
-                        "jax.jit and pass the result into the jitted function")
+        raise TypeError(
+            "shard_rows / shard_cols run eagerly (the blob sizes depend on the data): call them outside "
+            "jax.jit and pass the result into the jitted function"
+        )
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((4,), ('tp',))), got "
-                        f"{type(mesh).__qualname__}")
+        raise TypeError(
+            f"mesh must be a jax.sharding.Mesh (e.g. jax.make_mesh((4,), ('tp',))), got {type(mesh).__qualname__}"
+        )
     if axis not in mesh.axis_names:
         raise ValueError(f"axis {axis!r} is not an axis of the mesh (its axes are {mesh.axis_names})")
     count = int(mesh.shape[axis])
@@ -79,8 +84,10 @@ def _shard(w, mesh: Mesh, axis, split: str, format: str, dtype) -> JaxSparseMatr
     formats = {m.format for m in matrices}
     if len(formats) > 1:  # "auto" chose differently per shard: one program needs one format
         chosen = max(matrices, key=lambda m: m.nbytes).format
-        matrices = [m if m.format == chosen else _compress_shard(p, devices[i, 0], chosen, dtype)
-                    for i, (m, p) in enumerate(zip(matrices, pieces))]
+        matrices = [
+            m if m.format == chosen else _compress_shard(p, devices[i, 0], chosen, dtype)
+            for i, (m, p) in enumerate(zip(matrices, pieces))
+        ]
     blobs = [np.asarray(m.blob()) for m in matrices]
     header = launch_header([b[:128].tobytes() for b in blobs])
     slot = parse_header(header).total_bytes
@@ -91,4 +98,3 @@ def _shard(w, mesh: Mesh, axis, split: str, format: str, dtype) -> JaxSparseMatr
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     blob = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
     return JaxSparseMatrix(blob, header, shards=count, split=split, nnz=sum(m.nnz for m in matrices), axis=axis)
-

@@ -32,9 +32,26 @@ from ._sparsify import (
     wanda_prune,
 )
 
-__all__ = ["SparseLinear", "FusedSparseLinear", "SparseLinearSlice", "sparsify", "fuse_sparse", "SparsifyReport",
-           "LayerReport", "select_linears", "prune_weight", "wanda_prune", "collect_input_norms", "DEFAULT_FUSE_GROUPS",
-           "save_sparse", "load_sparse", "from_pretrained", "read_sparse_bitmask", "register", "linear"]
+__all__ = [
+    "SparseLinear",
+    "FusedSparseLinear",
+    "SparseLinearSlice",
+    "sparsify",
+    "fuse_sparse",
+    "SparsifyReport",
+    "LayerReport",
+    "select_linears",
+    "prune_weight",
+    "wanda_prune",
+    "collect_input_norms",
+    "DEFAULT_FUSE_GROUPS",
+    "save_sparse",
+    "load_sparse",
+    "from_pretrained",
+    "read_sparse_bitmask",
+    "register",
+    "linear",
+]
 
 
 def linear(x: "_torch.Tensor", W, bias=None) -> "_torch.Tensor":
@@ -60,8 +77,18 @@ def linear(x: "_torch.Tensor", W, bias=None) -> "_torch.Tensor":
 
 
 # tensor parallelism (torch.distributed); the module is flashspmm.torch.parallel
-from .parallel import (ColumnParallelSparseLinear, RowParallelSparseLinear, load_sparse_parallel,  # noqa: E402
-                       parallelize, save_sparse_parallel)
+from .parallel import (  # noqa: E402
+    ColumnParallelSparseLinear,
+    RowParallelSparseLinear,
+    load_sparse_parallel,
+    parallelize,
+    save_sparse_parallel,
+)
 
-__all__ += ["ColumnParallelSparseLinear", "RowParallelSparseLinear", "parallelize", "save_sparse_parallel",
-            "load_sparse_parallel"]
+__all__ += [
+    "ColumnParallelSparseLinear",
+    "RowParallelSparseLinear",
+    "parallelize",
+    "save_sparse_parallel",
+    "load_sparse_parallel",
+]

@@ -39,32 +39,74 @@ from .._bench_model import _int_list, _percent_list  # the same option syntax as
 # NVLink multicast (NVLS) stays off unless the environment says otherwise: a program using it can take a shared
 # host's GPUs out of service. NCCL, torch's symmetric memory and NVSHMEM each have a switch; set before NCCL is
 # initialised; values already in the environment win.
-ENV_DEFAULTS: Dict[str, str] = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-                                "NVSHMEM_DISABLE_NVLS": "1"}
+ENV_DEFAULTS: Dict[str, str] = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
 for _key, _value in ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
 MODELS: Dict[str, dict] = {
-    "llama2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                       num_key_value_heads=8, vocab_size=32000),
+    "llama2-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    ),
     # for checking the code path on CPUs
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
-                 num_key_value_heads=4, vocab_size=256),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=256,
+    ),
 }
 # the plan relative to one decoder layer (patterns match the ends of module names)
-LAYER_PLAN = {"self_attn.q_proj": "colwise", "self_attn.k_proj": "colwise", "self_attn.v_proj": "colwise",
-              "self_attn.o_proj": "rowwise", "mlp.gate_proj": "colwise", "mlp.up_proj": "colwise",
-              "mlp.down_proj": "rowwise"}
+LAYER_PLAN = {
+    "self_attn.q_proj": "colwise",
+    "self_attn.k_proj": "colwise",
+    "self_attn.v_proj": "colwise",
+    "self_attn.o_proj": "rowwise",
+    "mlp.gate_proj": "colwise",
+    "mlp.up_proj": "colwise",
+    "mlp.down_proj": "rowwise",
+}
 CHECK_TOL = 2e-2
-FIELDS = ["model", "layers", "tp", "variant", "sparsity", "batch", "mode", "ms_per_step", "tokens_per_s", "speedup",
-          "weight_gb_per_gpu", "peak_gb_per_gpu", "check_rel_err", "status"]
+FIELDS = [
+    "model",
+    "layers",
+    "tp",
+    "variant",
+    "sparsity",
+    "batch",
+    "mode",
+    "ms_per_step",
+    "tokens_per_s",
+    "speedup",
+    "weight_gb_per_gpu",
+    "peak_gb_per_gpu",
+    "check_rel_err",
+    "status",
+]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m flashspmm.torch._bench_tp", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tp", type=int, default=None,
-                   help="ranks (GPUs); without torchrun, the module launches torchrun with this many processes")
+    p = argparse.ArgumentParser(
+        prog="python -m flashspmm.torch._bench_tp",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=None,
+        help="ranks (GPUs); without torchrun, the module launches torchrun with this many processes",
+    )
     p.add_argument("--model", default="llama2-70b", choices=sorted(MODELS))
     p.add_argument("--layers", type=int, default=None, help="build only N decoder layers (short form)")
     p.add_argument("--batch", type=_int_list, default=[1, 8, 32], help="batch sizes (sequences decoded at once)")
@@ -75,8 +117,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--mode", default="graph", choices=("graph", "eager"))
     p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"))
     p.add_argument("--fuse", action="store_true", help="fuse the sparse q/k/v and gate/up shards per rank")
-    p.add_argument("--check", action="store_true",
-                   help="compare each sparse model's logits with a dense model of the same pruned shards")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare each sparse model's logits with a dense model of the same pruned shards",
+    )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: gloo, eager (code path check)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", default="bench-tp.csv", help="written by rank 0")
@@ -107,13 +152,22 @@ def _launch(args: argparse.Namespace, argv: List[str]) -> int:
     if args.tp is None:
         print("give --tp N (the number of GPUs), or start the module with torchrun", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.tp}",
-           "-m", "flashspmm.torch._bench_tp", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.tp}",
+        "-m",
+        "flashspmm.torch._bench_tp",
+        *argv,
+    ]
     print(" ".join(f"{k}={os.environ[k]}" for k in ENV_DEFAULTS) + " " + " ".join(cmd), file=sys.stderr)
     return subprocess.call(cmd, env=dict(os.environ))
 
 
 # ---- building -----------------------------------------------------------------------------------------------------
+
 
 def make_config(name: str, layers: Optional[int]):
     import transformers
@@ -165,17 +219,18 @@ def shard_dense(layer, rank: int, world: int, sparsity: Optional[float]) -> None
             w, b = linear.weight.detach(), linear.bias
             if style == "colwise":
                 n = w.shape[0] // world
-                shard = w[rank * n:(rank + 1) * n].contiguous()
-                bias = None if b is None else b.detach()[rank * n:(rank + 1) * n].contiguous()
+                shard = w[rank * n : (rank + 1) * n].contiguous()
+                bias = None if b is None else b.detach()[rank * n : (rank + 1) * n].contiguous()
             else:
                 k = w.shape[1] // world
-                shard = w[:, rank * k:(rank + 1) * k].contiguous()
+                shard = w[:, rank * k : (rank + 1) * k].contiguous()
                 bias = None if b is None else b.detach().clone()
             if sparsity is not None:
                 shard = fst.prune_weight(shard, sparsity)
             if style == "colwise":
-                new = nn.Linear(shard.shape[1], shard.shape[0], bias=bias is not None, device=shard.device,
-                                dtype=shard.dtype)
+                new = nn.Linear(
+                    shard.shape[1], shard.shape[0], bias=bias is not None, device=shard.device, dtype=shard.dtype
+                )
                 new.weight.copy_(shard)
                 if bias is not None:
                     new.bias.copy_(bias)
@@ -188,8 +243,18 @@ def shard_dense(layer, rank: int, world: int, sparsity: Optional[float]) -> None
     parallel._set_attention(layer, changes, local=True)
 
 
-def build_model(config, device, *, rank: int, world: int, seed: int, sparse: bool, sparsity: Optional[float],
-                format: str, fuse: bool):
+def build_model(
+    config,
+    device,
+    *,
+    rank: int,
+    world: int,
+    seed: int,
+    sparse: bool,
+    sparsity: Optional[float],
+    format: str,
+    fuse: bool,
+):
     """A tensor-parallel LlamaForCausalLM of random float16 weights, built one decoder layer at a time.
 
     ``sparse``: each rank's shards pruned to ``sparsity`` and compressed (parallelize); else dense shards
@@ -214,7 +279,7 @@ def build_model(config, device, *, rank: int, world: int, seed: int, sparse: boo
     model.lm_head = nn.Linear(H, V, bias=False, device=device, dtype=dtype)
     with torch.no_grad():
         model.model.embed_tokens.weight.copy_(normal((V, H), 1.0))
-        model.lm_head.weight.copy_(normal((V, H), H ** -0.5))
+        model.lm_head.weight.copy_(normal((V, H), H**-0.5))
     model.model.norm = type(model.model.norm)(H, eps=config.rms_norm_eps).to(device=device, dtype=dtype)
     with torch.device(device):
         model.model.rotary_emb = type(model.model.rotary_emb)(config)
@@ -231,8 +296,10 @@ def build_model(config, device, *, rank: int, world: int, seed: int, sparse: boo
         with torch.no_grad():  # the layer's whole weights, the same on every rank
             for m in layer.modules():
                 if isinstance(m, nn.Linear):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=layer_gen, device=device, dtype=dtype)
-                                   * m.in_features ** -0.5)
+                    m.weight.copy_(
+                        torch.randn(m.weight.shape, generator=layer_gen, device=device, dtype=dtype)
+                        * m.in_features**-0.5
+                    )
         layer.eval()
         if sparse:
             fst.parallelize(layer, plan=LAYER_PLAN, sparsity=sparsity, format=format, fuse=fuse)
@@ -251,6 +318,7 @@ def weight_bytes(model) -> int:
 
 
 # ---- decoding -----------------------------------------------------------------------------------------------------
+
 
 def make_static_cache(config, batch: int, cache_len: int, device, dtype):
     """transformers.StaticCache with whatever its constructor asks for in this version (the layers size themselves
@@ -288,18 +356,23 @@ class Decoder:
         mask = (keys[None, :] <= positions[:, None]).expand(batch, 1, prompt, cache_len).contiguous()
         with torch.no_grad():
             out = self._forward(ids, positions.expand(batch, prompt), positions, mask, keep=1)
-        self.ids = out.logits[:, -1:].argmax(-1)                                      # [B, 1]
+        self.ids = out.logits[:, -1:].argmax(-1)  # [B, 1]
         self.position = torch.full((batch, 1), prompt, dtype=torch.long, device=self.device)
         self.cache_position = torch.full((1,), prompt, dtype=torch.long, device=self.device)
-        self.mask = (keys < prompt).expand(batch, 1, 1, cache_len).contiguous()       # [B, 1, 1, L]
+        self.mask = (keys < prompt).expand(batch, 1, 1, cache_len).contiguous()  # [B, 1, 1, L]
         self.pos = prompt
         self.cache_len = cache_len
         self.graph = None
         self.logits = None
 
     def _forward(self, ids, position_ids, cache_position, mask, keep=None):
-        kwargs = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask, self.cache_key: self.cache,
-                  "use_cache": True}
+        kwargs = {
+            "input_ids": ids,
+            "position_ids": position_ids,
+            "attention_mask": mask,
+            self.cache_key: self.cache,
+            "use_cache": True,
+        }
         if self.pass_cache_position:
             kwargs["cache_position"] = cache_position
         if keep is not None and self.keep_key is not None:
@@ -367,6 +440,7 @@ def check_logits(model, device):
 
 # ---- the run --------------------------------------------------------------------------------------------------
 
+
 def _max_over_ranks(value: float, device) -> float:
     import torch
     import torch.distributed as dist
@@ -377,16 +451,39 @@ def _max_over_ranks(value: float, device) -> float:
 
 
 def _print_table(rows: List[dict]) -> None:
-    header = ["variant", "batch", "mode", "ms/step", "tokens/s", "speedup", "weights GB/GPU", "peak GB/GPU", "check",
-              "status"]
+    header = [
+        "variant",
+        "batch",
+        "mode",
+        "ms/step",
+        "tokens/s",
+        "speedup",
+        "weights GB/GPU",
+        "peak GB/GPU",
+        "check",
+        "status",
+    ]
     lines = [header]
     for r in rows:
+
         def fmt(key, spec):
             v = r.get(key)
             return "" if v in (None, "") else format(v, spec)
-        lines.append([r["variant"], str(r["batch"]), r["mode"], fmt("ms_per_step", ".2f"), fmt("tokens_per_s", ".1f"),
-                      fmt("speedup", ".2f"), fmt("weight_gb_per_gpu", ".2f"), fmt("peak_gb_per_gpu", ".2f"),
-                      fmt("check_rel_err", ".1e"), r["status"]])
+
+        lines.append(
+            [
+                r["variant"],
+                str(r["batch"]),
+                r["mode"],
+                fmt("ms_per_step", ".2f"),
+                fmt("tokens_per_s", ".1f"),
+                fmt("speedup", ".2f"),
+                fmt("weight_gb_per_gpu", ".2f"),
+                fmt("peak_gb_per_gpu", ".2f"),
+                fmt("check_rel_err", ".1e"),
+                r["status"],
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
@@ -427,23 +524,50 @@ def _worker(args: argparse.Namespace) -> int:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             if args.check and sparse:
-                reference = build_model(config, device, rank=rank, world=world, seed=args.seed, sparse=False,
-                                        sparsity=sparsity, format=args.format, fuse=False)
+                reference = build_model(
+                    config,
+                    device,
+                    rank=rank,
+                    world=world,
+                    seed=args.seed,
+                    sparse=False,
+                    sparsity=sparsity,
+                    format=args.format,
+                    fuse=False,
+                )
                 expected = check_logits(reference, device)
                 del reference
                 if cuda:
                     torch.cuda.empty_cache()
-            model = build_model(config, device, rank=rank, world=world, seed=args.seed, sparse=sparse,
-                                sparsity=sparsity, format=args.format, fuse=args.fuse)
+            model = build_model(
+                config,
+                device,
+                rank=rank,
+                world=world,
+                seed=args.seed,
+                sparse=sparse,
+                sparsity=sparsity,
+                format=args.format,
+                fuse=args.fuse,
+            )
             if args.check and sparse:
                 got = check_logits(model, device)
                 check = max(float((g - e).norm() / e.norm()) for g, e in zip(got, expected))
                 del expected, got
             wbytes = _max_over_ranks(weight_bytes(model), device)
             for batch in args.batch:
-                row = {"model": args.model, "layers": config.num_hidden_layers, "tp": world, "variant": name,
-                       "sparsity": sparsity or 0.0, "batch": batch, "mode": mode, "weight_gb_per_gpu": wbytes / 1e9,
-                       "check_rel_err": check, "status": "ok"}
+                row = {
+                    "model": args.model,
+                    "layers": config.num_hidden_layers,
+                    "tp": world,
+                    "variant": name,
+                    "sparsity": sparsity or 0.0,
+                    "batch": batch,
+                    "mode": mode,
+                    "weight_gb_per_gpu": wbytes / 1e9,
+                    "check_rel_err": check,
+                    "status": "ok",
+                }
                 try:
                     decoder = Decoder(model, batch, args.prompt, cache_len, device, seed=args.seed + batch)
                     if mode == "graph":
@@ -471,13 +595,18 @@ def _worker(args: argparse.Namespace) -> int:
                     row["status"] = f"FAIL: logits check {check:.2e} > {CHECK_TOL}"
                 rows.append(row)
                 if rank == 0:
-                    print(f"{name} batch {batch}: {row.get('tokens_per_s', float('nan')):.1f} tokens/s "
-                          f"({row['status']})", file=sys.stderr, flush=True)
+                    print(
+                        f"{name} batch {batch}: {row.get('tokens_per_s', float('nan')):.1f} tokens/s ({row['status']})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             del model
         if rank == 0:
             name = torch.cuda.get_device_name(device) if cuda else "CPU"
-            print(f"\n{args.model}, {config.num_hidden_layers} layers, tensor parallel over {world} x {name}, "
-                  f"prompt {args.prompt}, {args.steps} decode steps, {mode}")
+            print(
+                f"\n{args.model}, {config.num_hidden_layers} layers, tensor parallel over {world} x {name}, "
+                f"prompt {args.prompt}, {args.steps} decode steps, {mode}"
+            )
             _print_table(rows)
             with open(args.csv, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=FIELDS)

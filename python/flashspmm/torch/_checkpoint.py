@@ -33,8 +33,15 @@ from . import _compat
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice
 from ._safetensors import SafetensorsError, SafetensorsFile, TensorEntry, dtype_name, tensor_bytes, write_safetensors
 
-__all__ = ["save_sparse", "load_sparse", "from_pretrained", "read_sparse_bitmask", "open_checkpoint",
-           "INDEX_NAME", "SINGLE_NAME"]
+__all__ = [
+    "save_sparse",
+    "load_sparse",
+    "from_pretrained",
+    "read_sparse_bitmask",
+    "open_checkpoint",
+    "INDEX_NAME",
+    "SINGLE_NAME",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -54,10 +61,11 @@ def _parse_size(size) -> Optional[int]:
         raise ValueError(f"max_shard_size must be bytes or a size like '5GB', got {size!r}")
     scale = 1024 if m.group(3) else 1000
     power = " KMGT".index(m.group(2).upper() or " ")
-    return max(1, int(float(m.group(1)) * scale ** power))
+    return max(1, int(float(m.group(1)) * scale**power))
 
 
 # ---- saving ----------------------------------------------------------------------------------------------------
+
 
 def _layer_records(model: nn.Module) -> Dict[str, dict]:
     layers = {}
@@ -67,17 +75,28 @@ def _layer_records(model: nn.Module) -> Dict[str, dict]:
         if m.matrix is None:
             raise ValueError(f"{name} is on the meta device: there is nothing to save")
         prefix = f"{name}." if name else ""
-        record = {"blob": prefix + "blob", "bias": prefix + "bias" if m.bias is not None else None,
-                  "shape": [m.out_features, m.in_features], "dtype": str(m.dtype).replace("torch.", ""),
-                  "format": m.format, "parts": None}
+        record = {
+            "blob": prefix + "blob",
+            "bias": prefix + "bias" if m.bias is not None else None,
+            "shape": [m.out_features, m.in_features],
+            "dtype": str(m.dtype).replace("torch.", ""),
+            "format": m.format,
+            "parts": None,
+        }
         if isinstance(m, FusedSparseLinear):
             record["parts"] = [[n, s] for n, s in zip(m.names, m.splits)]
         layers[name] = record
     return layers
 
 
-def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_size: Union[int, str, None] = None,
-                save_config: bool = True, metadata: Optional[Dict[str, str]] = None) -> List[str]:
+def save_sparse(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    *,
+    max_shard_size: Union[int, str, None] = None,
+    save_config: bool = True,
+    metadata: Optional[Dict[str, str]] = None,
+) -> List[str]:
     """Write ``model`` (sparsified or not) to safetensors at ``path``; returns the files written.
 
     ``path`` ending in ``.safetensors`` is one file; anything else is a directory (created if needed) holding
@@ -110,8 +129,9 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
         tensors.append((name, t))
     blob_names = {r["blob"] for r in layers.values()}
     ranked = sorted(enumerate(tensors), key=lambda e: (e[1][0] not in blob_names, -e[1][1].element_size(), e[0]))
-    entries = [TensorEntry(name, dtype_name(t.dtype), tuple(t.shape), (lambda t=t: tensor_bytes(t)))
-               for _, (name, t) in ranked]
+    entries = [
+        TensorEntry(name, dtype_name(t.dtype), tuple(t.shape), (lambda t=t: tensor_bytes(t))) for _, (name, t) in ranked
+    ]
     del tensors, ranked, state
 
     shards: List[List[TensorEntry]] = [[]]
@@ -139,8 +159,10 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
     try:
         for name, shard in zip(names, shards):
             in_shard = {k: r for k, r in layers.items() if blob_shard.get(r["blob"]) == name}
-            meta = {"format": "pt", "flashspmm": json.dumps({"version": _FORMAT_VERSION, "layers": in_shard,
-                                                             "aliases": aliases})}
+            meta = {
+                "format": "pt",
+                "flashspmm": json.dumps({"version": _FORMAT_VERSION, "layers": in_shard, "aliases": aliases}),
+            }
             meta.update({k: v for k, v in (metadata or {}).items() if k not in meta})
             final = os.path.join(directory, name)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -148,9 +170,13 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
             pending.append((tmp, final))
             write_safetensors(tmp, shard, meta)
         if len(names) > 1:
-            index = {"metadata": {"total_size": sum(e.nbytes for e in entries),
-                                  "flashspmm": {"version": _FORMAT_VERSION, "layers": layers, "aliases": aliases}},
-                     "weight_map": {e.name: blob_shard[e.name] for e in entries}}
+            index = {
+                "metadata": {
+                    "total_size": sum(e.nbytes for e in entries),
+                    "flashspmm": {"version": _FORMAT_VERSION, "layers": layers, "aliases": aliases},
+                },
+                "weight_map": {e.name: blob_shard[e.name] for e in entries},
+            }
             fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_NAME}.", suffix=".tmp", dir=directory)
             with os.fdopen(fd, "w") as f:
                 json.dump(index, f, indent=2)
@@ -172,6 +198,7 @@ def save_sparse(model: nn.Module, path: Union[str, os.PathLike], *, max_shard_si
 
 # ---- opening checkpoints ---------------------------------------------------------------------------------------
 
+
 class Checkpoint:
     """The safetensors files of one checkpoint (a file, or a directory with an index or a single file)."""
 
@@ -189,8 +216,9 @@ class Checkpoint:
                     if not isinstance(weight_map, dict):
                         raise TypeError
                 except (OSError, ValueError, KeyError, TypeError):
-                    raise SafetensorsError(f"{index} is not a safetensors index (a JSON object with a "
-                                           f"'weight_map')") from None
+                    raise SafetensorsError(
+                        f"{index} is not a safetensors index (a JSON object with a 'weight_map')"
+                    ) from None
                 self.index_metadata = data.get("metadata") or {}
                 files = sorted(set(weight_map.values()))
                 missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
@@ -206,8 +234,9 @@ class Checkpoint:
                 if not found:
                     raise FileNotFoundError(f"{path} holds no .safetensors file and no {INDEX_NAME}")
                 if len(found) > 1:
-                    raise FileNotFoundError(f"{path} holds several .safetensors files but no {INDEX_NAME} "
-                                            f"saying how they belong together")
+                    raise FileNotFoundError(
+                        f"{path} holds several .safetensors files but no {INDEX_NAME} saying how they belong together"
+                    )
                 self.files = [SafetensorsFile(os.path.join(path, found[0]))]
         elif os.path.isfile(path):
             self.files = [SafetensorsFile(path)]
@@ -257,6 +286,7 @@ def open_checkpoint(path) -> Checkpoint:
 
 # ---- compressed-tensors "sparse-bitmask" ------------------------------------------------------------------------
 
+
 def _bitmask_prefixes(ckpt: Checkpoint) -> List[str]:
     prefixes = []
     for name in ckpt.keys():
@@ -277,19 +307,21 @@ def _bitmask_dense(ckpt: Checkpoint, prefix: str, device) -> torch.Tensor:
     bitmask = ckpt.tensor(f"{prefix}.bitmask")
     offsets = ckpt.tensor(f"{prefix}.row_offsets").reshape(-1)
     if values.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"{prefix}.compressed has dtype {values.dtype}; flashspmm stores float16 or bfloat16 "
-                        f"weights")
+        raise TypeError(f"{prefix}.compressed has dtype {values.dtype}; flashspmm stores float16 or bfloat16 weights")
     if bitmask.dtype not in (torch.uint8, torch.int8) or tuple(bitmask.shape) != (rows, (cols + 7) // 8):
-        raise ValueError(f"{prefix}.bitmask must be uint8 [{rows}, {(cols + 7) // 8}] (bits of a {rows} x {cols} "
-                         f"matrix, 8 per byte), got {bitmask.dtype} {tuple(bitmask.shape)}")
+        raise ValueError(
+            f"{prefix}.bitmask must be uint8 [{rows}, {(cols + 7) // 8}] (bits of a {rows} x {cols} "
+            f"matrix, 8 per byte), got {bitmask.dtype} {tuple(bitmask.shape)}"
+        )
     bits = bitmask.to(device).view(torch.uint8)
     # packed little-endian within a byte: bit b of byte j is column 8 j + b
     shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
     mask = ((bits.unsqueeze(-1) >> shifts) & 1).reshape(rows, -1)[:, :cols].bool()
     counts = mask.sum(dim=1)
     if int(counts.sum()) != values.numel():
-        raise ValueError(f"{prefix}: the bitmask marks {int(counts.sum())} values, {prefix}.compressed holds "
-                         f"{values.numel()}")
+        raise ValueError(
+            f"{prefix}: the bitmask marks {int(counts.sum())} values, {prefix}.compressed holds {values.numel()}"
+        )
     expected = torch.cumsum(counts, 0) - counts
     if offsets.numel() != rows or not torch.equal(offsets.to(device=expected.device, dtype=expected.dtype), expected):
         raise ValueError(f"{prefix}.row_offsets does not match the bitmask's row counts")
@@ -318,6 +350,7 @@ def read_sparse_bitmask(path, *, device="cpu", format: str = "auto") -> Dict[str
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------
+
 
 def _blob_on(ckpt: Checkpoint, name: str, device: torch.device) -> Tuple[SparseMatrix, torch.Tensor]:
     """A blob tensor from the checkpoint on ``device``, validated in full on the host before it is moved."""
@@ -392,16 +425,21 @@ def _replace_layer(model: nn.Module, name: str, module: nn.Module, shape=None) -
         old = getattr(parent, child)
         if isinstance(old, nn.Linear):
             if (old.out_features, old.in_features) != tuple(shape):
-                raise ValueError(f"{name} is a Linear({old.in_features} -> {old.out_features}) in the model but "
-                                 f"{shape[1]} -> {shape[0]} in the checkpoint")
+                raise ValueError(
+                    f"{name} is a Linear({old.in_features} -> {old.out_features}) in the model but "
+                    f"{shape[1]} -> {shape[0]} in the checkpoint"
+                )
         elif not isinstance(old, (SparseLinear, SparseLinearSlice)):
-            raise TypeError(f"{name} is a {type(old).__name__} in the model, not an nn.Linear: the checkpoint's "
-                            f"matrix [out, in] cannot replace it")
+            raise TypeError(
+                f"{name} is a {type(old).__name__} in the model, not an nn.Linear: the checkpoint's "
+                f"matrix [out, in] cannot replace it"
+            )
     setattr(parent, child, module)
 
 
-def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fuse: bool = True,
-                format: str = "auto") -> nn.Module:
+def load_sparse(
+    model: nn.Module, path, *, device=None, strict: bool = True, fuse: bool = True, format: str = "auto"
+) -> nn.Module:
     """Load a checkpoint written by :func:`save_sparse` (or a compressed-tensors sparse-bitmask one) into ``model``.
 
     ``model`` is the dense architecture (e.g. built from its config, on the meta device to allocate nothing);
@@ -431,8 +469,9 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
             if bias is not None:
                 bias = bias.clone() if bias.device.type == "cpu" else bias
             if list(W.shape) != list(record["shape"]):
-                raise SafetensorsError(f"{record['blob']} holds a {W.shape} matrix, the metadata says "
-                                       f"{record['shape']}")
+                raise SafetensorsError(
+                    f"{record['blob']} holds a {W.shape} matrix, the metadata says {record['shape']}"
+                )
             used.update(x for x in (record["blob"], record.get("bias")) if x)
             if parts is None:
                 _replace_layer(model, name, SparseLinear._from_matrix(W, blob, bias), W.shape)
@@ -441,8 +480,9 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
                 fused = FusedSparseLinear._from_matrix_parts(W, blob, bias, [s for _, s in parts], names)
                 parent_name = name.rpartition(".")[0]
                 for index, (child, rows) in enumerate(parts):
-                    _replace_layer(model, f"{parent_name}.{child}".lstrip("."), SparseLinearSlice(fused, index),
-                                   (rows, W.shape[1]))
+                    _replace_layer(
+                        model, f"{parent_name}.{child}".lstrip("."), SparseLinearSlice(fused, index), (rows, W.shape[1])
+                    )
                 _replace_layer(model, name, fused)
             del W, blob, bias
         for prefix in _bitmask_prefixes(ckpt):
@@ -493,8 +533,11 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
     provided |= {id(t) for t in loaded.values()}
     persistent = model.state_dict(keep_vars=True)
     missing = [n for n, t in persistent.items() if id(t) not in provided and n not in used and n not in loaded]
-    missing += [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                if t.device.type == "meta" and n not in missing]
+    missing += [
+        n
+        for n, t in list(model.named_parameters()) + list(model.named_buffers())
+        if t.device.type == "meta" and n not in missing
+    ]
     if fuse:
         from ._sparsify import fuse_sparse
 
@@ -502,8 +545,9 @@ def load_sparse(model: nn.Module, path, *, device=None, strict: bool = True, fus
     if strict:
         problems = []
         if unexpected:
-            problems.append(f"{len(unexpected)} tensor(s) of the checkpoint have no place in the model, e.g. "
-                            f"{unexpected[:3]}")
+            problems.append(
+                f"{len(unexpected)} tensor(s) of the checkpoint have no place in the model, e.g. {unexpected[:3]}"
+            )
         if missing:
             problems.append(f"{len(missing)} model tensor(s) were not in the checkpoint, e.g. {missing[:3]}")
         if failed:

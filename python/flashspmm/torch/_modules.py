@@ -32,8 +32,10 @@ def _check_half(t: torch.Tensor, what: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch tensor, got {type(t).__qualname__}")
     if t.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"{what} has dtype {t.dtype}; flashspmm stores float16 or bfloat16 weights: convert the "
-                        f"layer first (e.g. linear.half() or linear.to(torch.bfloat16))")
+        raise TypeError(
+            f"{what} has dtype {t.dtype}; flashspmm stores float16 or bfloat16 weights: convert the "
+            f"layer first (e.g. linear.half() or linear.to(torch.bfloat16))"
+        )
 
 
 class SparseLinear(nn.Module):
@@ -87,8 +89,9 @@ class SparseLinear(nn.Module):
     # ---- construction -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                   format: str = "auto") -> SparseLinear:
+    def from_dense(
+        cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, format: str = "auto"
+    ) -> SparseLinear:
         """Compress a dense (already pruned) weight [out_features, in_features] on its device."""
         _check_half(weight, "weight")
         if weight.dim() != 2:
@@ -103,8 +106,15 @@ class SparseLinear(nn.Module):
         return cls._from_matrix(_compat.from_array(blob), blob, bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, sparsity: Optional[float] = None, method: str = "magnitude",
-                    format: str = "auto", act_norms: Optional[torch.Tensor] = None) -> SparseLinear:
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+    ) -> SparseLinear:
         """A SparseLinear with ``linear``'s weight, pruned first when ``sparsity`` is given.
 
         method: "magnitude" (flashspmm.prune: the smallest |w| of every row) or "wanda" (the smallest
@@ -179,9 +189,11 @@ class SparseLinear(nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"dtype={str(self.dtype).replace('torch.', '')}, format={self.format}, density={self.density:.3f}, "
-                f"nbytes={self.nbytes}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"dtype={str(self.dtype).replace('torch.', '')}, format={self.format}, density={self.density:.3f}, "
+            f"nbytes={self.nbytes}"
+        )
 
     # ---- forward ------------------------------------------------------------------------------------------
 
@@ -206,19 +218,23 @@ class SparseLinear(nn.Module):
         # the weight's dtype on the blob's device.
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.blob.device))
         if isinstance(probe, torch.Tensor) and probe.dtype != self.dtype:
-            raise TypeError(f"{type(self).__name__} holds a compressed {str(self.dtype).replace('torch.', '')} "
-                            f"matrix; it cannot be converted to {probe.dtype}. Convert the dense model before "
-                            f"sparsifying it, or keep this layer's dtype")
+            raise TypeError(
+                f"{type(self).__name__} holds a compressed {str(self.dtype).replace('torch.', '')} "
+                f"matrix; it cannot be converted to {probe.dtype}. Convert the dense model before "
+                f"sparsifying it, or keep this layer's dtype"
+            )
         result = super()._apply(fn, recurse)
         self._refresh()
         return result
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + "blob"
         if key not in state_dict:
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                          unexpected_keys, error_msgs)
+            super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
             return
         incoming = state_dict[key]
         device = self.blob.device
@@ -231,8 +247,10 @@ class SparseLinear(nn.Module):
             blob = incoming.detach().to(device=device, dtype=incoming.dtype, copy=True).contiguous()
             W = _compat.from_array(blob)
             if W.shape != (self.out_features, self.in_features):
-                raise ValueError(f"it holds a {W.shape[0]} x {W.shape[1]} matrix, this layer is "
-                                 f"{self.out_features} x {self.in_features}")
+                raise ValueError(
+                    f"it holds a {W.shape[0]} x {W.shape[1]} matrix, this layer is "
+                    f"{self.out_features} x {self.in_features}"
+                )
             if _TORCH_DTYPES[W.dtype] != self.dtype:
                 raise TypeError(f"it holds a {W.dtype} matrix, this layer is {self.dtype}")
         except Exception as exc:  # reported like torch's own size mismatches
@@ -242,8 +260,7 @@ class SparseLinear(nn.Module):
             blob = blob[: W.nbytes].clone()
             W = _compat.from_array(blob)
         rest = {k: v for k, v in state_dict.items() if k != key}
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if key in missing_keys:
             missing_keys.remove(key)
         self._buffers["blob"] = blob
@@ -274,8 +291,13 @@ class FusedSparseLinear(SparseLinear):
     unchanged (see :meth:`piece`).
     """
 
-    def __init__(self, blob: torch.Tensor, bias: Optional[torch.Tensor], splits: Sequence[int],
-                 names: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        blob: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        splits: Sequence[int],
+        names: Optional[Sequence[str]] = None,
+    ):
         super().__init__(blob, bias)
         self._init_parts(splits, names)
 
@@ -373,5 +395,7 @@ class SparseLinearSlice(nn.Module):
         return self.fused.piece(x, self.index)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, part {self.index} of "
-                f"{'+'.join(self.fused.names)}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, part {self.index} of "
+            f"{'+'.join(self.fused.names)}"
+        )

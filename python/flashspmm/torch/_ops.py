@@ -85,21 +85,26 @@ def _matrix_for(blob: torch.Tensor) -> SparseMatrix:
         raise RuntimeError(
             "flashspmm::linear: this blob tensor belongs to no live flashspmm.torch.SparseLinear, and a blob "
             "cannot be validated while a CUDA graph is being captured; build the layer with SparseLinear (or "
-            "call flashspmm.torch.register(W) for a SparseMatrix) before capturing")
+            "call flashspmm.torch.register(W) for a SparseMatrix) before capturing"
+        )
     return _compat.from_array(blob)
 
 
 @torch.library.custom_op("flashspmm::linear", mutates_args=())
-def linear_op(x: torch.Tensor, blob: torch.Tensor, bias: Optional[torch.Tensor], out_features: int,
-              in_features: int) -> torch.Tensor:
+def linear_op(
+    x: torch.Tensor, blob: torch.Tensor, bias: Optional[torch.Tensor], out_features: int, in_features: int
+) -> torch.Tensor:
     """y = x @ W.T + bias, W the compressed matrix held by ``blob`` (see the module docstring)."""
     if x.device != blob.device:
-        raise ValueError(f"x is on {x.device} but the sparse matrix is on {blob.device}: move the module "
-                         f"(module.to('{x.device}')) or the input")
+        raise ValueError(
+            f"x is on {x.device} but the sparse matrix is on {blob.device}: move the module "
+            f"(module.to('{x.device}')) or the input"
+        )
     W = _matrix_for(blob)
     if W.shape != (out_features, in_features):
-        raise ValueError(f"the blob holds a {W.shape[0]} x {W.shape[1]} matrix, the caller expected "
-                         f"{out_features} x {in_features}")
+        raise ValueError(
+            f"the blob holds a {W.shape[0]} x {W.shape[1]} matrix, the caller expected {out_features} x {in_features}"
+        )
     y = _linear.linear(x, W, bias)
     return _compat.as_torch(y, x)
 
@@ -111,8 +116,9 @@ def _(x, blob, bias, out_features, in_features):
     if x.dim() == 0 or x.shape[-1] != in_features:
         raise ValueError(f"flashspmm::linear: x must be [..., {in_features}], got shape {tuple(x.shape)}")
     if bias is not None and (bias.shape != (out_features,) or bias.dtype != x.dtype):
-        raise ValueError(f"flashspmm::linear: bias must be [{out_features}] of dtype {x.dtype}, got "
-                         f"{tuple(bias.shape)} {bias.dtype}")
+        raise ValueError(
+            f"flashspmm::linear: bias must be [{out_features}] of dtype {x.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+        )
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -120,7 +126,8 @@ def _no_grad_please(ctx, inputs, output):
     raise RuntimeError(
         "flashspmm::linear has no derivative (compressed weights are for inference): an input requires grad "
         "while autograd is recording. Run the model under torch.no_grad() or torch.inference_mode(), or detach "
-        "the input.")
+        "the input."
+    )
 
 
 def _backward(ctx, grad):  # never reached: _no_grad_please refuses the forward first

@@ -22,20 +22,38 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["TensorEntry", "SafetensorsWriter", "write_safetensors", "SafetensorsFile", "DTYPES", "dtype_name",
-           "SafetensorsError", "tensor_bytes"]
+__all__ = [
+    "TensorEntry",
+    "SafetensorsWriter",
+    "write_safetensors",
+    "SafetensorsFile",
+    "DTYPES",
+    "dtype_name",
+    "SafetensorsError",
+    "tensor_bytes",
+]
 
 # safetensors dtype name -> (torch dtype or None when this torch lacks it, bytes per element)
 DTYPES: Dict[str, Tuple[Optional[torch.dtype], int]] = {
-    "BOOL": (torch.bool, 1), "U8": (torch.uint8, 1), "I8": (torch.int8, 1), "I16": (torch.int16, 2),
-    "U16": (getattr(torch, "uint16", None), 2), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
-    "I32": (torch.int32, 4), "U32": (getattr(torch, "uint32", None), 4), "F32": (torch.float32, 4),
-    "F64": (torch.float64, 8), "I64": (torch.int64, 8), "U64": (getattr(torch, "uint64", None), 8),
-    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1), "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
+    "BOOL": (torch.bool, 1),
+    "U8": (torch.uint8, 1),
+    "I8": (torch.int8, 1),
+    "I16": (torch.int16, 2),
+    "U16": (getattr(torch, "uint16", None), 2),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "I32": (torch.int32, 4),
+    "U32": (getattr(torch, "uint32", None), 4),
+    "F32": (torch.float32, 4),
+    "F64": (torch.float64, 8),
+    "I64": (torch.int64, 8),
+    "U64": (getattr(torch, "uint64", None), 8),
+    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1),
+    "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
 }
 _BY_TORCH = {dt: name for name, (dt, _) in DTYPES.items() if dt is not None}
 
-_ALIGN = 64            # the data section starts 64-byte aligned in the files written here
+_ALIGN = 64  # the data section starts 64-byte aligned in the files written here
 _MAX_HEADER = 100 << 20  # the limit the safetensors readers apply
 
 
@@ -90,8 +108,12 @@ class SafetensorsWriter:
     starts 64-byte aligned and is written once, front to back, one tensor in memory at a time.
     """
 
-    def __init__(self, path: str, plan: Sequence[Tuple[str, str, Optional[Tuple[int, ...]], int]],
-                 metadata_room: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        path: str,
+        plan: Sequence[Tuple[str, str, Optional[Tuple[int, ...]], int]],
+        metadata_room: Optional[Dict[str, str]] = None,
+    ):
         self.path = path
         self.plan = list(plan)
         names = [p[0] for p in self.plan]
@@ -101,8 +123,14 @@ class SafetensorsWriter:
             if dtype not in DTYPES:
                 raise TypeError(f"unknown safetensors dtype {dtype!r} for {name}")
         bound = sum(int(p[3]) for p in self.plan)
-        worst = {name: {"dtype": dtype, "shape": list(shape) if shape is not None else [bound],
-                        "data_offsets": [bound, bound]} for name, dtype, shape, _ in self.plan}
+        worst = {
+            name: {
+                "dtype": dtype,
+                "shape": list(shape) if shape is not None else [bound],
+                "data_offsets": [bound, bound],
+            }
+            for name, dtype, shape, _ in self.plan
+        }
         self.room = len(self._header_bytes(worst, metadata_room))
         self.room += -(8 + self.room) % _ALIGN
         self._file = open(path, "wb")  # noqa: SIM115 (closed by close() / abort(): the writer spans many calls)
@@ -136,11 +164,15 @@ class SafetensorsWriter:
         for n in shape:
             count *= int(n)
         if data.size != count * DTYPES[dtype][1]:
-            raise ValueError(f"{name}: got {data.size} bytes, dtype {dtype} and shape {tuple(shape)} need "
-                             f"{count * DTYPES[dtype][1]}")
+            raise ValueError(
+                f"{name}: got {data.size} bytes, dtype {dtype} and shape {tuple(shape)} need {count * DTYPES[dtype][1]}"
+            )
         self._file.write(memoryview(data))
-        self._entries[name] = {"dtype": dtype, "shape": [int(n) for n in shape],
-                               "data_offsets": [self._offset, self._offset + data.size]}
+        self._entries[name] = {
+            "dtype": dtype,
+            "shape": [int(n) for n in shape],
+            "data_offsets": [self._offset, self._offset + data.size],
+        }
         self._offset += data.size
         self._next += 1
         return data.size
@@ -167,8 +199,13 @@ class SafetensorsWriter:
         self._file.close()
 
 
-def write_safetensors(path: str, entries: Sequence[TensorEntry], metadata: Optional[Dict[str, str]] = None,
-                      *, progress: Optional[Callable[[int], None]] = None) -> int:
+def write_safetensors(
+    path: str,
+    entries: Sequence[TensorEntry],
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    progress: Optional[Callable[[int], None]] = None,
+) -> int:
     """Write ``entries`` (sizes known) to ``path`` in this order, one tensor in memory at a time; returns the size.
 
     Tensors of larger elements first keep every tensor naturally aligned (the data starts 64-byte aligned).
@@ -192,7 +229,7 @@ class TensorInfo:
     name: str
     dtype: str
     shape: Tuple[int, ...]
-    begin: int   # absolute file offsets
+    begin: int  # absolute file offsets
     end: int
 
     @property
@@ -299,4 +336,3 @@ class SafetensorsFile:
     def close(self) -> None:
         """Drop the map (views already handed out keep it alive until they are freed)."""
         self._map = None
-

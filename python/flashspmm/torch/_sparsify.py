@@ -14,14 +14,23 @@ from .. import compress, prune
 from . import _compat
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, blob_tensor
 
-__all__ = ["sparsify", "fuse_sparse", "prune_weight", "wanda_prune", "collect_input_norms", "LayerReport",
-           "SparsifyReport", "DEFAULT_FUSE_GROUPS", "select_linears"]
+__all__ = [
+    "sparsify",
+    "fuse_sparse",
+    "prune_weight",
+    "wanda_prune",
+    "collect_input_norms",
+    "LayerReport",
+    "SparsifyReport",
+    "DEFAULT_FUSE_GROUPS",
+    "select_linears",
+]
 
 # Children of one parent module that read the same input in the models' code: (names, name of the fused module).
 DEFAULT_FUSE_GROUPS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
-    (("q_proj", "k_proj", "v_proj"), "qkv_proj"),      # LLaMA, Mistral, Qwen2, OPT, ... attention
-    (("gate_proj", "up_proj"), "gate_up_proj"),        # LLaMA, Mistral, Qwen2 MLP
-    (("query", "key", "value"), "query_key_value"),    # BERT-style attention
+    (("q_proj", "k_proj", "v_proj"), "qkv_proj"),  # LLaMA, Mistral, Qwen2, OPT, ... attention
+    (("gate_proj", "up_proj"), "gate_up_proj"),  # LLaMA, Mistral, Qwen2 MLP
+    (("query", "key", "value"), "query_key_value"),  # BERT-style attention
 )
 
 _METHODS = ("magnitude", "wanda")
@@ -33,10 +42,10 @@ class LayerReport:
 
     name: str
     shape: Tuple[int, int]
-    sparsity: float        # achieved: 1 - nnz / (M * K)
+    sparsity: float  # achieved: 1 - nnz / (M * K)
     format: str
-    bytes_before: int      # dense weight bytes
-    bytes_after: int       # blob bytes
+    bytes_before: int  # dense weight bytes
+    bytes_after: int  # blob bytes
 
     @property
     def ratio(self) -> float:
@@ -58,19 +67,26 @@ class SparsifyReport(List[LayerReport]):
         if not self:
             return "no layers sparsified"
         width = max(len("layer"), *(len(r.name) for r in self))
-        lines = [f"{'layer':<{width}}  {'shape':>13}  {'sparsity':>8}  {'format':<9}  {'MB before':>9}  "
-                 f"{'MB after':>9}  {'ratio':>6}"]
+        lines = [
+            f"{'layer':<{width}}  {'shape':>13}  {'sparsity':>8}  {'format':<9}  {'MB before':>9}  "
+            f"{'MB after':>9}  {'ratio':>6}"
+        ]
         for r in self:
             shape = f"{r.shape[0]}x{r.shape[1]}"
-            lines.append(f"{r.name:<{width}}  {shape:>13}  {r.sparsity:8.1%}  {r.format:<9}  "
-                         f"{r.bytes_before / 1e6:9.2f}  {r.bytes_after / 1e6:9.2f}  {r.ratio:5.2f}x")
-        lines.append(f"{'total (' + str(len(self)) + ' matrices)':<{width}}  {'':>13}  {'':>8}  {'':<9}  "
-                     f"{self.bytes_before / 1e6:9.2f}  {self.bytes_after / 1e6:9.2f}  "
-                     f"{self.bytes_before / max(self.bytes_after, 1):5.2f}x")
+            lines.append(
+                f"{r.name:<{width}}  {shape:>13}  {r.sparsity:8.1%}  {r.format:<9}  "
+                f"{r.bytes_before / 1e6:9.2f}  {r.bytes_after / 1e6:9.2f}  {r.ratio:5.2f}x"
+            )
+        lines.append(
+            f"{'total (' + str(len(self)) + ' matrices)':<{width}}  {'':>13}  {'':>8}  {'':<9}  "
+            f"{self.bytes_before / 1e6:9.2f}  {self.bytes_after / 1e6:9.2f}  "
+            f"{self.bytes_before / max(self.bytes_after, 1):5.2f}x"
+        )
         return "\n".join(lines)
 
 
 # ---- pruning ---------------------------------------------------------------------------------------------------
+
 
 def _check_sparsity(sparsity) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
@@ -101,15 +117,16 @@ def wanda_prune(weight: torch.Tensor, act_norms: torch.Tensor, sparsity: float) 
         return out
     rows = max(1, (1 << 24) // K)  # about 16 M scores (64 MB, 192 MB with the sort's indices) per block
     for r0 in range(0, M, rows):
-        block = out[r0:r0 + rows]
+        block = out[r0 : r0 + rows]
         score = block.abs().float() * norms
         drop = torch.sort(score, dim=1, stable=True).indices[:, :n]
         block.scatter_(1, drop, 0)
     return out
 
 
-def prune_weight(weight: torch.Tensor, sparsity: float, *, method: str = "magnitude",
-                 act_norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+def prune_weight(
+    weight: torch.Tensor, sparsity: float, *, method: str = "magnitude", act_norms: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """A pruned copy of ``weight`` (same dtype and device): ``method`` "magnitude" (flashspmm.prune, row scope) or
     "wanda" (needs ``act_norms``, the inputs' per-feature L2 norms)."""
     sparsity = _check_sparsity(sparsity)
@@ -118,14 +135,17 @@ def prune_weight(weight: torch.Tensor, sparsity: float, *, method: str = "magnit
             return _compat.as_torch(prune(weight.detach(), sparsity), weight)  # today's CPU path gives numpy
     if method == "wanda":
         if act_norms is None:
-            raise ValueError("method='wanda' needs the input activation norms: pass act_norms= (or use "
-                             "flashspmm.torch.sparsify(model, ..., method='wanda', calibration=batches))")
+            raise ValueError(
+                "method='wanda' needs the input activation norms: pass act_norms= (or use "
+                "flashspmm.torch.sparsify(model, ..., method='wanda', calibration=batches))"
+            )
         with torch.no_grad():
             return wanda_prune(weight, act_norms, sparsity)
     raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
 # ---- which layers ----------------------------------------------------------------------------------------------
+
 
 def _output_embedding_ids(model: nn.Module) -> set:
     ids = set()
@@ -144,8 +164,9 @@ def _output_embedding_ids(model: nn.Module) -> set:
     return ids
 
 
-def select_linears(model: nn.Module, include: Optional[str] = None,
-                   exclude: Optional[str] = None) -> List[Tuple[str, nn.Linear]]:
+def select_linears(
+    model: nn.Module, include: Optional[str] = None, exclude: Optional[str] = None
+) -> List[Tuple[str, nn.Linear]]:
     """The nn.Linear layers :func:`sparsify` replaces, in module order.
 
     Default (``include`` None): every Linear inside the transformer blocks, i.e. under an element of an
@@ -209,8 +230,10 @@ def _plan(chosen: List[Tuple[str, nn.Linear]], fuse) -> List[Tuple[str, List[str
                 continue
             mods = [children[n] for n in names]
             w0 = mods[0].weight
-            if all(m.in_features == mods[0].in_features and m.weight.dtype == w0.dtype
-                   and m.weight.device == w0.device for m in mods):
+            if all(
+                m.in_features == mods[0].in_features and m.weight.dtype == w0.dtype and m.weight.device == w0.device
+                for m in mods
+            ):
                 unit = (parent, list(names), fused_name)
             break
         if unit is None:
@@ -221,6 +244,7 @@ def _plan(chosen: List[Tuple[str, nn.Linear]], fuse) -> List[Tuple[str, List[str
 
 
 # ---- Wanda calibration -----------------------------------------------------------------------------------------
+
 
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
@@ -242,8 +266,9 @@ def _run_batch(model: nn.Module, batch, device: torch.device) -> None:
         model(move(batch))
 
 
-def collect_input_norms(model: nn.Module, layers: Sequence[Tuple[str, nn.Module]], calibration: Iterable,
-                        *, progress: bool = False) -> Dict[str, torch.Tensor]:
+def collect_input_norms(
+    model: nn.Module, layers: Sequence[Tuple[str, nn.Module]], calibration: Iterable, *, progress: bool = False
+) -> Dict[str, torch.Tensor]:
     """||x_j||_2 over every calibration token, per input feature j of each layer: {name: float32 [in_features]}.
 
     Forward pre-hooks on the layers sum the squares of their inputs (float64 accumulators on the model's device)
@@ -260,6 +285,7 @@ def collect_input_norms(model: nn.Module, layers: Sequence[Tuple[str, nn.Module]
             partial = x.float().pow(2).sum(0).double()
             sums[name] = partial if name not in sums else sums[name] + partial
             counts[name] += x.shape[0]
+
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name, m.in_features)) for name, m in layers]
@@ -278,8 +304,10 @@ def collect_input_norms(model: nn.Module, layers: Sequence[Tuple[str, nn.Module]
         raise ValueError("calibration gave no batches: pass an iterable of input batches (e.g. token id tensors)")
     missing = [name for name, _ in layers if counts[name] == 0]
     if missing:
-        raise ValueError(f"the calibration batches never reached {len(missing)} layer(s), e.g. {missing[0]!r}; "
-                         f"check that the batches run the model's forward through them")
+        raise ValueError(
+            f"the calibration batches never reached {len(missing)} layer(s), e.g. {missing[0]!r}; "
+            f"check that the batches run the model's forward through them"
+        )
     return {name: s.sqrt().float() for name, s in sums.items()}
 
 
@@ -295,9 +323,19 @@ def _progress(iterable, enabled: bool, desc: str, **kwargs):
 
 # ---- sparsify --------------------------------------------------------------------------------------------------
 
-def sparsify(model: nn.Module, sparsity: float, *, method: str = "magnitude", include: Optional[str] = None,
-             exclude: Optional[str] = None, format: str = "auto", calibration: Optional[Iterable] = None,
-             fuse: Union[bool, Sequence[Sequence[str]]] = True, progress: bool = True) -> SparsifyReport:
+
+def sparsify(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    method: str = "magnitude",
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    format: str = "auto",
+    calibration: Optional[Iterable] = None,
+    fuse: Union[bool, Sequence[Sequence[str]]] = True,
+    progress: bool = True,
+) -> SparsifyReport:
     """Prune and compress ``model``'s nn.Linear layers in place; returns the per-matrix report.
 
     Args:
@@ -330,8 +368,10 @@ def sparsify(model: nn.Module, sparsity: float, *, method: str = "magnitude", in
         raise ValueError("no nn.Linear layer matches (include/exclude select none, or the model has none)")
     for name, m in chosen:
         if m.weight.dtype not in (torch.float16, torch.bfloat16):
-            raise TypeError(f"{name}.weight has dtype {m.weight.dtype}; flashspmm stores float16 or bfloat16 "
-                            f"weights: convert the model first, e.g. model.half() or model.to(torch.bfloat16)")
+            raise TypeError(
+                f"{name}.weight has dtype {m.weight.dtype}; flashspmm stores float16 or bfloat16 "
+                f"weights: convert the model first, e.g. model.half() or model.to(torch.bfloat16)"
+            )
         if m.weight.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name} is on {m.weight.device}; put the model on the CPU or a CUDA device")
         if m.bias is not None and m.bias.dtype != m.weight.dtype:
@@ -356,9 +396,14 @@ def sparsify(model: nn.Module, sparsity: float, *, method: str = "magnitude", in
             biases = [linear.bias for _, linear in members]
             bias = None
             if any(b is not None for b in biases):
-                bias = torch.cat([b.detach() if b is not None else
-                                  torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device)
-                                  for b, (_, linear) in zip(biases, members)])
+                bias = torch.cat(
+                    [
+                        b.detach()
+                        if b is not None
+                        else torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device)
+                        for b, (_, linear) in zip(biases, members)
+                    ]
+                )
             W = compress(weight, format=format)
             del weight
             blob = blob_tensor(W)
@@ -384,14 +429,21 @@ def sparsify(model: nn.Module, sparsity: float, *, method: str = "magnitude", in
                     setattr(parent, child, SparseLinearSlice(fused, index))
                 name = prefix + "+".join(names)
             M, K = W.shape
-            report.append(LayerReport(name=name, shape=(M, K), sparsity=1.0 - W.nnz / (M * K), format=W.format,
-                                      bytes_before=dense_bytes, bytes_after=W.nbytes))
+            report.append(
+                LayerReport(
+                    name=name,
+                    shape=(M, K),
+                    sparsity=1.0 - W.nnz / (M * K),
+                    format=W.format,
+                    bytes_before=dense_bytes,
+                    bytes_after=W.nbytes,
+                )
+            )
             del members, biases, bias, blob, W, linear
     return report
 
 
-def fuse_sparse(model: nn.Module, fuse: Union[bool, Sequence[Sequence[str]]] = True, *,
-                format: str = "auto") -> int:
+def fuse_sparse(model: nn.Module, fuse: Union[bool, Sequence[Sequence[str]]] = True, *, format: str = "auto") -> int:
     """Fuse sibling SparseLinear layers of one parent (q/k/v, gate/up, ...) into FusedSparseLinear modules.
 
     For checkpoints whose layers were compressed one by one (the command line converts tensor by tensor): each
@@ -407,15 +459,23 @@ def fuse_sparse(model: nn.Module, fuse: Union[bool, Sequence[Sequence[str]]] = T
             if not all(type(m) is SparseLinear for m in members):
                 continue
             first = members[0]
-            if not all(m.in_features == first.in_features and m.dtype == first.dtype and m.device == first.device
-                       for m in members):
+            if not all(
+                m.in_features == first.in_features and m.dtype == first.dtype and m.device == first.device
+                for m in members
+            ):
                 continue
             with torch.no_grad():
                 weight = torch.cat([m.to_dense() for m in members], dim=0)
                 bias = None
                 if any(m.bias is not None for m in members):
-                    bias = torch.cat([m.bias.detach() if m.bias is not None else
-                                      torch.zeros(m.out_features, dtype=m.dtype, device=m.device) for m in members])
+                    bias = torch.cat(
+                        [
+                            m.bias.detach()
+                            if m.bias is not None
+                            else torch.zeros(m.out_features, dtype=m.dtype, device=m.device)
+                            for m in members
+                        ]
+                    )
                 W = compress(weight, format=format)
                 del weight
                 blob = blob_tensor(W)

@@ -45,8 +45,16 @@ from torch import nn
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, _check_half
 from ._sparsify import DEFAULT_FUSE_GROUPS, LayerReport, SparsifyReport, collect_input_norms, prune_weight
 
-__all__ = ["ColumnParallelSparseLinear", "ColumnParallelFusedSparseLinear", "RowParallelSparseLinear",
-           "parallelize", "save_sparse_parallel", "load_sparse_parallel", "DEFAULT_TP_PLAN", "shard_file_name"]
+__all__ = [
+    "ColumnParallelSparseLinear",
+    "ColumnParallelFusedSparseLinear",
+    "RowParallelSparseLinear",
+    "parallelize",
+    "save_sparse_parallel",
+    "load_sparse_parallel",
+    "DEFAULT_TP_PLAN",
+    "shard_file_name",
+]
 
 # Module name patterns (``*`` stands for one name component, e.g. a layer number) -> style, in the notation of
 # transformers' ``base_model_tp_plan`` (a LLaMA config's own plan has exactly these entries).
@@ -72,20 +80,24 @@ _SHARD_RE = re.compile(r"tp-rank-(\d{5})-of-(\d{5})\.safetensors")
 
 # ---- process groups ------------------------------------------------------------------------------------------
 
-def _group_info(group) -> Tuple[Optional["dist.ProcessGroup"], int, int]:
+
+def _group_info(group) -> Tuple[Optional[dist.ProcessGroup], int, int]:
     """(group, this process's rank in it, its size); clear errors when torch.distributed is not set up."""
     if not dist.is_available():
-        raise RuntimeError("this torch build has no torch.distributed; tensor parallelism needs a build with it "
-                           "(the standard Linux wheels have it)")
+        raise RuntimeError(
+            "this torch build has no torch.distributed; tensor parallelism needs a build with it "
+            "(the standard Linux wheels have it)"
+        )
     if not dist.is_initialized():
-        raise RuntimeError("torch.distributed is not initialised: call torch.distributed.init_process_group('nccl') "
-                           "first (on GPUs, launched with torchrun; 'gloo' on CPUs), or pass group=")
+        raise RuntimeError(
+            "torch.distributed is not initialised: call torch.distributed.init_process_group('nccl') "
+            "first (on GPUs, launched with torchrun; 'gloo' on CPUs), or pass group="
+        )
     if group is not None and not isinstance(group, dist.ProcessGroup):
         raise TypeError(f"group must be a torch.distributed ProcessGroup or None, got {type(group).__qualname__}")
     rank = dist.get_rank(group)
     if rank < 0:
-        raise ValueError("this process is not a member of the given process group: build the layers on its ranks "
-                         "only")
+        raise ValueError("this process is not a member of the given process group: build the layers on its ranks only")
     return group, rank, dist.get_world_size(group)
 
 
@@ -98,8 +110,10 @@ def _backend(group) -> str:
 
 def _check_device(group, device: torch.device, what: str) -> None:
     if _backend(group) == "nccl" and device.type != "cuda":
-        raise ValueError(f"{what} is on {device}, but the process group uses NCCL, which reduces CUDA tensors only: "
-                         f"move it to this rank's GPU first (e.g. .to(f'cuda:{{local_rank}}')) or pass device=")
+        raise ValueError(
+            f"{what} is on {device}, but the process group uses NCCL, which reduces CUDA tensors only: "
+            f"move it to this rank's GPU first (e.g. .to(f'cuda:{{local_rank}}')) or pass device="
+        )
 
 
 def _comm_device(group) -> torch.device:
@@ -127,9 +141,11 @@ class _GroupRef:
     def __reduce__(self):
         if self.group is None or (dist.is_initialized() and self.group is dist.group.WORLD):
             return (_GroupRef, (None,))
-        raise TypeError("a tensor-parallel layer over a process group other than the default one cannot be "
-                        "pickled (process groups are not picklable); save the model with "
-                        "flashspmm.torch.save_sparse_parallel instead")
+        raise TypeError(
+            "a tensor-parallel layer over a process group other than the default one cannot be "
+            "pickled (process groups are not picklable); save the model with "
+            "flashspmm.torch.save_sparse_parallel instead"
+        )
 
 
 # ---- collectives -----------------------------------------------------------------------------------------------
@@ -148,10 +164,13 @@ def _all_gather_last_dim(y: torch.Tensor, group, world: int) -> torch.Tensor:
 
 # ---- the layers --------------------------------------------------------------------------------------------------
 
+
 def _shard_range(total: int, world: int, rank: int, what: str) -> Tuple[int, int]:
     if total % world:
-        raise ValueError(f"{what} = {total} is not divisible by the world size {world}: every rank must hold an "
-                         f"equal shard (pick a world size that divides it)")
+        raise ValueError(
+            f"{what} = {total} is not divisible by the world size {world}: every rank must hold an "
+            f"equal shard (pick a world size that divides it)"
+        )
     size = total // world
     return rank * size, (rank + 1) * size
 
@@ -166,16 +185,18 @@ class _TensorParallel:
         local = self.out_features if self.style == "colwise" else self.in_features
         what = "out_features" if self.style == "colwise" else "in_features"
         if total is not None and int(total) != local * world:
-            raise ValueError(f"this shard has {what} = {local}, so {world} ranks hold {local * world}, but the layer "
-                             f"has {what} = {total}: the shard was made for a world size of {total / local:g} "
-                             f"(shard and process group do not match)")
+            raise ValueError(
+                f"this shard has {what} = {local}, so {world} ranks hold {local * world}, but the layer "
+                f"has {what} = {total}: the shard was made for a world size of {total / local:g} "
+                f"(shard and process group do not match)"
+            )
         self.__dict__["_tp_group"] = _GroupRef(group)
         self.tp_rank = rank
         self.tp_world_size = world
         _check_device(group, self.blob.device, type(self).__name__)
 
     @property
-    def group(self) -> Optional["dist.ProcessGroup"]:
+    def group(self) -> Optional[dist.ProcessGroup]:
         """The process group (None: the default group)."""
         return self.__dict__["_tp_group"].group
 
@@ -196,8 +217,11 @@ class _TensorParallel:
         return self.tp_rank * size, (self.tp_rank + 1) * size
 
     def _tp_record(self) -> dict:
-        record = {"style": self.style, "total_shape": [self.total_out_features, self.total_in_features],
-                  "shard": list(self.shard)}
+        record = {
+            "style": self.style,
+            "total_shape": [self.total_out_features, self.total_in_features],
+            "shard": list(self.shard),
+        }
         if self.style == "colwise":
             record["gather_output"] = bool(self.gather_output)
         else:
@@ -205,19 +229,26 @@ class _TensorParallel:
         return record
 
     def _tp_repr(self) -> str:
-        total = (f"total_out_features={self.total_out_features}" if self.style == "colwise" else
-                 f"total_in_features={self.total_in_features}")
+        total = (
+            f"total_out_features={self.total_out_features}"
+            if self.style == "colwise"
+            else f"total_in_features={self.total_in_features}"
+        )
         return f"{self.style}, rank={self.tp_rank} of {self.tp_world_size}, {total}"
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         before = len(error_msgs)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         for i in range(before, len(error_msgs)):
-            error_msgs[i] += (f" (this layer is rank {self.tp_rank}'s shard of {self.tp_world_size}: a state dict "
-                              f"of another world size or rank does not fit; load per-rank shards with "
-                              f"flashspmm.torch.load_sparse_parallel)")
+            error_msgs[i] += (
+                f" (this layer is rank {self.tp_rank}'s shard of {self.tp_world_size}: a state dict "
+                f"of another world size or rank does not fit; load per-rank shards with "
+                f"flashspmm.torch.load_sparse_parallel)"
+            )
 
 
 def _dense_shard(weight: torch.Tensor, dim: int, start: int, stop: int, device) -> torch.Tensor:
@@ -237,8 +268,15 @@ class ColumnParallelSparseLinear(_TensorParallel, SparseLinear):
 
     style = "colwise"
 
-    def __init__(self, blob: torch.Tensor, bias: Optional[torch.Tensor] = None, *, group=None,
-                 gather_output: bool = True, total_out_features: Optional[int] = None):
+    def __init__(
+        self,
+        blob: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        group=None,
+        gather_output: bool = True,
+        total_out_features: Optional[int] = None,
+    ):
         """Wrap this rank's compressed shard (a blob, see SparseLinear) and its bias shard [out_features];
         ``total_out_features`` (optional) is checked against out_features x world size."""
         super().__init__(blob, bias)
@@ -253,10 +291,19 @@ class ColumnParallelSparseLinear(_TensorParallel, SparseLinear):
         return self
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, group=None,
-                   gather_output: bool = True, sparsity: Optional[float] = None, method: str = "magnitude",
-                   format: str = "auto", act_norms: Optional[torch.Tensor] = None,
-                   device=None) -> "ColumnParallelSparseLinear":
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        group=None,
+        gather_output: bool = True,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+        device=None,
+    ) -> ColumnParallelSparseLinear:
         """This rank's shard of the whole dense ``weight`` [M, K] (and ``bias`` [M]), pruned when ``sparsity`` is
         given (``method`` "magnitude" or "wanda" with ``act_norms`` [K]), compressed on ``device`` (default: the
         weight's). Every rank calls it with the same weight."""
@@ -277,14 +324,32 @@ class ColumnParallelSparseLinear(_TensorParallel, SparseLinear):
         return cls._wrap(layer, group, gather_output, weight.shape[0])
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, group=None, gather_output: bool = True,
-                    sparsity: Optional[float] = None, method: str = "magnitude", format: str = "auto",
-                    act_norms: Optional[torch.Tensor] = None, device=None) -> "ColumnParallelSparseLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        group=None,
+        gather_output: bool = True,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+        device=None,
+    ) -> ColumnParallelSparseLinear:
         """:meth:`from_dense` of ``linear``'s weight and bias (``linear`` is not modified)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__qualname__}")
-        return cls.from_dense(linear.weight, linear.bias, group=group, gather_output=gather_output,
-                              sparsity=sparsity, method=method, format=format, act_norms=act_norms, device=device)
+        return cls.from_dense(
+            linear.weight,
+            linear.bias,
+            group=group,
+            gather_output=gather_output,
+            sparsity=sparsity,
+            method=method,
+            format=format,
+            act_norms=act_norms,
+            device=device,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
@@ -309,17 +374,27 @@ class ColumnParallelFusedSparseLinear(_TensorParallel, FusedSparseLinear):
     def _wrap(cls, layer: FusedSparseLinear, group, total_splits: Optional[Sequence[int]]):
         self = cls._from_matrix_parts(layer.matrix, layer.blob, layer.bias, layer.splits, layer.names)
         self._init_parallel(group, None if total_splits is None else sum(int(s) for s in total_splits))
-        if total_splits is not None and [int(s) for s in total_splits] != [s * self.tp_world_size for s in
-                                                                            self.splits]:
-            raise ValueError(f"this shard's parts have {list(self.splits)} rows, so {self.tp_world_size} ranks "
-                             f"hold {[s * self.tp_world_size for s in self.splits]}, but the layers have "
-                             f"{list(total_splits)} (shard and process group do not match)")
+        if total_splits is not None and [int(s) for s in total_splits] != [s * self.tp_world_size for s in self.splits]:
+            raise ValueError(
+                f"this shard's parts have {list(self.splits)} rows, so {self.tp_world_size} ranks "
+                f"hold {[s * self.tp_world_size for s in self.splits]}, but the layers have "
+                f"{list(total_splits)} (shard and process group do not match)"
+            )
         return self
 
     @classmethod
-    def from_linears(cls, linears: Sequence[nn.Linear], names: Optional[Sequence[str]] = None, *, group=None,
-                     sparsity: Optional[float] = None, method: str = "magnitude", format: str = "auto",
-                     act_norms: Optional[torch.Tensor] = None, device=None) -> "ColumnParallelFusedSparseLinear":
+    def from_linears(
+        cls,
+        linears: Sequence[nn.Linear],
+        names: Optional[Sequence[str]] = None,
+        *,
+        group=None,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+        device=None,
+    ) -> ColumnParallelFusedSparseLinear:
         """This rank's rows of each of ``linears`` (same in_features), each part pruned on its own as
         ``sparsify`` prunes fused siblings, stacked and compressed as one matrix on ``device``."""
         group, rank, world = _group_info(group)
@@ -375,8 +450,15 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
 
     style = "rowwise"
 
-    def __init__(self, blob: torch.Tensor, bias: Optional[torch.Tensor] = None, *, group=None,
-                 input_is_parallel: bool = True, total_in_features: Optional[int] = None):
+    def __init__(
+        self,
+        blob: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        group=None,
+        input_is_parallel: bool = True,
+        total_in_features: Optional[int] = None,
+    ):
         """Wrap this rank's compressed shard [out_features, in_features] and the whole bias [out_features];
         ``total_in_features`` (optional) is checked against in_features x world size."""
         super().__init__(blob, bias)
@@ -391,10 +473,19 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
         return self
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, group=None,
-                   input_is_parallel: bool = True, sparsity: Optional[float] = None, method: str = "magnitude",
-                   format: str = "auto", act_norms: Optional[torch.Tensor] = None,
-                   device=None) -> "RowParallelSparseLinear":
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor] = None,
+        *,
+        group=None,
+        input_is_parallel: bool = True,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+        device=None,
+    ) -> RowParallelSparseLinear:
         """This rank's columns of the whole dense ``weight`` [M, K] (the whole ``bias`` [M] is kept), pruned per
         shard row when ``sparsity`` is given (Wanda: ``act_norms`` are the whole layer's [K]), compressed on
         ``device`` (default: the weight's). Every rank calls it with the same weight."""
@@ -411,8 +502,10 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
                 if act_norms is not None:
                     act_norms = torch.as_tensor(act_norms).reshape(-1)
                     if act_norms.numel() != weight.shape[1]:
-                        raise ValueError(f"act_norms must have {weight.shape[1]} entries (the whole layer's "
-                                         f"in_features), got {act_norms.numel()}")
+                        raise ValueError(
+                            f"act_norms must have {weight.shape[1]} entries (the whole layer's "
+                            f"in_features), got {act_norms.numel()}"
+                        )
                     act_norms = act_norms[start:stop]
                 shard = prune_weight(shard, sparsity, method=method, act_norms=act_norms)
             layer = SparseLinear.from_dense(shard, bias, format=format)
@@ -420,27 +513,51 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
         return cls._wrap(layer, group, input_is_parallel, weight.shape[1])
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, group=None, input_is_parallel: bool = True,
-                    sparsity: Optional[float] = None, method: str = "magnitude", format: str = "auto",
-                    act_norms: Optional[torch.Tensor] = None, device=None) -> "RowParallelSparseLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        group=None,
+        input_is_parallel: bool = True,
+        sparsity: Optional[float] = None,
+        method: str = "magnitude",
+        format: str = "auto",
+        act_norms: Optional[torch.Tensor] = None,
+        device=None,
+    ) -> RowParallelSparseLinear:
         """:meth:`from_dense` of ``linear``'s weight and bias (``linear`` is not modified)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__qualname__}")
-        return cls.from_dense(linear.weight, linear.bias, group=group, input_is_parallel=input_is_parallel,
-                              sparsity=sparsity, method=method, format=format, act_norms=act_norms, device=device)
+        return cls.from_dense(
+            linear.weight,
+            linear.bias,
+            group=group,
+            input_is_parallel=input_is_parallel,
+            sparsity=sparsity,
+            method=method,
+            format=format,
+            act_norms=act_norms,
+            device=device,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
             if x.shape[-1] != self.total_in_features:
-                raise ValueError(f"x must be [..., {self.total_in_features}] (the whole input: input_is_parallel "
-                                 f"is False), got shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"x must be [..., {self.total_in_features}] (the whole input: input_is_parallel "
+                    f"is False), got shape {tuple(x.shape)}"
+                )
             start, stop = self.shard
             x = x[..., start:stop].contiguous()
         elif x.shape[-1] != self.in_features:
-            hint = (" (the whole input? build the layer with input_is_parallel=False)"
-                    if x.shape[-1] == self.total_in_features else "")
-            raise ValueError(f"x must be this rank's slice [..., {self.in_features}] of the input, got shape "
-                             f"{tuple(x.shape)}{hint}")
+            hint = (
+                " (the whole input? build the layer with input_is_parallel=False)"
+                if x.shape[-1] == self.total_in_features
+                else ""
+            )
+            raise ValueError(
+                f"x must be this rank's slice [..., {self.in_features}] of the input, got shape {tuple(x.shape)}{hint}"
+            )
         # the bias is left out of the partial products and added once after the sum over the ranks
         y = torch.ops.flashspmm.linear(x, self.blob, None, self.out_features, self.in_features)
         if self.tp_world_size > 1:
@@ -455,6 +572,7 @@ class RowParallelSparseLinear(_TensorParallel, SparseLinear):
 
 # ---- the model level ---------------------------------------------------------------------------------------------
 
+
 def _compile_plan(plan: Optional[Mapping[str, str]]) -> List[Tuple[re.Pattern, str, str]]:
     plan = DEFAULT_TP_PLAN if plan is None else plan
     if not isinstance(plan, Mapping) or not plan:
@@ -462,8 +580,10 @@ def _compile_plan(plan: Optional[Mapping[str, str]]) -> List[Tuple[re.Pattern, s
     compiled = []
     for pattern, style in plan.items():
         if style not in _STYLES:
-            raise ValueError(f"plan entry {pattern!r}: style {style!r} is not supported; flashspmm shards Linear "
-                             f"layers 'colwise' or 'rowwise' (replicated modules are simply left out of the plan)")
+            raise ValueError(
+                f"plan entry {pattern!r}: style {style!r} is not supported; flashspmm shards Linear "
+                f"layers 'colwise' or 'rowwise' (replicated modules are simply left out of the plan)"
+            )
         parts = [r"[^.]+" if p == "*" else re.escape(p) for p in str(pattern).split(".")]
         # a pattern names the end of a module name: "layers.*.mlp.up_proj" matches "model.layers.3.mlp.up_proj"
         compiled.append((re.compile(r"(?:^|.*\.)" + r"\.".join(parts) + "$"), style, pattern))
@@ -485,13 +605,17 @@ def _sharded_layers(model: nn.Module, compiled, world: int) -> Dict[str, str]:
         if style is None:
             continue
         if isinstance(m, (SparseLinear, SparseLinearSlice)):
-            raise TypeError(f"{name} is already compressed ({type(m).__name__}); parallelize takes the dense model "
-                            f"and compresses each rank's shard itself (call it instead of sparsify, not after)")
+            raise TypeError(
+                f"{name} is already compressed ({type(m).__name__}); parallelize takes the dense model "
+                f"and compresses each rank's shard itself (call it instead of sparsify, not after)"
+            )
         if not isinstance(m, nn.Linear):
             raise TypeError(f"the plan makes {name} {style}, but it is a {type(m).__name__}, not an nn.Linear")
         if m.weight.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device: parallelize needs the dense weights (to load shards "
-                             f"saved before, use load_sparse_parallel)")
+            raise ValueError(
+                f"{name} is on the meta device: parallelize needs the dense weights (to load shards "
+                f"saved before, use load_sparse_parallel)"
+            )
         _check_half(m.weight, f"{name}.weight")
         if m.bias is not None and m.bias.dtype != m.weight.dtype:
             raise TypeError(f"{name}.bias has dtype {m.bias.dtype} but its weight is {m.weight.dtype}")
@@ -501,8 +625,10 @@ def _sharded_layers(model: nn.Module, compiled, world: int) -> Dict[str, str]:
             _shard_range(m.in_features, world, 0, f"{name}.in_features")
         chosen[name] = style
     if not chosen:
-        raise ValueError("the plan matches no module of this model (its names are patterns like "
-                         "'layers.*.self_attn.q_proj'; pass plan= for other module names)")
+        raise ValueError(
+            "the plan matches no module of this model (its names are patterns like "
+            "'layers.*.self_attn.q_proj'; pass plan= for other module names)"
+        )
     return chosen
 
 
@@ -524,8 +650,12 @@ def _units(model: nn.Module, chosen: Dict[str, str], fuse: bool) -> List[Tuple[s
             for names, fused_name in DEFAULT_FUSE_GROUPS:
                 if child in names and all(siblings.get(n) == "colwise" for n in names):
                     mods = [model.get_submodule(f"{parent}.{n}".lstrip(".")) for n in names]
-                    if all(m.in_features == mods[0].in_features and m.weight.dtype == mods[0].weight.dtype
-                           and m.weight.device == mods[0].weight.device for m in mods):
+                    if all(
+                        m.in_features == mods[0].in_features
+                        and m.weight.dtype == mods[0].weight.dtype
+                        and m.weight.device == mods[0].weight.device
+                        for m in mods
+                    ):
                         attr = fused_name
                         while hasattr(model.get_submodule(parent), attr):
                             attr += "_"
@@ -561,9 +691,11 @@ def _attention_changes(model: nn.Module, chosen: Dict[str, str], world: int) -> 
             if not sharded:
                 continue
             if len(sharded) != len(present) or here.get(row) != "rowwise":
-                raise ValueError(f"the plan shards {', '.join(f'{parent}.{c}' for c in sharded)} column-wise, so "
-                                 f"{', '.join(present)} must all be 'colwise' and {row} 'rowwise' (Megatron's "
-                                 f"pattern: sharded outputs go into the row-parallel layer)")
+                raise ValueError(
+                    f"the plan shards {', '.join(f'{parent}.{c}' for c in sharded)} column-wise, so "
+                    f"{', '.join(present)} must all be 'colwise' and {row} 'rowwise' (Megatron's "
+                    f"pattern: sharded outputs go into the row-parallel layer)"
+                )
         if here.get("q_proj") != "colwise":
             continue
         config = getattr(module, "config", None)
@@ -571,8 +703,10 @@ def _attention_changes(model: nn.Module, chosen: Dict[str, str], world: int) -> 
             config = getattr(model, "config", None)
         head_dim = _head_dim(module, config)
         if head_dim is None:
-            raise ValueError(f"{parent}: the head size is unknown (no head_dim attribute or config), so the heads "
-                             f"cannot be checked against the world size")
+            raise ValueError(
+                f"{parent}: the head size is unknown (no head_dim attribute or config), so the heads "
+                f"cannot be checked against the world size"
+            )
         counts = {}
         for proj in ("q_proj", "k_proj"):
             if not isinstance(getattr(module, proj, None), nn.Linear):
@@ -583,9 +717,11 @@ def _attention_changes(model: nn.Module, chosen: Dict[str, str], world: int) -> 
             counts[proj] = rows // head_dim
         heads, kv_heads = counts["q_proj"], counts.get("k_proj", counts["q_proj"])
         if heads % world or kv_heads % world:
-            raise ValueError(f"{parent} has {heads} attention heads and {kv_heads} key/value heads; tensor "
-                             f"parallelism over {world} ranks gives each rank whole heads, so both must be "
-                             f"divisible by the world size {world}")
+            raise ValueError(
+                f"{parent} has {heads} attention heads and {kv_heads} key/value heads; tensor "
+                f"parallelism over {world} ranks gives each rank whole heads, so both must be "
+                f"divisible by the world size {world}"
+            )
         change = {}
         for attr in _HEAD_ATTRS:
             value = getattr(module, attr, None)
@@ -609,9 +745,19 @@ def _dense_bytes(linears: Sequence[nn.Linear], world: int) -> int:
     return sum(m.weight.numel() * m.weight.element_size() for m in linears) // world
 
 
-def parallelize(model: nn.Module, *, group=None, sparsity: Optional[float] = None, method: str = "magnitude",
-                format: str = "auto", plan: Optional[Mapping[str, str]] = None, fuse: bool = True,
-                calibration=None, device=None, progress: bool = False) -> SparsifyReport:
+def parallelize(
+    model: nn.Module,
+    *,
+    group=None,
+    sparsity: Optional[float] = None,
+    method: str = "magnitude",
+    format: str = "auto",
+    plan: Optional[Mapping[str, str]] = None,
+    fuse: bool = True,
+    calibration=None,
+    device=None,
+    progress: bool = False,
+) -> SparsifyReport:
     """Shard ``model`` tensor-parallel over ``group`` in place, compressing this rank's shards; returns the report
     of this rank's matrices.
 
@@ -656,8 +802,9 @@ def parallelize(model: nn.Module, *, group=None, sparsity: Optional[float] = Non
     units = _units(model, chosen, fuse)
     norms = {}
     if sparsity is not None and method == "wanda":
-        norms = collect_input_norms(model, [(n, model.get_submodule(n)) for n in chosen], calibration,
-                                    progress=progress)
+        norms = collect_input_norms(
+            model, [(n, model.get_submodule(n)) for n in chosen], calibration, progress=progress
+        )
     options = dict(sparsity=sparsity, method=method, format=format, device=device)
 
     report = SparsifyReport()
@@ -672,25 +819,36 @@ def parallelize(model: nn.Module, *, group=None, sparsity: Optional[float] = Non
         linears = [getattr(parent, c) for c in children]
         acts = norms.get(prefix + children[0])
         if fused_name:
-            new = ColumnParallelFusedSparseLinear.from_linears(linears, children, group=group, act_norms=acts,
-                                                               **options)
+            new = ColumnParallelFusedSparseLinear.from_linears(
+                linears, children, group=group, act_norms=acts, **options
+            )
             setattr(parent, fused_name, new)
             for index, child in enumerate(children):
                 setattr(parent, child, SparseLinearSlice(new, index))
             name = prefix + "+".join(children)
         elif style == "colwise":
-            new = ColumnParallelSparseLinear.from_linear(linears[0], group=group, gather_output=False,
-                                                         act_norms=acts, **options)
+            new = ColumnParallelSparseLinear.from_linear(
+                linears[0], group=group, gather_output=False, act_norms=acts, **options
+            )
             setattr(parent, children[0], new)
             name = prefix + children[0]
         else:
-            new = RowParallelSparseLinear.from_linear(linears[0], group=group, input_is_parallel=True,
-                                                      act_norms=acts, **options)
+            new = RowParallelSparseLinear.from_linear(
+                linears[0], group=group, input_is_parallel=True, act_norms=acts, **options
+            )
             setattr(parent, children[0], new)
             name = prefix + children[0]
         M, K = new.out_features, new.in_features
-        report.append(LayerReport(name=name, shape=(M, K), sparsity=1.0 - new.nnz / (M * K), format=new.format,
-                                  bytes_before=_dense_bytes(linears, world), bytes_after=new.nbytes))
+        report.append(
+            LayerReport(
+                name=name,
+                shape=(M, K),
+                sparsity=1.0 - new.nnz / (M * K),
+                format=new.format,
+                bytes_before=_dense_bytes(linears, world),
+                bytes_after=new.nbytes,
+            )
+        )
         del linears, new
     _set_attention(model, changes, local=True)
     model._flashspmm_tp = {"world_size": world, "rank": rank, "attention": changes}
@@ -702,6 +860,7 @@ def _parallel_layers(model: nn.Module) -> Dict[str, _TensorParallel]:
 
 
 # ---- per-rank checkpoints -------------------------------------------------------------------------------------
+
 
 def shard_file_name(rank: int, world_size: int) -> str:
     """The file name of ``rank``'s shard in a checkpoint of ``world_size`` ranks."""
@@ -722,19 +881,29 @@ def save_sparse_parallel(model: nn.Module, dirpath, *, save_config: bool = True)
     info = getattr(model, "_flashspmm_tp", None)
     layers = _parallel_layers(model)
     if info is None or not layers:
-        raise ValueError("the model is not tensor-parallel: call flashspmm.torch.parallelize (or "
-                         "load_sparse_parallel) on it first, or save it with save_sparse")
+        raise ValueError(
+            "the model is not tensor-parallel: call flashspmm.torch.parallelize (or "
+            "load_sparse_parallel) on it first, or save it with save_sparse"
+        )
     refs = {id(m.group) for m in layers.values()}
     if len(refs) != 1:
         raise ValueError("the model's parallel layers use different process groups; one checkpoint holds one")
     group, rank, world = _group_info(next(iter(layers.values())).group)
     if world != info["world_size"] or rank != info["rank"]:
-        raise ValueError(f"the model was sharded as rank {info['rank']} of {info['world_size']}, but this process "
-                         f"is rank {rank} of {world} in the layers' group")
+        raise ValueError(
+            f"the model was sharded as rank {info['rank']} of {info['world_size']}, but this process "
+            f"is rank {rank} of {world} in the layers' group"
+        )
     token = [secrets.token_hex(8) if rank == 0 else None]
     dist.broadcast_object_list(token, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-    meta = {"version": _TP_VERSION, "rank": rank, "world_size": world, "checkpoint_id": token[0],
-            "layers": {name: m._tp_record() for name, m in layers.items()}, "attention": info["attention"]}
+    meta = {
+        "version": _TP_VERSION,
+        "rank": rank,
+        "world_size": world,
+        "checkpoint_id": token[0],
+        "layers": {name: m._tp_record() for name, m in layers.items()},
+        "attention": info["attention"],
+    }
     dirpath = os.fspath(dirpath)
     path = os.path.join(dirpath, shard_file_name(rank, world))
     error = None
@@ -784,13 +953,17 @@ def _find_shards(dirpath: str, rank: int, world: int) -> Tuple[str, dict]:
         raise FileNotFoundError(f"no such checkpoint directory: {dirpath}")
     sizes = sorted({int(m.group(2)) for m in map(_SHARD_RE.fullmatch, os.listdir(dirpath)) if m})
     if not sizes:
-        raise FileNotFoundError(f"{dirpath} holds no tensor-parallel shards (tp-rank-*-of-*.safetensors files, "
-                                f"written by flashspmm.torch.save_sparse_parallel)")
+        raise FileNotFoundError(
+            f"{dirpath} holds no tensor-parallel shards (tp-rank-*-of-*.safetensors files, "
+            f"written by flashspmm.torch.save_sparse_parallel)"
+        )
     if world not in sizes:
         saved = " or ".join(str(s) for s in sizes)
-        raise ValueError(f"{dirpath} holds a checkpoint for a world size of {saved}, but this process group has "
-                         f"{world} rank(s): launch {saved} processes (torchrun --nproc-per-node {sizes[0]}), or "
-                         f"re-shard from the dense model with parallelize")
+        raise ValueError(
+            f"{dirpath} holds a checkpoint for a world size of {saved}, but this process group has "
+            f"{world} rank(s): launch {saved} processes (torchrun --nproc-per-node {sizes[0]}), or "
+            f"re-shard from the dense model with parallelize"
+        )
     paths = [os.path.join(dirpath, shard_file_name(r, world)) for r in range(world)]
     missing = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
     if missing:
@@ -798,12 +971,16 @@ def _find_shards(dirpath: str, rank: int, world: int) -> Tuple[str, dict]:
     metas = [_read_tp_metadata(p) for p in paths]
     for r, (p, meta) in enumerate(zip(paths, metas)):
         if int(meta["rank"]) != r or int(meta["world_size"]) != world:
-            raise ValueError(f"{p} records rank {meta['rank']} of {meta['world_size']}, not rank {r} of {world} "
-                             f"as its name says (renamed files?)")
+            raise ValueError(
+                f"{p} records rank {meta['rank']} of {meta['world_size']}, not rank {r} of {world} "
+                f"as its name says (renamed files?)"
+            )
     ids = {meta.get("checkpoint_id") for meta in metas}
     if len(ids) != 1:
-        raise ValueError(f"{dirpath}: the {world} rank files come from different saves (their checkpoint ids "
-                         f"differ); save all ranks again with save_sparse_parallel")
+        raise ValueError(
+            f"{dirpath}: the {world} rank files come from different saves (their checkpoint ids "
+            f"differ); save all ranks again with save_sparse_parallel"
+        )
     return paths[rank], metas[rank]
 
 
@@ -823,11 +1000,15 @@ def _shape_for_shards(model: nn.Module, layers: Mapping[str, dict], world: int) 
             except AttributeError:
                 raise KeyError(f"the checkpoint shards a layer {target!r} that the model does not have") from None
             if not isinstance(old, nn.Linear):
-                raise TypeError(f"{target} is a {type(old).__name__} in the model; load_sparse_parallel takes the "
-                                f"dense architecture (e.g. built on the meta device from the config)")
+                raise TypeError(
+                    f"{target} is a {type(old).__name__} in the model; load_sparse_parallel takes the "
+                    f"dense architecture (e.g. built on the meta device from the config)"
+                )
             if (old.out_features, old.in_features) != (rows, cols):
-                raise ValueError(f"{target} is Linear({old.in_features} -> {old.out_features}) in the model but "
-                                 f"{cols} -> {rows} in the checkpoint (another architecture?)")
+                raise ValueError(
+                    f"{target} is Linear({old.in_features} -> {old.out_features}) in the model but "
+                    f"{cols} -> {rows} in the checkpoint (another architecture?)"
+                )
             local = (rows // world, cols) if record["style"] == "colwise" else (rows, cols // world)
             parent, _, child = target.rpartition(".")
             shaped = nn.Linear(local[1], local[0], bias=old.bias is not None, device="meta", dtype=old.weight.dtype)
@@ -889,8 +1070,10 @@ def load_sparse_parallel(model: nn.Module, dirpath, *, group=None, device=None, 
         module = model.get_submodule(parent_name)
         for attr, (total, _) in attrs.items():
             if getattr(module, attr, None) != total:
-                raise ValueError(f"{parent_name}.{attr} is {getattr(module, attr, None)} in the model but {total} "
-                                 f"in the checkpoint (another architecture?)")
+                raise ValueError(
+                    f"{parent_name}.{attr} is {getattr(module, attr, None)} in the model but {total} "
+                    f"in the checkpoint (another architecture?)"
+                )
     _set_attention(model, attention, local=True)
     model._flashspmm_tp = {"world_size": world, "rank": rank, "attention": copy.deepcopy(attention)}
     return model
