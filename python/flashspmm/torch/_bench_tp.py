@@ -34,7 +34,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from .._bench_model import _int_list, _percent_list  # the same option syntax as bench-model
+from .. import _bench_model
+from .._bench_model import _int_list, _percent_list  # the option syntax of bench-model
 
 # NVLink multicast (NVLS) stays off unless the environment says otherwise: a program using it can take a shared
 # host's GPUs out of service. NCCL, torch's symmetric memory and NVSHMEM each have a switch; set before NCCL is
@@ -47,16 +48,9 @@ ENV_DEFAULTS: Dict[str, str] = {
 for _key, _value in ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
-MODELS: Dict[str, dict] = {
-    "llama2-70b": dict(
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=80,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        vocab_size=32000,
-    ),
-    # for checking the code path on CPUs
+# bench-model's shapes; "tiny" (for checking the code path on CPUs) with head counts that 4 ranks divide
+MODELS = {
+    **_bench_model.MODELS,
     "tiny": dict(
         hidden_size=128,
         intermediate_size=256,
