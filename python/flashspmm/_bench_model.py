@@ -350,8 +350,10 @@ class Decoder:
         self.logits = out.logits
         return out.logits
 
-    def capture(self, warmup: int = 2):
-        """Warm up on a side stream, then capture one step in a CUDA graph."""
+    def capture(self, warmup: int = 2, capture_error_mode: str = "global"):
+        """Warm up on a side stream (plans, split-K workspaces and, for tensor parallel runs, NCCL communicators
+        are set up there), then capture one step in a CUDA graph. ``capture_error_mode="thread_local"`` lets other
+        threads (NCCL's watchdog) keep querying their events during the capture."""
         torch = self.torch
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -361,8 +363,9 @@ class Decoder:
                 self.step()
                 self.pos += 1
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
+        with torch.no_grad(), torch.cuda.graph(self.graph, capture_error_mode=capture_error_mode):
             self.step()  # recorded, not run: the position does not advance
 
     def run(self, steps: int) -> float:

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import os
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional
 
 from .. import _bench_model
@@ -314,109 +312,13 @@ def weight_bytes(model) -> int:
 # ---- decoding -----------------------------------------------------------------------------------------------------
 
 
-def make_static_cache(config, batch: int, cache_len: int, device, dtype):
-    """transformers.StaticCache with whatever its constructor asks for in this version (the layers size themselves
-    from the first keys they get, so each rank's cache holds its own heads)."""
-    import transformers
-
-    params = set(inspect.signature(transformers.StaticCache.__init__).parameters)
-    kwargs = {"config": config, "max_cache_len": cache_len}
-    for key, value in (("max_batch_size", batch), ("batch_size", batch), ("device", device), ("dtype", dtype)):
-        if key in params:
-            kwargs[key] = value
-    return transformers.StaticCache(**kwargs)
-
-
-class Decoder:
-    """Prefill, then decode steps that read and update only device tensors (so one step can be captured in a CUDA
-    graph): the argmax is fed back, the positions advance, the next column of the 4-D boolean mask is set. A
-    prepared 4-D mask is used as given by the model (no mask building inside a capture)."""
-
-    def __init__(self, model, batch: int, prompt: int, cache_len: int, device, seed: int):
-        import torch
-
-        self.torch = torch
-        self.model = model
-        self.device = torch.device(device)
-        params = set(inspect.signature(type(model).forward).parameters)
-        self.cache_key = "cache" if "cache" in params else "past_key_values"
-        self.pass_cache_position = "cache_position" in params
-        self.keep_key = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-        self.cache = make_static_cache(model.config, batch, cache_len, self.device, torch.float16)
-        gen = torch.Generator(device="cpu").manual_seed(seed)  # the same prompt on every rank
-        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=gen).to(self.device)
-        positions = torch.arange(prompt, device=self.device)
-        keys = torch.arange(cache_len, device=self.device)
-        mask = (keys[None, :] <= positions[:, None]).expand(batch, 1, prompt, cache_len).contiguous()
-        with torch.no_grad():
-            out = self._forward(ids, positions.expand(batch, prompt), positions, mask, keep=1)
-        self.ids = out.logits[:, -1:].argmax(-1)  # [B, 1]
-        self.position = torch.full((batch, 1), prompt, dtype=torch.long, device=self.device)
-        self.cache_position = torch.full((1,), prompt, dtype=torch.long, device=self.device)
-        self.mask = (keys < prompt).expand(batch, 1, 1, cache_len).contiguous()  # [B, 1, 1, L]
-        self.pos = prompt
-        self.cache_len = cache_len
-        self.graph = None
-        self.logits = None
-
-    def _forward(self, ids, position_ids, cache_position, mask, keep=None):
-        kwargs = {
-            "input_ids": ids,
-            "position_ids": position_ids,
-            "attention_mask": mask,
-            self.cache_key: self.cache,
-            "use_cache": True,
-        }
-        if self.pass_cache_position:
-            kwargs["cache_position"] = cache_position
-        if keep is not None and self.keep_key is not None:
-            kwargs[self.keep_key] = keep
-        return self.model(**kwargs)
-
-    def step(self):
-        self.mask.index_fill_(3, self.cache_position, True)
-        out = self._forward(self.ids, self.position, self.cache_position, self.mask)
-        self.ids.copy_(out.logits[:, -1:].argmax(-1))
-        self.position.add_(1)
-        self.cache_position.add_(1)
-        self.logits = out.logits
+class Decoder(_bench_model.Decoder):
+    """bench-model's decoder (prefill, then one decode step on device tensors, captured in a CUDA graph). Each
+    rank's static cache sizes its layers from the first keys they get, so it holds that rank's heads; the capture
+    runs in thread-local mode, as NCCL's watchdog thread keeps querying its events meanwhile."""
 
     def capture(self, warmup: int = 2) -> None:
-        """Warm-up steps on a side stream (NCCL communicators and the split-K workspaces are set up there), then
-        one step captured (recorded, not run)."""
-        torch = self.torch
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(warmup):
-                self.step()
-                self.pos += 1
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the NCCL watchdog thread keeps querying its events while this thread captures
-        with torch.no_grad(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.step()
-
-    def run(self, steps: int) -> float:
-        """Seconds for ``steps`` decode steps on this rank."""
-        torch = self.torch
-        if self.pos + steps > self.cache_len:
-            raise ValueError(f"the KV cache holds {self.cache_len} tokens, {self.pos + steps} are needed")
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for _ in range(steps):
-                if self.graph is not None:
-                    self.graph.replay()
-                else:
-                    self.step()
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        self.pos += steps
-        return time.perf_counter() - t0
+        super().capture(warmup, capture_error_mode="thread_local")
 
 
 def check_logits(model, device):
