@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import flashspmm  # noqa: E402
-from _toolkit import as_dtype, from_f32, sparse_bits, to_f64  # noqa: E402
+from _toolkit import as_dtype, from_f32, require, sparse_bits, to_f64  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -35,13 +35,8 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def jx():
     """(jax, jax.numpy, flashspmm.jax, the first GPU), or skip."""
-    jax = pytest.importorskip("jax")
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError:
-        gpus = []
-    if not gpus:
-        pytest.skip("JAX sees no GPU")
+    jax = require("jax")  # skips without JAX or without a GPU it can see
+    gpus = jax.devices("gpu")
     import jax.numpy as jnp
 
     import flashspmm.jax as fj
