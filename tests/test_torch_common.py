@@ -5,6 +5,7 @@ never imports torch and that ``flashspmm.torch`` imports when torch is there.
 """
 
 import copy
+import os
 import secrets
 import sys
 
@@ -16,9 +17,9 @@ FAMILIES = ("llama", "mistral", "qwen2", "opt")
 
 
 def seed_torch():
-    """Seed torch with a fresh random seed, printed so a failure can be replayed."""
-    seed = secrets.randbits(31)
-    print(f"torch seed: {seed}")
+    """Seed torch with a fresh random seed, printed so a failure can be replayed (FSPMM_TORCH_SEED=<seed> sets it)."""
+    seed = int(os.environ.get("FSPMM_TORCH_SEED") or secrets.randbits(31))
+    print(f"torch seed: {seed} (replay: FSPMM_TORCH_SEED={seed})")
     torch.manual_seed(seed)
     return seed
 
