@@ -67,7 +67,9 @@ typedef enum {
 typedef enum {
     FSPMM_KERNEL_AUTO = 0,        /* chosen from the format, density and N (the measured rule in launch.cu)   */
     FSPMM_KERNEL_TENSOR_CORE = 1, /* tiles expanded on chip and multiplied on Tensor Cores                    */
-    FSPMM_KERNEL_CUDA_CORE = 2    /* one token (N = 1) only: fp32 FMA per stored value; larger N uses the TC  */
+    FSPMM_KERNEL_CUDA_CORE = 2,   /* one token (N = 1) only: fp32 FMA per stored value; larger N uses the TC  */
+    FSPMM_KERNEL_STREAMING = 3    /* bitmap, up to 16 tokens: Tensor Cores, one 64-row tile stream per warp;  */
+                                  /* larger N uses the pipelined Tensor Core kernel                           */
 } fspmm_kernel_t;
 
 /* How the Tensor Core kernel expands bitmap tiles (fspmm_linear_options_t.decoder; Tiled-CSL has one). */

@@ -33,8 +33,9 @@ from _toolkit import (
 
 pytestmark = pytest.mark.gpu
 
-# "bitmap:<decoder>" forces one of the bitmap decoders.
-FORMATS = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl"]
+# "bitmap:<decoder>" forces one of the bitmap decoders on the pipelined Tensor Core kernel, "bitmap:streaming"
+# the warp-streaming kernel (N <= 16; larger N run on the pipelined kernel).
+FORMATS = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "bitmap:streaming", "tiled_csl"]
 DTYPES = ["float16", "bfloat16"]
 
 
@@ -49,17 +50,25 @@ def _rows(x):
 
 
 def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
-    """flashspmm.linear with the bitmap decoder forced through the plan options: "rows", "scatter", "direct", or
-    "" for the library's choice by density; the plan is asked which decoder (and kernel) it launched."""
+    """flashspmm.linear with the bitmap decoder forced through the plan options: "rows", "scatter", "direct" (on
+    the pipelined Tensor Core kernel unless `kernel` says otherwise), "streaming" (the warp-streaming kernel), or
+    "" for the library's choice; the plan is asked which decoder and kernel it launched."""
+    if decoder == "streaming":
+        kernel, decoder = "streaming", ""
+    elif decoder and kernel == "auto":
+        kernel = "tensor_core"
     decoder = decoder if decoder and W.format == "bitmap" else "auto"
     y = flashspmm.linear(x, W, bias, kernel=kernel, decoder=decoder, **kwargs)
     n = _rows(x)
     if n:
         info = W.plan_info(n, split_k=kwargs.get("split_k", 0), kernel=kernel, decoder=decoder)
-        if decoder != "auto" and info["kernel"] == "tensor_core":
+        if decoder != "auto" and info["kernel"] != "cuda_core":
             assert info["decoder"] == decoder, info
+        serves = {"cuda_core": n == 1, "streaming": n <= 16, "tensor_core": True}
         if kernel != "auto":
-            assert info["kernel"] == (kernel if n == 1 else "tensor_core"), info
+            assert info["kernel"] == (kernel if serves[kernel] else "tensor_core"), info
+        if kernel == "streaming" and n <= 16:
+            assert info["decoder"] == "direct" and info["n_tile"] == (8 if n <= 8 else 16), info
     return y
 
 
@@ -144,11 +153,12 @@ def test_shapes_wide_n_tiles(rng, framework, dtype, fmt, N):
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 7, 64])
-def test_split_k_and_determinism(rng, framework, fmt, split_k):
-    W, x, y = run_case(rng, framework, 300, 4096, 24, 0.8, "float16", fmt, split_k=split_k)
+@pytest.mark.parametrize("N", [5, 24])
+def test_split_k_and_determinism(rng, framework, fmt, split_k, N):
+    W, x, y = run_case(rng, framework, 300, 4096, N, 0.8, "float16", fmt, split_k=split_k)
     first = host_bits(y)
     for _ in range(3):
-        again = poisoned_device(framework, (24, 300), "float16")
+        again = poisoned_device(framework, (N, 300), "float16")
         linear_with_decoder(split_format(fmt)[1], x, W, out=again, split_k=split_k)
         synchronize()
         assert_bits_equal(host_bits(again), first, "a repeated launch")
@@ -408,3 +418,64 @@ def test_specials_in_bias_and_out(rng, framework, dtype, fmt, N):
         o64[0, 10], o64[N - 1, 11] = np.nan, -np.inf
         ref = reference_linear(x64, w64, b64, 1.0, beta, o64 if beta else None)
         assert_close(host_bits(y), ref, dtype)  # NaN / Inf matched in kind, the rest element by element
+
+
+# ---- the warp-streaming kernel (stream.cu): bitmap, N <= 16 --------------------------------------------------
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "M,K,N,split_k",
+    [
+        (70, 9000, 3, 1),  # more K tiles than one slice may hold: at least two slices
+        (200, 64 * 128, 16, 1),  # a slice of the largest size, 32 K tiles per warp
+        (1030, 4096, 1, 0),  # the automatic split of a small matrix
+        (129, 130, 9, 2),  # warps without K tiles (three K tiles in two slices of four warps)
+        (1, 64, 1, 0),
+        (64, 640, 12, 10),  # one K tile per slice
+    ],
+)
+def test_streaming_k_runs(rng, framework, dtype, M, K, N, split_k):
+    W, _, _ = run_case(rng, framework, M, K, N, 0.6, dtype, "bitmap:streaming", bias=True, split_k=split_k)
+    info = W.plan_info(N, split_k=split_k, kernel="streaming")
+    tiles_k = -(-K // 64)
+    assert info["kernel"] == "streaming" and info["grid"][0] == -(-M // 64), info
+    assert info["split_k"] * 128 >= tiles_k and (split_k == 0 or info["split_k"] >= min(split_k, tiles_k)), info
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+def test_streaming_refuses_what_it_cannot_run(rng, framework):
+    Wc, _, _ = device_weight(rng, framework, 96, 128, 0.9, "float16", "tiled_csl")
+    Wb, _, _ = device_weight(rng, framework, 96, 128, 0.5, "float16", "bitmap")
+    x, _ = device_values(rng, framework, (4, 128), "float16")
+    with pytest.raises(flashspmm.Error, match="FSPMM_ERR_NOT_SUPPORTED.*bitmap matrices only"):
+        flashspmm.linear(x, Wc, kernel="streaming")
+    with pytest.raises(flashspmm.Error, match="FSPMM_ERR_INVALID_ARGUMENT.*direct bitmap decoder"):
+        flashspmm.linear(x, Wb, kernel="streaming", decoder="scatter")
+    assert Wb.plan_info(4)["kernel"] == "streaming" and Wb.plan_info(17)["kernel"] == "tensor_core"
+    assert Wb.plan_info(4, kernel="tensor_core")["kernel"] == "tensor_core"
+    assert Wb.plan_info(4, decoder="rows")["kernel"] == "tensor_core"
+
+
+def test_streaming_under_cuda_graph_capture_with_split_k(rng):
+    torch = require("torch")
+    W, w64, _ = device_weight(rng, "torch", 1024, 4096, 0.5, "float16", "bitmap")
+    assert W.plan_info(2)["kernel"] == "streaming" and W.plan_info(2)["split_k"] > 1
+    x, _ = device_values(rng, "torch", (2, 4096), "float16")
+    y = torch.empty(2, 1024, device="cuda", dtype=torch.float16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        flashspmm.linear(x, W, out=y)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        flashspmm.linear(x, W, out=y)
+    for _ in range(3):
+        new, x64 = device_values(rng, "torch", (2, 4096), "float16")
+        x.copy_(new)
+        y.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_close(y, x64 @ w64.T, "float16")

@@ -72,9 +72,11 @@ def test_moves_and_state_dict_across_devices():
     g = fst.SparseLinear.from_dense(random_pruned(96, 128, 0.8), torch.randn(96, device=CUDA).half())
     m.load_state_dict(g.state_dict())
     assert m.blob.device.type == "cpu" and torch.equal(m.to_dense(), g.to_dense().cpu())
-    g2 = fst.SparseLinear.from_dense(random_pruned(96, 128, 0.3))
+    g2 = fst.SparseLinear.from_dense(random_pruned(96, 128, 0.3), torch.randn(96, device=CUDA).half())
     g2.load_state_dict(m.state_dict())
-    assert g2.blob.is_cuda and torch.equal(g2.to_dense(), g.to_dense())
+    assert g2.blob.is_cuda and torch.equal(g2.to_dense(), g.to_dense()) and torch.equal(g2.bias, g.bias)
+    with pytest.raises(RuntimeError, match='Unexpected key.*"bias"'):  # torch's rule: no bias to load into
+        fst.SparseLinear.from_dense(random_pruned(96, 128, 0.3)).load_state_dict(m.state_dict())
     with pytest.raises(TypeError, match="cannot be converted"):
         g2.float()
 

@@ -45,11 +45,11 @@ MODEL_SHAPES = {name: sorted(layer) for name, layer in MODEL_LAYERS.items()}
 
 def _variant(fmt):
     """ "base[:choice]" -> (base format, linear() keyword arguments): a bitmap decoder (direct, scatter, rows) or
-    a kernel (tensor_core, cuda_core) chosen through the plan options."""
+    a kernel (tensor_core, cuda_core, streaming) chosen through the plan options."""
     base, _, choice = fmt.partition(":")
     if not choice:
         return base, {}
-    if choice in ("tensor_core", "cuda_core"):
+    if choice in ("tensor_core", "cuda_core", "streaming"):
         return base, {"kernel": choice}
     return base, {"decoder": choice}
 
@@ -170,12 +170,17 @@ def run(args):
                     torch, [lambda d=d: torch.matmul(x, d.t(), out=y) for d in dense_copies], args.reps
                 )
                 io_bytes = N * K * 2 + N * M * 2
-                for fmt in args.formats:
+                for fmt, split_k in [(f, k) for f in args.formats for k in args.split_k]:
                     base, options = _variant(fmt)
+                    if split_k:
+                        options = dict(options, split_k=split_k)
+                        fmt = f"{fmt}/k{split_k}"
                     real = auto if base == "auto" else base
                     blobs = mats[real]
                     if options.get("kernel") == "cuda_core" and N != 1:
                         continue  # the CUDA-core kernel serves one token
+                    if options.get("kernel") == "streaming" and N > 16:
+                        continue  # the streaming kernel serves up to 16 tokens
                     t = time_rotation(
                         torch, [lambda W=W: flashspmm.linear(x, W, out=y, **options) for W in blobs], args.reps
                     )
@@ -312,11 +317,18 @@ def main(argv=None):
         type=lambda s: s.split(","),
         default=None,
         help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
-        "FORMAT:cuda_core / FORMAT:tensor_core a kernel (N = 1)",
+        "FORMAT:cuda_core / FORMAT:tensor_core / FORMAT:streaming a kernel (CUDA cores: N = 1; streaming: "
+        "bitmap, N <= 16)",
+    )
+    ap.add_argument(
+        "--split-k",
+        type=_parse_list,
+        default=[0],
+        help="split-K counts to run each format with (0 = the plan's choice), e.g. 0,2,4,8; rows FORMAT/kS",
     )
     ap.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="the four target shapes, N 1,16,32,64, sparsity 50-90")
+    ap.add_argument("--quick", action="store_true", help="the four target shapes, N 1,8,16,32,64, sparsity 50-90")
     ap.add_argument(
         "--models",
         type=lambda s: s.split(","),
@@ -327,7 +339,7 @@ def main(argv=None):
     ap.add_argument("--png", default="bench.png")
     args = ap.parse_args(argv)
     if args.quick:
-        args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 16, 32, 64], [50, 70, 80, 90]
+        args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 8, 16, 32, 64], [50, 70, 80, 90]
         if args.formats is None:
             args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
     if args.formats is None:

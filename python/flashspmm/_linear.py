@@ -131,12 +131,13 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     ws_bytes = entry.workspace
     ws_ptr = 0
     plan = entry.address
-    if entry.zeroed:
-        # a small workspace kept for this plan and stream, zeroed once (the kernels leave its counters zero)
-        key = (entry.zeroed, stream)
-        ws = W._kept.get(key)
+    if entry.zeroed and stream == 0:
+        # On the default stream, a small workspace kept for this plan, zeroed once (the kernels leave its
+        # counters zero). Only there: side streams are where CUDA graphs are captured and where torch.compile's
+        # CUDA graph trees allocate from a private pool, whose memory must not outlive the call.
+        ws = W._kept.get(entry.zeroed)
         if ws is None or ws.numel() < ws_bytes:
-            ws = W._kept[key] = torch.zeros(ws_bytes, dtype=torch.uint8, device=device)
+            ws = W._kept[entry.zeroed] = torch.zeros(ws_bytes, dtype=torch.uint8, device=device)
         ws_ptr = ws.data_ptr()
         plan = entry.zeroed
     elif ws_bytes:
@@ -177,7 +178,8 @@ def linear(
             ``beta == 0`` its old contents are never read.
         alpha, beta: scalars (fp32 accumulation).
         split_k: GPU only: 0 = automatic, else the number of K slices (1 = none).
-        kernel: GPU only: "auto", "tensor_core" or "cuda_core" (the CUDA-core kernel serves N = 1).
+        kernel: GPU only: "auto", "tensor_core" (the pipelined Tensor Core kernel), "cuda_core" (serves N = 1)
+            or "streaming" (Tensor Cores, a tile stream per warp: bitmap matrices, serves N <= 16).
         decoder: GPU, bitmap matrices only: "auto", "direct", "scatter" or "rows".
         stream: GPU only: a cudaStream_t as an int, or an object with ``.cuda_stream`` (torch) or ``.ptr``
             (cupy); default: x's framework's current stream.

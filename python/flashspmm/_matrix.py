@@ -23,6 +23,7 @@ KERNELS = {
     "auto": lib.FSPMM_KERNEL_AUTO,
     "tensor_core": lib.FSPMM_KERNEL_TENSOR_CORE,
     "cuda_core": lib.FSPMM_KERNEL_CUDA_CORE,
+    "streaming": lib.FSPMM_KERNEL_STREAMING,
 }
 DECODERS = {
     "auto": lib.FSPMM_DECODER_AUTO,
@@ -200,7 +201,7 @@ class SparseMatrix:
         self._origin = origin  # _arrays.Origin of the dense matrix compressed, or None
         self._plans = {}  # (max_n, split_k, kernel, decoder) -> cdata fspmm_plan_t
         self._entries = {}  # (N, split_k, kernel, decoder) -> _PlanEntry
-        self._kept = {}  # (zeroed plan address, stream) -> workspace tensor kept zeroed
+        self._kept = {}  # zeroed plan address -> workspace tensor kept zeroed for the default stream
         self._lock = threading.Lock()
         self._side_streams = set()  # streams other than the owner's that read the blob (non-torch owners)
         self._torch_dtype = None

@@ -42,7 +42,7 @@ LinearOptions options_arg(const fspmm_linear_options_t* o) {
     const int kernel = enum_value(o->kernel), decoder = enum_value(o->decoder);
     FSPMM_REQUIRE(o->split_k >= 0, "options->split_k = " + std::to_string(o->split_k) +
                                        " is invalid: pass 0 (automatic) or a positive number of K slices");
-    FSPMM_REQUIRE(kernel >= FSPMM_KERNEL_AUTO && kernel <= FSPMM_KERNEL_CUDA_CORE,
+    FSPMM_REQUIRE(kernel >= FSPMM_KERNEL_AUTO && kernel <= FSPMM_KERNEL_STREAMING,
                   "options->kernel = " + std::to_string(kernel) + " is invalid: pass one of FSPMM_KERNEL_*");
     FSPMM_REQUIRE(decoder >= FSPMM_DECODER_AUTO && decoder <= FSPMM_DECODER_ROWS,
                   "options->decoder = " + std::to_string(decoder) + " is invalid: pass one of FSPMM_DECODER_*");

@@ -11,6 +11,7 @@
 #include "format/layout.h"
 #include "spmm/gemv.h"
 #include "spmm/params.h"
+#include "spmm/stream.h"
 
 namespace fspmm {
 
@@ -192,7 +193,7 @@ constexpr double kGemvDensity = 0.12;
 // Whether this call runs the CUDA-core kernel (either format has one, for N = 1). FSPMM_KERNEL_CUDA_CORE asks
 // for it at N = 1 (larger N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE never uses it.
 bool use_gemv(const fspmm_header_t& h, int64_t N, int kernel) {
-    if (N != 1 || kernel == FSPMM_KERNEL_TENSOR_CORE) return false;
+    if (N != 1 || (kernel != FSPMM_KERNEL_AUTO && kernel != FSPMM_KERNEL_CUDA_CORE)) return false;
     if (kernel == FSPMM_KERNEL_CUDA_CORE) return true;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
     return h.format == FSPMM_FORMAT_TILED_CSL && density <= kGemvDensity;
@@ -210,6 +211,62 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
     plan.smem = gemv_smem_bytes(plan.slot_bytes);
     const void* func = gemv_kernel_func(h.format, h.dtype);
     plan_splits(plan, h, 1, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
+    return plan;
+}
+
+// Whether this call runs the warp-streaming kernel (stream.cu: bitmap, direct decoder, N <= 16).
+// FSPMM_KERNEL_STREAMING asks for it up to 16 tokens (larger N run on the pipelined kernel); AUTO takes it
+// for bitmap matrices the direct decoder would run, at N <= kStreamAutoMaxN.
+constexpr int64_t kStreamAutoMaxN = 16;
+bool use_stream(const fspmm_header_t& h, int64_t N, const LinearOptions& options) {
+    if (options.kernel == FSPMM_KERNEL_STREAMING) {
+        if (h.format != FSPMM_FORMAT_BITMAP)
+            raise(FSPMM_ERR_NOT_SUPPORTED,
+                  "the streaming kernel reads bitmap matrices only; this one is tiled_csl: pass FSPMM_KERNEL_AUTO "
+                  "or FSPMM_KERNEL_TENSOR_CORE");
+        FSPMM_REQUIRE(options.decoder == FSPMM_DECODER_AUTO || options.decoder == FSPMM_DECODER_DIRECT,
+                      "the streaming kernel runs the direct bitmap decoder: pass FSPMM_DECODER_AUTO or "
+                      "FSPMM_DECODER_DIRECT with FSPMM_KERNEL_STREAMING");
+        return N <= kStreamMaxNTile;
+    }
+    if (options.kernel != FSPMM_KERNEL_AUTO || h.format != FSPMM_FORMAT_BITMAP || N > kStreamAutoMaxN) return false;
+    if (options.decoder != FSPMM_DECODER_AUTO && options.decoder != FSPMM_DECODER_DIRECT) return false;
+    return kernel_id(h, options.decoder) == kBitmapDirect;
+}
+
+// Split-K of the streaming kernel that finishes soonest under the model of auto_splits, with a CTA's K slice
+// shared by its kStreamWarps warps: the time of a wave is one warp's run plus the pipeline fill (a tile).
+int stream_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
+    int best = 1;
+    double best_cost = 0;
+    const int64_t max_splits = tiles_k < 256 ? tiles_k : 256;
+    for (int s = 1; s <= max_splits; ++s) {
+        const int64_t per = ceil_div(tiles_k, s);
+        if (ceil_div(tiles_k, per) != s) continue;  // same slicing as a smaller split count
+        const int64_t waves = ceil_div(ctas * s, slots);
+        const double cost = double(waves) * double(ceil_div(per, kStreamWarps) + 1) + (s > 1 ? 0.5 : 0.0);
+        if (s == 1 || cost < best_cost) {
+            best = s;
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
+// Plan of the streaming kernel: a CTA per 64-row stripe, K slice and block of 8 or 16 tokens.
+LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int device) {
+    LinearPlan plan{};
+    plan.kernel = kStream;
+    plan.n_tile = N <= 8 ? 8 : 16;
+    plan.m_blocks = h.tiles_m;
+    plan.n_blocks = ceil_div(N, plan.n_tile);
+    FSPMM_REQUIRE(plan.n_blocks <= 65535, "N is too large for one call");
+    FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
+    plan.slot_bytes = slot_bytes_of(h);
+    plan.smem = stream_smem_bytes(plan.slot_bytes, plan.n_tile);
+    const int64_t slots = resident_ctas(device, stream_kernel_func(h.dtype, plan.n_tile), kStreamThreads, plan.smem);
+    const int splits = split_k > 0 ? split_k : stream_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    plan_splits(plan, h, N, splits, slots, kStreamMaxKTilesPerSplit);
     return plan;
 }
 
@@ -276,12 +333,15 @@ size_t linear_workspace_bytes(const fspmm_header_t& h, const LinearPlan& plan, i
 }
 
 int kernel_kind(const LinearPlan& plan) {
-    return plan.kernel == kGemv ? FSPMM_KERNEL_CUDA_CORE : FSPMM_KERNEL_TENSOR_CORE;
+    return plan.kernel == kGemv     ? FSPMM_KERNEL_CUDA_CORE
+           : plan.kernel == kStream ? FSPMM_KERNEL_STREAMING
+                                    : FSPMM_KERNEL_TENSOR_CORE;
 }
 
 int decoder_kind(const LinearPlan& plan) {
     switch (plan.kernel) {
-        case kBitmapDirect: return FSPMM_DECODER_DIRECT;
+        case kBitmapDirect:
+        case kStream: return FSPMM_DECODER_DIRECT;
         case kBitmapRows: return FSPMM_DECODER_ROWS;
         case FSPMM_FORMAT_BITMAP: return FSPMM_DECODER_SCATTER;
         default: return FSPMM_DECODER_AUTO;
@@ -292,8 +352,9 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& 
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     const int split_k = options.split_k;
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    LinearPlan plan =
-        use_gemv(h, N, options.kernel) ? plan_gemv(h, split_k, device) : plan_tensor_core(h, N, options, device);
+    LinearPlan plan = use_gemv(h, N, options.kernel)  ? plan_gemv(h, split_k, device)
+                      : use_stream(h, N, options) ? plan_stream(h, N, split_k, device)
+                                                  : plan_tensor_core(h, N, options, device);
     plan.counters_zeroed = (options.flags & FSPMM_LINEAR_ZEROED_WORKSPACE) != 0;
     return plan;
 }
@@ -315,7 +376,7 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.ldx = ldx;
     const bool x_rows16 = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 8 == 0;  // 16-byte aligned rows
     p.x_vec = x_rows16 && h.K % 8 == 0;
-    p.x_tma = x_rows16 && plan.sm90 && plan.kernel != kGemv && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
+    p.x_tma = x_rows16 && plan.sm90 && plan.kernel != kGemv && plan.kernel != kStream && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
     p.bias = static_cast<const uint16_t*>(bias);
     p.y = static_cast<uint16_t*>(y);
     p.ldy = ldy;
@@ -333,9 +394,10 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
                        "cudaMemsetAsync(split-K counters)");
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    const cudaError_t err = plan.kernel == kGemv
-                                ? launch_gemv(h.format, h.dtype, p, grid, stream)
-                                : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
+    const cudaError_t err =
+        plan.kernel == kGemv     ? launch_gemv(h.format, h.dtype, p, grid, stream)
+        : plan.kernel == kStream ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, stream)
+                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
     if (err != cudaSuccess) {
         const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +
                                  std::to_string(plan.n_tile) + ", grid " + std::to_string(grid.x) + "x" +

@@ -69,6 +69,7 @@ inline size_t smem_bytes(uint32_t slot_bytes, int n_tile, bool dense, bool sm90)
 constexpr int kBitmapDirect = 3;  // bitmap decoded straight into mma fragments (kernel id, not a blob format)
 constexpr int kBitmapRows = 4;  // bitmap expanded row by row into the dense tile (kernel id)
 constexpr int kGemv = 5;  // N = 1: the CUDA-core kernel of gemv.cu, either format (kernel id)
+constexpr int kStream = 6;  // bitmap, N <= 16: the warp-streaming kernel of stream.cu (kernel id)
 
 // One kernel instantiation per (kernel id = format or kBitmapDirect, dtype, N tile); defined in
 // spmm_<variant>_<dtype>.cu.
