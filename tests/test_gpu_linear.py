@@ -456,6 +456,9 @@ def test_streaming_refuses_what_it_cannot_run(rng, framework):
     assert Wb.plan_info(4)["kernel"] == "streaming" and Wb.plan_info(17)["kernel"] == "tensor_core"
     assert Wb.plan_info(4, kernel="tensor_core")["kernel"] == "tensor_core"
     assert Wb.plan_info(4, decoder="rows")["kernel"] == "tensor_core"
+    # the automatic rule (launch.cu, stream_is_faster): more than 4096 rows run on the pipelined kernel
+    Wl, _, _ = device_weight(rng, framework, 4160, 64, 0.5, "float16", "bitmap")
+    assert Wl.plan_info(1)["kernel"] == "tensor_core" and Wl.plan_info(1, kernel="streaming")["kernel"] == "streaming"
 
 
 def test_streaming_under_cuda_graph_capture_with_split_k(rng):

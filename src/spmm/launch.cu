@@ -216,8 +216,17 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
 
 // Whether this call runs the warp-streaming kernel (stream.cu: bitmap, direct decoder, N <= 16).
 // FSPMM_KERNEL_STREAMING asks for it up to 16 tokens (larger N run on the pipelined kernel); AUTO takes it
-// for bitmap matrices the direct decoder would run, at N <= kStreamAutoMaxN.
+// for bitmap matrices the direct decoder would run where it measured faster than the pipelined kernel (H200,
+// docs/PERFORMANCE.md): matrices of at most 2048 rows (1024 x 4096 / 8192: 1.4-1.9x the pipelined kernel), and
+// of at most 4096 rows up to 8 tokens where K is at most 4096 or the density at most 40 % (4096 x 4096:
+// 1.02-1.25x; 4096 x 11008 / 14336 at 70-90 %: 1.0-1.2x). Larger matrices fill the GPU with the pipelined
+// kernel's CTAs, which run 5-25 % faster there.
 constexpr int64_t kStreamAutoMaxN = 16;
+bool stream_is_faster(const fspmm_header_t& h, int64_t N) {
+    const double density = double(h.nnz) / (double(h.M) * double(h.K));
+    if (h.M <= 2048) return true;
+    return h.M <= 4096 && N <= 8 && (h.K <= 4096 || density <= 0.4);
+}
 bool use_stream(const fspmm_header_t& h, int64_t N, const LinearOptions& options) {
     if (options.kernel == FSPMM_KERNEL_STREAMING) {
         if (h.format != FSPMM_FORMAT_BITMAP)
@@ -231,7 +240,7 @@ bool use_stream(const fspmm_header_t& h, int64_t N, const LinearOptions& options
     }
     if (options.kernel != FSPMM_KERNEL_AUTO || h.format != FSPMM_FORMAT_BITMAP || N > kStreamAutoMaxN) return false;
     if (options.decoder != FSPMM_DECODER_AUTO && options.decoder != FSPMM_DECODER_DIRECT) return false;
-    return kernel_id(h, options.decoder) == kBitmapDirect;
+    return N <= kStreamAutoMaxN && kernel_id(h, options.decoder) == kBitmapDirect && stream_is_faster(h, N);
 }
 
 // Split-K of the streaming kernel that finishes soonest under the model of auto_splits, with a CTA's K slice
