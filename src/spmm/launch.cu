@@ -361,9 +361,9 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& 
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     const int split_k = options.split_k;
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    LinearPlan plan = use_gemv(h, N, options.kernel)  ? plan_gemv(h, split_k, device)
-                      : use_stream(h, N, options) ? plan_stream(h, N, split_k, device)
-                                                  : plan_tensor_core(h, N, options, device);
+    LinearPlan plan = use_gemv(h, N, options.kernel) ? plan_gemv(h, split_k, device)
+                      : use_stream(h, N, options)    ? plan_stream(h, N, split_k, device)
+                                                     : plan_tensor_core(h, N, options, device);
     plan.counters_zeroed = (options.flags & FSPMM_LINEAR_ZEROED_WORKSPACE) != 0;
     return plan;
 }
@@ -385,7 +385,8 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.ldx = ldx;
     const bool x_rows16 = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 8 == 0;  // 16-byte aligned rows
     p.x_vec = x_rows16 && h.K % 8 == 0;
-    p.x_tma = x_rows16 && plan.sm90 && plan.kernel != kGemv && plan.kernel != kStream && encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
+    p.x_tma = x_rows16 && plan.sm90 && plan.kernel != kGemv && plan.kernel != kStream &&
+              encode_x_map(p.x_map, x, ldx, N, h.K, plan.n_tile);
     p.bias = static_cast<const uint16_t*>(bias);
     p.y = static_cast<uint16_t*>(y);
     p.ldy = ldy;
@@ -403,10 +404,10 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
                        "cudaMemsetAsync(split-K counters)");
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    const cudaError_t err =
-        plan.kernel == kGemv     ? launch_gemv(h.format, h.dtype, p, grid, stream)
-        : plan.kernel == kStream ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, stream)
-                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
+    const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)
+                            : plan.kernel == kStream
+                                ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, stream)
+                                : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
     if (err != cudaSuccess) {
         const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +
                                  std::to_string(plan.n_tile) + ", grid " + std::to_string(grid.x) + "x" +

@@ -34,7 +34,8 @@ __host__ __device__ __forceinline__ uint32_t warp_region(uint32_t slot_bytes, in
 constexpr int stream_min_ctas(int n_tile) { return n_tile <= 8 ? 8 : 6; }
 
 template <class Dtype, int kNTile>
-__global__ void __launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
+__global__ void
+__launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
     stream_kernel(const __grid_constant__ LinearParams p) {
     using Decoder = BitmapDirectDecoder;
     constexpr int kFragsN = kNTile / 8;

@@ -153,11 +153,11 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
         : format == FSPMM_FORMAT_TILED_CSL ? "tiled_csl"
                                            : "auto",
         dtype == FSPMM_DTYPE_BFLOAT16 ? "bf16" : "fp16", (long long)M, (long long)K, (long long)N, sparsity, split_k,
-        info.split_k, info.n_tile, info.kernel == FSPMM_KERNEL_CUDA_CORE  ? "cuda core"
+        info.split_k, info.n_tile,
+        info.kernel == FSPMM_KERNEL_CUDA_CORE   ? "cuda core"
         : info.kernel == FSPMM_KERNEL_STREAMING ? "streaming"
                                                 : "tensor core",
-        alpha, beta,
-        gpu_encode ? "GPU" : "CPU", worst, ok ? "ok\n" : "FAIL");
+        alpha, beta, gpu_encode ? "GPU" : "CPU", worst, ok ? "ok\n" : "FAIL");
     if (!ok)
         printf(" (%lld elements out of tolerance, first at %lld; kept workspace %s)\n", (long long)bad,
                (long long)first, same_zeroed ? "same" : "DIFFERS");
