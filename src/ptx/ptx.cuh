@@ -188,6 +188,22 @@ __device__ __forceinline__ void wgmma_wait() {
 #endif
 }
 
+// Programmatic dependent launch (sm_90): wait until the grids this one depends on in its stream have completed
+// and their memory is visible (a no-op for a grid launched without the programmatic-serialization attribute).
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Programmatic dependent launch (sm_90): the next grid of the stream may start once every CTA of this one has
+// called this (or exited); it still waits for this grid's completion in its own griddep_wait.
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Make this thread's view of shared memory written through the generic proxy (stores, cp.async) visible
 // to the async proxy (wgmma operand reads, bulk copies) that it uses next.
 __device__ __forceinline__ void fence_proxy_async_shared() {

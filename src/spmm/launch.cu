@@ -273,7 +273,9 @@ LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int devi
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
     plan.smem = stream_smem_bytes(plan.slot_bytes, plan.n_tile);
-    const int64_t slots = resident_ctas(device, stream_kernel_func(h.dtype, plan.n_tile), kStreamThreads, plan.smem);
+    const void* func = stream_kernel_func(h.dtype, plan.n_tile);
+    plan.sm90 = runs_sm90_pipeline(device, func);  // with programmatic dependent launch
+    const int64_t slots = resident_ctas(device, func, kStreamThreads, plan.smem);
     const int splits = split_k > 0 ? split_k : stream_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
     plan_splits(plan, h, N, splits, slots, kStreamMaxKTilesPerSplit);
     return plan;
@@ -406,7 +408,7 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
     const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)
                             : plan.kernel == kStream
-                                ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, stream)
+                                ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, plan.sm90, stream)
                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
     if (err != cudaSuccess) {
         const std::string what = "SpMM kernel launch (kernel " + std::to_string(plan.kernel) + ", N tile " +

@@ -69,21 +69,26 @@ __launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
     // kStreamMaxTilesPerWarp tiles spans less than 4 GiB) and its size, clamped to the slot (a corrupted offset
     // table cannot overflow it).
     const uint64_t* const offsets = p.offsets + mt * p.tiles_k + k_first;
-    const uint64_t run_first = nk > 0 ? __ldg(offsets) : 0;
+    // (L2 loads, as the tile copies: with programmatic dependent launch the blob is read while the previous
+    // grid of the stream may still run, and this SM's L1 may hold lines of an earlier kernel.)
+    const uint64_t run_first = nk > 0 ? __ldcg(offsets) : 0;
     uint32_t my_off = 0, my_bytes = 0;
     if (lane < nk) {
-        const uint64_t b = __ldg(offsets + lane), e = __ldg(offsets + lane + 1);
+        const uint64_t b = __ldcg(offsets + lane), e = __ldcg(offsets + lane + 1);
         my_off = uint32_t(b - run_first);
         my_bytes = uint32_t(imin<uint64_t>(e - b, p.slot_bytes));
     }
     const uint8_t* const run_data = p.data + run_first;
 
-    // Copy tile i of the run and its x tile (kNTile rows of 64 values, zeros past N and K) into stage i % 2.
-    auto issue = [&](int i) {
-        const int stage = i % kStreamStages;
+    // Copy tile i of the run into stage i % 2.
+    auto issue_w = [&](int i) {
         const uint32_t off = __shfl_sync(kFull, my_off, i), bytes = __shfl_sync(kFull, my_bytes, i);
-        const uint32_t dst = ptx::smem_addr(w_slot(stage));
+        const uint32_t dst = ptx::smem_addr(w_slot(i % kStreamStages));
         for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, run_data + off + c, 16);
+    };
+    // Copy the x tile of tile i (kNTile rows of 64 values, zeros past N and K) into stage i % 2.
+    auto issue_x = [&](int i) {
+        const int stage = i % kStreamStages;
         const int64_t k0 = (k_first + i) * kTileK;
         const uint32_t xs = x_slot(stage);
 #pragma unroll
@@ -113,10 +118,22 @@ __launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
                             ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
     const Decoder::Lane ln = Decoder::lane_constants(lane);
 
-    if (nk > 0) issue(0);
+    // Prologue. The blob is immutable while a plan uses it, so its first two tiles are requested before waiting
+    // for the previous grid of the stream (programmatic dependent launch on sm_90: this grid may start while that
+    // one drains); x, y and the workspace are touched only after.
+    for (int i = 0; i < imin(nk, kStreamStages); ++i) issue_w(i);
+    ptx::cp_async_commit();
+    ptx::griddep_wait();
+    ptx::griddep_launch_dependents();  // the next grid's prologue may overlap this grid's main loop
+    if (nk > 0) issue_x(0);
     ptx::cp_async_commit();
     for (int i = 0; i < nk; ++i) {
-        if (i + 1 < nk) issue(i + 1);  // its stage was released by the __syncwarp that ended tile i - 1
+        // Tile i + 1 into the stage released by the __syncwarp that ended tile i - 1 (its W tile came with the
+        // prologue for i + 1 < kStreamStages).
+        if (i + 1 < nk) {
+            if (i + 1 >= kStreamStages) issue_w(i + 1);
+            issue_x(i + 1);
+        }
         ptx::cp_async_commit();
         ptx::cp_async_wait<1>();  // tile i landed (this lane's copies) ...
         __syncwarp();             // ... and every lane's
@@ -244,21 +261,26 @@ const void* stream_kernel_func(int dtype, int n_tile) {
     return dtype == FSPMM_DTYPE_BFLOAT16 ? func_of<Bf16>(n_tile) : func_of<Fp16>(n_tile);
 }
 
-cudaError_t launch_stream(int dtype, int n_tile, const LinearParams& p, dim3 grid, size_t smem,
+cudaError_t launch_stream(int dtype, int n_tile, const LinearParams& p, dim3 grid, size_t smem, bool pdl,
                           cudaStream_t stream) {
+    // Programmatic dependent launch where the kernel has the sm_90 prologue: the grid may be scheduled while the
+    // previous one of the stream drains (its griddep_wait orders everything but the blob reads).
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = dim3(kStreamThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = pdl ? 1 : 0;
     const bool bf16 = dtype == FSPMM_DTYPE_BFLOAT16;
-    if (n_tile <= 8) {
-        if (bf16)
-            stream_kernel<Bf16, 8><<<grid, kStreamThreads, smem, stream>>>(p);
-        else
-            stream_kernel<Fp16, 8><<<grid, kStreamThreads, smem, stream>>>(p);
-    } else {
-        if (bf16)
-            stream_kernel<Bf16, 16><<<grid, kStreamThreads, smem, stream>>>(p);
-        else
-            stream_kernel<Fp16, 16><<<grid, kStreamThreads, smem, stream>>>(p);
-    }
-    return cudaGetLastError();
+    const cudaError_t err = n_tile <= 8 ? (bf16 ? cudaLaunchKernelEx(&config, stream_kernel<Bf16, 8>, p)
+                                                : cudaLaunchKernelEx(&config, stream_kernel<Fp16, 8>, p))
+                                        : (bf16 ? cudaLaunchKernelEx(&config, stream_kernel<Bf16, 16>, p)
+                                                : cudaLaunchKernelEx(&config, stream_kernel<Fp16, 16>, p));
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace fspmm

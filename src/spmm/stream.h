@@ -20,7 +20,9 @@ size_t stream_smem_bytes(uint32_t slot_bytes, int n_tile);
 
 // The kernel for a dtype and N tile (8 or 16), for attributes and occupancy queries.
 const void* stream_kernel_func(int dtype, int n_tile);
-// Launch it: grid (tiles_m, splits, N blocks), threads kStreamThreads.
-cudaError_t launch_stream(int dtype, int n_tile, const LinearParams& p, dim3 grid, size_t smem, cudaStream_t stream);
+// Launch it: grid (tiles_m, splits, N blocks), threads kStreamThreads; pdl: with programmatic dependent launch
+// (for kernels compiled for sm_90 or newer, whose prologue reads the blob before waiting for the previous grid).
+cudaError_t launch_stream(int dtype, int n_tile, const LinearParams& p, dim3 grid, size_t smem, bool pdl,
+                          cudaStream_t stream);
 
 }  // namespace fspmm
