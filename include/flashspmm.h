@@ -93,9 +93,8 @@ typedef struct fspmm_plan_s* fspmm_plan_t;
 
 /* Flags of a linear plan (fspmm_linear_options_t.flags). */
 typedef enum {
-    /* The caller keeps one workspace for this plan per stream and zeroes it once before its first use (e.g.
-     * cudaMemset); every launch leaves its split-K counters zero again, so fspmm_linear queues no memset.
-     * Without the flag any workspace will do and each launch clears its counters first. */
+    /* No effect: a launch needs no particular workspace contents (its split-K arrival counters are tagged with
+     * the launch and set back to zero by it), so no launch queues a memset. Accepted for compatibility. */
     FSPMM_LINEAR_ZEROED_WORKSPACE = 1
 } fspmm_linear_flags_t;
 

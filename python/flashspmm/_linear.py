@@ -132,12 +132,12 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     ws_ptr = 0
     plan = entry.address
     if entry.zeroed and stream == 0:
-        # On the default stream, a small workspace kept for this plan, zeroed once (the kernels leave its
-        # counters zero). Only there: side streams are where CUDA graphs are captured and where torch.compile's
-        # CUDA graph trees allocate from a private pool, whose memory must not outlive the call.
+        # On the default stream, a small workspace kept for this plan (calls on one stream run in order). Only
+        # there: side streams are where CUDA graphs are captured and where torch.compile's CUDA graph trees
+        # allocate from a private pool, whose memory must not outlive the call.
         ws = W._kept.get(entry.zeroed)
         if ws is None or ws.numel() < ws_bytes:
-            ws = W._kept[entry.zeroed] = torch.zeros(ws_bytes, dtype=torch.uint8, device=device)
+            ws = W._kept[entry.zeroed] = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
         ws_ptr = ws.data_ptr()
         plan = entry.zeroed
     elif ws_bytes:

@@ -136,16 +136,16 @@ def _sync_streams(streams, device_index):
         pass
 
 
-# Workspaces up to this size are kept per (plan, stream) by the torch fast path, zeroed once, and used with a
-# plan that queues no memset of the split-K counters (each launch leaves them zero): one launch and one
-# allocation less per call where the host cost matters most, small matrices; larger ones take a fresh
-# workspace from the caching allocator per call, shared by all matrices.
+# Workspaces up to this size are kept per plan by the torch fast path on the default stream (a launch needs no
+# particular contents, its split-K counters being tagged per launch): one allocation less per call where the
+# host cost matters most, small matrices; larger ones take a fresh workspace from the caching allocator per
+# call, shared by all matrices.
 _KEEP_WORKSPACE_BYTES = 256 << 10
 
 
 class _PlanEntry:
     """One cached launch configuration: the C plan (kept alive here), its address, this N's workspace bytes, and
-    for small workspaces the same plan with FSPMM_LINEAR_ZEROED_WORKSPACE (``zeroed``: its address or 0)."""
+    for small workspaces the plan whose workspace is kept (``zeroed``: its address, or 0 where none is kept)."""
 
     __slots__ = ("plan", "address", "workspace", "info", "zeroed_plan", "zeroed")
 
@@ -201,7 +201,7 @@ class SparseMatrix:
         self._origin = origin  # _arrays.Origin of the dense matrix compressed, or None
         self._plans = {}  # (max_n, split_k, kernel, decoder) -> cdata fspmm_plan_t
         self._entries = {}  # (N, split_k, kernel, decoder) -> _PlanEntry
-        self._kept = {}  # zeroed plan address -> workspace tensor kept zeroed for the default stream
+        self._kept = {}  # plan address -> workspace tensor kept for the default stream
         self._lock = threading.Lock()
         self._side_streams = set()  # streams other than the owner's that read the blob (non-torch owners)
         self._torch_dtype = None
@@ -368,13 +368,7 @@ class SparseMatrix:
                 plan = self._plans[pkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder)
             entry = _PlanEntry(plan, n)
             if 0 < entry.workspace <= _KEEP_WORKSPACE_BYTES:
-                zkey = pkey + ("zeroed",)
-                zeroed = self._plans.get(zkey)
-                if zeroed is None:
-                    zeroed = self._plans[zkey] = _create_plan(
-                        self._handle, max_n, split_k, kernel, decoder, lib.FSPMM_LINEAR_ZEROED_WORKSPACE
-                    )
-                entry = _PlanEntry(plan, n, zeroed)
+                entry = _PlanEntry(plan, n, plan)
             self._entries[key] = entry
         return entry
 

@@ -164,8 +164,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_plan_create(fspmm_matrix_t matrix, int
             p->plans.push_back(plan_linear(m.header, widest[i], o, m.device));
             counters = std::max(counters, p->plans.back().counters_bytes);
         }
-        // One counter area for every N, at the start of the workspace: a workspace the caller keeps (and
-        // zeroed once) then stays zero there whichever N ran last.
+        // One counter area for every N, at the start of the workspace (the partial sums of any N follow it).
         for (size_t i = 0; i < entries; ++i) {
             LinearPlan& lp = p->plans[i];
             if (lp.splits > 1) lp.counters_bytes = counters;

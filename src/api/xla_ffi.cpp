@@ -54,7 +54,7 @@ fspmm_header_t launch_header(const uint8_t* bytes) {
 }
 
 // The plan of a CUDA linear call with N rows of x on the current device: automatic kernel and decoder; the
-// workspace is a fresh result of the call, so its split-K counters are cleared by each launch.
+// workspace is a fresh result of the call (any contents will do: epilogue.cuh).
 LinearPlan cuda_plan_of(const fspmm_header_t& h, int64_t N, int split_k) {
     LinearOptions options;
     options.split_k = split_k;

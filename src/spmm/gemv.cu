@@ -18,6 +18,7 @@
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
 #include "spmm/dtype.cuh"
+#include "spmm/epilogue.cuh"
 #include "spmm/gemv.h"
 
 namespace fspmm {
@@ -160,15 +161,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     if (p.splits > 1) {
         // Publish this slice's sums; the last CTA of the stripe to arrive adds all slices in slice order.
         if (row_ok) p.partial[int64_t(split) * p.M + m0 + r] = sum;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            s_is_last = atomicAdd(p.counters + mt, 1u) == unsigned(p.splits - 1);
-            if (s_is_last) p.counters[mt] = 0u;  // every split has arrived: zero again for the next launch
-        }
-        __syncthreads();
-        if (!s_is_last) return;
-        __threadfence();
+        if (!split_k_arrive_last(p.counters + mt, p.epoch, p.splits, &s_is_last)) return;
         if (row_ok) {
             sum = 0.f;
             for (int s = 0; s < p.splits; ++s) sum += __ldcg(p.partial + int64_t(s) * p.M + m0 + r);

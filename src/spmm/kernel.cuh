@@ -31,6 +31,7 @@
 #include "ptx/ptx.cuh"
 #include "spmm/decoders.cuh"
 #include "spmm/dtype.cuh"
+#include "spmm/epilogue.cuh"
 #include "spmm/params.h"
 
 namespace fspmm {
@@ -517,19 +518,8 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 if (n < cols && r < rows) mine[int64_t(n) * p.M + r] = cs[n * kCStride + r];
             }
         }
-        __syncthreads();  // every thread's partial sums are written
-        if (tid == 0) {
-            // Fences by one thread suffice, being cumulative over the CTA barriers around them: the partial
-            // sums of this CTA are visible GPU-wide before its arrival, those of the others after it.
-            __threadfence();
-            unsigned int* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
-            const unsigned int prev = atomicAdd(counter, 1u);
-            __threadfence();
-            s_is_last = prev == unsigned(p.splits - 1);
-            if (s_is_last) *counter = 0u;  // every split has arrived: zero again for the next launch
-        }
-        __syncthreads();
-        if (!s_is_last) return;
+        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.epoch, p.splits, &s_is_last))
+            return;
     }
     // y element (n, r) of this tile from its sum over K: alpha, bias, beta * y.
     auto output = [&](int64_t m, const uint16_t* yp, float sum) {

@@ -3,6 +3,7 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -182,7 +183,7 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
     if (splits > 65535) splits = 65535;
     plan.k_tiles_per_split = int(ceil_div(h.tiles_k, splits));
     plan.splits = int(ceil_div(h.tiles_k, plan.k_tiles_per_split));  // no empty slices
-    plan.counters_bytes = plan.splits > 1 ? round_up(uint64_t(plan.m_blocks * plan.n_blocks) * 4, 256) : 0;
+    plan.counters_bytes = plan.splits > 1 ? round_up(uint64_t(plan.m_blocks * plan.n_blocks) * 8, 256) : 0;
     plan.workspace = linear_workspace_bytes(h, plan, N);
 }
 
@@ -366,7 +367,6 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& 
     LinearPlan plan = use_gemv(h, N, options.kernel) ? plan_gemv(h, split_k, device)
                       : use_stream(h, N, options)    ? plan_stream(h, N, split_k, device)
                                                      : plan_tensor_core(h, N, options, device);
-    plan.counters_zeroed = (options.flags & FSPMM_LINEAR_ZEROED_WORKSPACE) != 0;
     return plan;
 }
 
@@ -397,13 +397,14 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.splits = plan.splits;
     p.k_tiles_per_split = plan.k_tiles_per_split;
     if (plan.splits > 1) {
-        // Counters first, at a fixed place for every N of a plan, so a workspace kept by the caller stays zero
-        // there: the last CTA to arrive at a counter sets it back to 0.
-        p.counters = static_cast<unsigned int*>(workspace);
+        // Counters first, at a fixed place for every N of a plan; tagged with this launch (epilogue.cuh), so
+        // whatever the workspace holds needs no memset: the last CTA to arrive at a counter sets it back to 0.
+        static std::atomic<uint32_t> launches{0};
+        uint32_t epoch = launches.fetch_add(1, std::memory_order_relaxed) + 1;
+        if (epoch == 0) epoch = 1;  // (after 2^32 launches) 0 marks a counter of no launch
+        p.counters = static_cast<unsigned long long*>(workspace);
         p.partial = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + plan.counters_bytes);
-        if (!plan.counters_zeroed)
-            check_cuda(cudaMemsetAsync(p.counters, 0, size_t(plan.m_blocks * plan.n_blocks) * 4, stream),
-                       "cudaMemsetAsync(split-K counters)");
+        p.epoch = epoch;
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
     const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)

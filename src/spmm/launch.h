@@ -21,8 +21,8 @@ struct LinearPlan {
     uint32_t slot_bytes;    // shared memory per compressed tile
     size_t smem;            // dynamic shared memory per CTA
     size_t workspace;       // bytes of workspace needed (0 without split-K)
-    size_t counters_bytes;  // the split-K arrival counters at the start of the workspace (partial sums follow)
-    bool counters_zeroed;   // the caller keeps the counters zero (every launch leaves them so): no memset
+    size_t counters_bytes;  // the split-K arrival counters (8 bytes each) at the start of the workspace (partial
+                            // sums follow)
     bool sm90;              // the kernel runs the sm_90 pipeline (TMA copies of x where x allows)
 };
 

@@ -25,7 +25,8 @@ struct LinearParams {
     int splits;                // K slices (grid.y)
     int k_tiles_per_split;
     float* partial;            // [splits, N, M] fp32 partial sums (splits > 1)
-    unsigned int* counters;    // one arrival counter per output tile (splits > 1), zeroed before launch
+    unsigned long long* counters;  // one arrival counter per output tile (splits > 1): epilogue.cuh
+    uint32_t epoch;                // this launch's tag in the counters (never 0)
 };
 
 // Launch configuration shared by every kernel instantiation. A CTA owns kStripes 64-row tiles (128 rows of W)

@@ -16,6 +16,7 @@
 #include "ptx/ptx.cuh"
 #include "spmm/decoders.cuh"
 #include "spmm/dtype.cuh"
+#include "spmm/epilogue.cuh"
 #include "spmm/stream.h"
 
 namespace fspmm {
@@ -207,18 +208,8 @@ __launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u)
             if (inside(u)) mine[at(u)] = sum[u];
-        __syncthreads();  // every thread's partial sums are written
-        if (threadIdx.x == 0) {
-            // Fences by one thread suffice, being cumulative over the CTA barriers around them (kernel.cuh).
-            __threadfence();
-            unsigned int* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
-            const unsigned int prev = atomicAdd(counter, 1u);
-            __threadfence();
-            s_is_last = prev == unsigned(p.splits - 1);
-            if (s_is_last) *counter = 0u;  // every slice has arrived: zero again for the next launch
-        }
-        __syncthreads();
-        if (!s_is_last) return;
+        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.epoch, p.splits, &s_is_last))
+            return;
         const int64_t slice = p.N * p.M;
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u) {
