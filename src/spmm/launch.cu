@@ -72,18 +72,19 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
     raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
 }
 
-// Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`, and each costs
-// its K tiles plus a fixed overhead (prologue, epilogue, reduction) worth about two tiles.
-int auto_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
+// Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`; a wave costs the K tiles one
+// of a CTA's `workers` walks (its K slice shared by them) plus a fixed `overhead` in tiles, and splitting at all
+// half a tile more. The pipelined kernel: one worker and about two tiles (prologue, epilogue, reduction), up to
+// 64 splits; the streaming kernel: its kStreamWarps warps and one tile (a warp's pipeline fill), up to 256.
+int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers, int64_t overhead, int64_t most) {
     int best = 1;
     double best_cost = 0;
-    const int64_t max_splits = tiles_k < 64 ? tiles_k : 64;
+    const int64_t max_splits = tiles_k < most ? tiles_k : most;
     for (int s = 1; s <= max_splits; ++s) {
         const int64_t per = ceil_div(tiles_k, s);
-        const int64_t used = ceil_div(tiles_k, per);
-        if (used != s) continue;  // same slicing as a smaller split count
+        if (int64_t(ceil_div(tiles_k, per)) != s) continue;  // same slicing as a smaller split count
         const int64_t waves = ceil_div(ctas * s, slots);
-        const double cost = double(waves) * double(per + 2) + (s > 1 ? 0.5 : 0.0);
+        const double cost = double(waves) * double(ceil_div(per, workers) + overhead) + (s > 1 ? 0.5 : 0.0);
         if (s == 1 || cost < best_cost) {
             best = s;
             best_cost = cost;
@@ -176,7 +177,7 @@ uint32_t slot_bytes_of(const fspmm_header_t& h) {
 // Split-K (given, or chosen for `slots` resident CTAs), K tiles per split and workspace of a plan whose
 // m_blocks and n_blocks are set; a CTA handles at most max_k_tiles K tiles.
 void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots, int max_k_tiles) {
-    int splits = split_k > 0 ? split_k : auto_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    int splits = split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, 1, 2, 64);
     const int64_t min_splits = ceil_div(h.tiles_k, max_k_tiles);
     if (splits < min_splits) splits = int(min_splits);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
@@ -244,25 +245,6 @@ bool use_stream(const fspmm_header_t& h, int64_t N, const LinearOptions& options
     return N <= kStreamAutoMaxN && kernel_id(h, options.decoder) == kBitmapDirect && stream_is_faster(h, N);
 }
 
-// Split-K of the streaming kernel that finishes soonest under the model of auto_splits, with a CTA's K slice
-// shared by its kStreamWarps warps: the time of a wave is one warp's run plus the pipeline fill (a tile).
-int stream_splits(int64_t ctas, int64_t tiles_k, int64_t slots) {
-    int best = 1;
-    double best_cost = 0;
-    const int64_t max_splits = tiles_k < 256 ? tiles_k : 256;
-    for (int s = 1; s <= max_splits; ++s) {
-        const int64_t per = ceil_div(tiles_k, s);
-        if (ceil_div(tiles_k, per) != s) continue;  // same slicing as a smaller split count
-        const int64_t waves = ceil_div(ctas * s, slots);
-        const double cost = double(waves) * double(ceil_div(per, kStreamWarps) + 1) + (s > 1 ? 0.5 : 0.0);
-        if (s == 1 || cost < best_cost) {
-            best = s;
-            best_cost = cost;
-        }
-    }
-    return best;
-}
-
 // Plan of the streaming kernel: a CTA per 64-row stripe, K slice and block of 8 or 16 tokens.
 LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int device) {
     LinearPlan plan{};
@@ -277,7 +259,8 @@ LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int devi
     const void* func = stream_kernel_func(h.dtype, plan.n_tile);
     plan.sm90 = runs_sm90_pipeline(device, func);  // with programmatic dependent launch
     const int64_t slots = resident_ctas(device, func, kStreamThreads, plan.smem);
-    const int splits = split_k > 0 ? split_k : stream_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots);
+    const int splits =
+        split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, kStreamWarps, 1, 256);
     plan_splits(plan, h, N, splits, slots, kStreamMaxKTilesPerSplit);
     return plan;
 }
