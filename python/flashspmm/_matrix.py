@@ -145,18 +145,19 @@ _KEEP_WORKSPACE_BYTES = 256 << 10
 
 class _PlanEntry:
     """One cached launch configuration: the C plan (kept alive here), its address, this N's workspace bytes, and
-    ``kept``: the plan's address where its workspace is small enough to be kept between calls, else 0."""
+    for small workspaces the plan whose workspace is kept (``zeroed``: its address, or 0 where none is kept)."""
 
-    __slots__ = ("plan", "address", "workspace", "info", "kept")
+    __slots__ = ("plan", "address", "workspace", "info", "zeroed_plan", "zeroed")
 
-    def __init__(self, plan, n):
+    def __init__(self, plan, n, zeroed_plan=None):
         self.plan = plan
         self.address = int(ffi.cast("uintptr_t", plan))
         info = ffi.new("fspmm_plan_info_t *")
         check(lib.fspmm_plan_info(plan, n, info))
         self.workspace = int(info.workspace_bytes)
         self.info = info
-        self.kept = self.address if 0 < self.workspace <= _KEEP_WORKSPACE_BYTES else 0
+        self.zeroed_plan = zeroed_plan
+        self.zeroed = int(ffi.cast("uintptr_t", zeroed_plan)) if zeroed_plan is not None else 0
 
 
 def _create_plan(handle, max_n, split_k, kernel, decoder, flags=0):
@@ -366,6 +367,8 @@ class SparseMatrix:
             if plan is None:
                 plan = self._plans[pkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder)
             entry = _PlanEntry(plan, n)
+            if 0 < entry.workspace <= _KEEP_WORKSPACE_BYTES:
+                entry = _PlanEntry(plan, n, plan)
             self._entries[key] = entry
         return entry
 
