@@ -53,9 +53,10 @@ typedef enum {
 } fspmm_dtype_t;
 
 typedef enum {
-    FSPMM_FORMAT_AUTO = 0,      /* compress only: whichever format gives the smaller blob (ties: bitmap) */
+    FSPMM_FORMAT_AUTO = 0,      /* compress only: the one predicted faster at N <= 16 (docs/PERFORMANCE.md)  */
     FSPMM_FORMAT_TILED_CSL = 1, /* 64x64 tiles, 32-bit (value, position) entries                          */
-    FSPMM_FORMAT_BITMAP = 2     /* 8x8 blocks, a 64-bit occupancy mask each, packed values                */
+    FSPMM_FORMAT_BITMAP = 2,    /* 8x8 blocks, a 64-bit occupancy mask each, packed values                */
+    FSPMM_FORMAT_SMALLEST = 3   /* compress only: whichever format gives the smaller blob (ties: bitmap) */
 } fspmm_format_t;
 
 typedef enum {
@@ -123,7 +124,7 @@ typedef struct {
 typedef struct {
     uint32_t magic;           /* 0x4D505346, the bytes "FSPM"                                    */
     uint16_t version;         /* blob layout version, 1                                          */
-    uint8_t format;           /* fspmm_format_t (never AUTO)                                     */
+    uint8_t format;           /* fspmm_format_t (never AUTO or SMALLEST)                         */
     uint8_t dtype;            /* fspmm_dtype_t                                                   */
     int64_t M;                /* rows of W (out features), >= 1                                  */
     int64_t K;                /* columns of W (in features), >= 1                                */
@@ -161,14 +162,14 @@ fspmm_status_t fspmm_header_read(const void* prefix, size_t bytes, fspmm_header_
 /* Validate a whole blob in host memory: header, tile offset table, every tile's structure and the payload
  * checksum. `bytes` is the size of the buffer (it may be larger than the blob). out may be NULL. */
 fspmm_status_t fspmm_validate_host(const void* blob, size_t bytes, fspmm_header_t* out);
-/* Largest blob a matrix of this shape can need in this format (every element stored); for AUTO, the smaller
+/* Largest blob a matrix of this shape can need in this format (every element stored); for SMALLEST, the smaller
  * of the two formats' bounds. Use it to size a buffer before the exact size is known. */
 fspmm_status_t fspmm_blob_bytes_bound(int64_t M, int64_t K, fspmm_format_t format, size_t* bytes);
 
 /* ---- host (CPU) conversion --------------------------------------------------------------------------- */
 /* Host element pointers (dense, x, bias, y) must be 2-byte aligned.
  * dense: M x K elements of dtype, row-major with leading dimension ld >= K (elements).
- * Exact size of the blob, and (if `chosen` is not NULL) the format AUTO resolves to. */
+ * Exact size of the blob, and (if `chosen` is not NULL) the format AUTO or SMALLEST resolves to. */
 fspmm_status_t fspmm_compress_size_host(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
                                         fspmm_format_t format, size_t* bytes, fspmm_format_t* chosen);
 /* Write the blob into out[0, out_bytes); out_bytes must be at least the size reported above.
@@ -250,8 +251,8 @@ fspmm_status_t fspmm_compress_workspace_size(int64_t M, int64_t K, size_t* bytes
 /* Phase 1: count. workspace: device memory of fspmm_compress_workspace_size bytes, 16-byte aligned. */
 fspmm_status_t fspmm_compress_count(const void* dense, int64_t M, int64_t K, int64_t ld, fspmm_dtype_t dtype,
                                     void* workspace, size_t workspace_bytes, void* stream);
-/* Phase 2: wait for `stream`, then report the exact blob size for `format` (AUTO: the smaller, ties bitmap)
- * and, if `chosen` is not NULL, the format AUTO resolves to. Fails if the workspace was not counted, or if a
+/* Phase 2: wait for `stream`, then report the exact blob size for `format` (AUTO and SMALLEST resolved as on
+ * the host) and, if `chosen` is not NULL, the format they resolve to. Fails if the workspace was not counted, or if a
  * write phase that ran on it refused to write. */
 fspmm_status_t fspmm_compress_size(const void* workspace, size_t workspace_bytes, fspmm_format_t format, size_t* bytes,
                                    fspmm_format_t* chosen, void* stream);

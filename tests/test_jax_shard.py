@@ -122,13 +122,13 @@ def test_split_by_columns_partial_sums_psum():
 
 def test_shards_with_different_formats_share_one():
     run("""
-        # the first quarter of the rows 97 % sparse (Tiled-CSL alone would be chosen), the rest 40 %
+        # the first quarter of the rows 97 % sparse (Tiled-CSL alone would be the smaller), the rest 40 %
         a, _ = sparse(32, 512, 0.97)
         b, _ = sparse(96, 512, 0.4)
         w = np.concatenate([a, b])
         w64 = w.astype(np.float64)
-        assert flashspmm.compress(a).format != flashspmm.compress(b[:32]).format
-        W = fj.shard_rows(w, mesh, "tp")
+        assert flashspmm.compress(a, format="smallest").format != flashspmm.compress(b[:32], format="smallest").format
+        W = fj.shard_rows(w, mesh, "tp", format="smallest")
         assert {s.format for s in W.to_sparse_shards()} == {W.format}
         x, x64 = rand((4, 512))
         y = shmap(lambda x, W: fj.linear(x, W), (P(), W.spec), P(None, "tp"))(x, W)

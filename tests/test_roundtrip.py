@@ -118,21 +118,57 @@ def test_sizes_are_consistent(rng, tmp_path, fmt, shape):
     assert h.payload_checksum == checksum(raw[128:])
 
 
+def blob_bound(m, k, fmt):
+    """fspmm_blob_bytes_bound for an m x k matrix in format fmt (a name)."""
+    bound = flashspmm._native.ffi.new("size_t*")
+    flashspmm._native.check(flashspmm._native.lib.fspmm_blob_bytes_bound(m, k, flashspmm._matrix.FORMATS[fmt], bound))
+    return bound[0]
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.6, 0.8, 0.9, 0.97, 0.99, 1.0])
-def test_auto_picks_the_smaller_format(rng, sparsity):
+def test_smallest_picks_the_smaller_format(rng, sparsity):
     bits, _ = sparse_bits(rng, 256, 320, "float16", sparsity, specials=False)
     w = bits.view(np.float16)
     bitmap = flashspmm.compress(w, format="bitmap")
     csl = flashspmm.compress(w, format="tiled_csl")
-    auto = flashspmm.compress(w, format="auto")
-    assert auto.nbytes == min(bitmap.nbytes, csl.nbytes)
-    assert auto.format == ("bitmap" if bitmap.nbytes <= csl.nbytes else "tiled_csl")
-    same = bitmap if auto.format == "bitmap" else csl
-    assert np.array_equal(auto.blob(), same.blob())
+    small = flashspmm.compress(w, format="smallest")
+    assert small.nbytes == min(bitmap.nbytes, csl.nbytes)
+    assert small.format == ("bitmap" if bitmap.nbytes <= csl.nbytes else "tiled_csl")
+    same = bitmap if small.format == "bitmap" else csl
+    assert np.array_equal(small.blob(), same.blob())
     if sparsity <= 0.8:
-        assert auto.format == "bitmap"
+        assert small.format == "bitmap"
     if 0.99 <= sparsity < 1.0:
-        assert auto.format == "tiled_csl"
+        assert small.format == "tiled_csl"
+    assert small.nbytes <= blob_bound(256, 320, "smallest")
+
+
+# The rule of "auto" (docs/PERFORMANCE.md, "How auto chooses"): bitmap for matrices of at most 2048 rows and
+# above 50 % density; otherwise the format predicted faster, Tiled-CSL from about 85 % sparsity up.
+@pytest.mark.parametrize(
+    "m,k,sparsity,expected",
+    [
+        (2112, 128, 0.0, "bitmap"),
+        (2112, 128, 0.5, "bitmap"),
+        (2112, 128, 0.8, "bitmap"),
+        (2112, 128, 0.83, "bitmap"),
+        (2112, 128, 0.87, "tiled_csl"),
+        (2112, 128, 0.9, "tiled_csl"),
+        (2112, 128, 0.99, "tiled_csl"),
+        (2112, 128, 1.0, "tiled_csl"),
+        (2048, 256, 0.9, "bitmap"),
+        (2048, 256, 1.0, "bitmap"),
+        (1, 1, 0.0, "bitmap"),
+        (3000, 1, 0.0, "bitmap"),
+    ],
+)
+def test_auto_picks_the_predicted_faster_format(rng, m, k, sparsity, expected):
+    bits, _ = sparse_bits(rng, m, k, "float16", sparsity, specials=False)
+    w = bits.view(np.float16)
+    auto = flashspmm.compress(w, format="auto")
+    assert auto.format == expected
+    assert np.array_equal(auto.blob(), flashspmm.compress(w, format=expected).blob())
+    assert auto.nbytes <= blob_bound(m, k, "auto")
 
 
 @pytest.mark.parametrize(

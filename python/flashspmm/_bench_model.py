@@ -117,7 +117,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=64, help="decode steps timed")
     p.add_argument("--cache-len", type=int, default=None, help="static KV cache length (unset: prompt + steps + 16)")
     p.add_argument("--mode", default="graph", help="graph (CUDA graphs), eager, or graph,eager")
-    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"))
+    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl", "smallest"))
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (eager only; for testing the code path)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -64,8 +64,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "bitmap", "tiled_csl"),
-        help="compressed format (auto: the smaller blob per matrix)",
+        choices=("auto", "bitmap", "tiled_csl", "smallest"),
+        help="compressed format (auto: the one predicted faster per matrix; smallest: the smaller blob)",
     )
     p.add_argument(
         "--dtype",
@@ -235,6 +235,7 @@ def _convert(args: argparse.Namespace) -> int:
         "auto": lib.FSPMM_FORMAT_AUTO,
         "bitmap": lib.FSPMM_FORMAT_BITMAP,
         "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
+        "smallest": lib.FSPMM_FORMAT_SMALLEST,
     }[args.format]
     convert_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
 

@@ -131,15 +131,14 @@ def _torch_fast(x, W, bias, alpha, split_k, kernel, decoder):
     ws_bytes = entry.workspace
     ws_ptr = 0
     plan = entry.address
-    if entry.zeroed and stream == 0:
+    if entry.keep and stream == 0:
         # On the default stream, a small workspace kept for this plan (calls on one stream run in order). Only
         # there: side streams are where CUDA graphs are captured and where torch.compile's CUDA graph trees
         # allocate from a private pool, whose memory must not outlive the call.
-        ws = W._kept.get(entry.zeroed)
+        ws = W._kept.get(plan)
         if ws is None or ws.numel() < ws_bytes:
-            ws = W._kept[entry.zeroed] = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
+            ws = W._kept[plan] = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
         ws_ptr = ws.data_ptr()
-        plan = entry.zeroed
     elif ws_bytes:
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)  # freed in the current stream's order
         ws_ptr = ws.data_ptr()

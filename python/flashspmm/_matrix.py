@@ -17,7 +17,12 @@ from ._native import Error, check, ffi, lib
 
 __all__ = ["SparseMatrix", "BlobHeader", "compress", "load", "FORMATS", "DTYPES", "KERNELS", "DECODERS"]
 
-FORMATS = {"auto": lib.FSPMM_FORMAT_AUTO, "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL, "bitmap": lib.FSPMM_FORMAT_BITMAP}
+FORMATS = {
+    "auto": lib.FSPMM_FORMAT_AUTO,
+    "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
+    "bitmap": lib.FSPMM_FORMAT_BITMAP,
+    "smallest": lib.FSPMM_FORMAT_SMALLEST,
+}
 DTYPES = {"float16": lib.FSPMM_DTYPE_FLOAT16, "bfloat16": lib.FSPMM_DTYPE_BFLOAT16}
 KERNELS = {
     "auto": lib.FSPMM_KERNEL_AUTO,
@@ -39,10 +44,12 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 def _format_code(name):
     if not isinstance(name, str):
-        raise TypeError(f"format must be a string ('auto', 'bitmap' or 'tiled_csl'), got {type(name).__qualname__}")
+        raise TypeError(
+            f"format must be a string ('auto', 'bitmap', 'tiled_csl' or 'smallest'), got {type(name).__qualname__}"
+        )
     key = name.lower().replace("-", "_")
     if key not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; choose one of 'auto', 'bitmap', 'tiled_csl'")
+        raise ValueError(f"unknown format {name!r}; choose one of 'auto', 'bitmap', 'tiled_csl', 'smallest'")
     return FORMATS[key]
 
 
@@ -145,19 +152,18 @@ _KEEP_WORKSPACE_BYTES = 256 << 10
 
 class _PlanEntry:
     """One cached launch configuration: the C plan (kept alive here), its address, this N's workspace bytes, and
-    for small workspaces the plan whose workspace is kept (``zeroed``: its address, or 0 where none is kept)."""
+    whether that workspace is small enough to be kept per plan for the default stream (``keep``)."""
 
-    __slots__ = ("plan", "address", "workspace", "info", "zeroed_plan", "zeroed")
+    __slots__ = ("plan", "address", "workspace", "info", "keep")
 
-    def __init__(self, plan, n, zeroed_plan=None):
+    def __init__(self, plan, n):
         self.plan = plan
         self.address = int(ffi.cast("uintptr_t", plan))
         info = ffi.new("fspmm_plan_info_t *")
         check(lib.fspmm_plan_info(plan, n, info))
         self.workspace = int(info.workspace_bytes)
         self.info = info
-        self.zeroed_plan = zeroed_plan
-        self.zeroed = int(ffi.cast("uintptr_t", zeroed_plan)) if zeroed_plan is not None else 0
+        self.keep = 0 < self.workspace <= _KEEP_WORKSPACE_BYTES
 
 
 def _create_plan(handle, max_n, split_k, kernel, decoder, flags=0):
@@ -367,8 +373,6 @@ class SparseMatrix:
             if plan is None:
                 plan = self._plans[pkey] = _create_plan(self._handle, max_n, split_k, kernel, decoder)
             entry = _PlanEntry(plan, n)
-            if 0 < entry.workspace <= _KEEP_WORKSPACE_BYTES:
-                entry = _PlanEntry(plan, n, plan)
             self._entries[key] = entry
         return entry
 
@@ -601,7 +605,9 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> 
             a JAX array or any ``__cuda_array_interface__`` / DLPack object. Rows may have any stride (a
             leading dimension >= K); the last dimension must have unit stride. A uint16/int16 array is
             accepted as raw bit patterns when ``dtype`` says which type they hold.
-        format: "auto" (the smaller blob), "bitmap" or "tiled_csl".
+        format: "auto" (the format predicted to multiply faster at decode sizes, N <= 16: Tiled-CSL below
+            about 15 % density on matrices of more than 2048 rows, else bitmap; docs/PERFORMANCE.md), "smallest"
+            (the smaller blob), "bitmap" or "tiled_csl".
         dtype: None (from the array) or float16 / bfloat16 (a string or a numpy / torch / JAX dtype) for raw
             16-bit arrays.
 

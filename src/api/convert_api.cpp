@@ -8,6 +8,7 @@
 #include "api/handles.h"
 #include "common/error.h"
 #include "convert/convert_device.h"
+#include "format/choose.h"
 #include "format/header.h"
 #include "spmm/launch.h"
 
@@ -95,11 +96,11 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_size(const void* workspace, s
         FSPMM_REQUIRE(workspace_bytes >= encode_workspace_bytes(static_cast<int64_t>(st.M), static_cast<int64_t>(st.K)),
                       "workspace_bytes is smaller than the workspace fspmm_compress_count used");
         FSPMM_REQUIRE(st.refused == kRefuseNone, refusal_message(st.refused));
-        const int resolved = fmt != FSPMM_FORMAT_AUTO              ? fmt
-                             : st.data_bytes[0] < st.data_bytes[1] ? FSPMM_FORMAT_TILED_CSL
-                                                                   : FSPMM_FORMAT_BITMAP;
+        const int resolved = compress_format(fmt, int64_t(st.M), int64_t(st.K), st.nnz, st.data_bytes[kFormatIndexCsl],
+                                             st.data_bytes[kFormatIndexBitmap]);
         const Geometry g = make_geometry(static_cast<int64_t>(st.M), static_cast<int64_t>(st.K));
-        const uint64_t total = g.data_offset + st.data_bytes[resolved == FSPMM_FORMAT_BITMAP ? 1 : 0];
+        const uint64_t total =
+            g.data_offset + st.data_bytes[resolved == FSPMM_FORMAT_BITMAP ? kFormatIndexBitmap : kFormatIndexCsl];
         FSPMM_REQUIRE(total <= SIZE_MAX,
                       "the blob would be " + std::to_string(total) + " bytes, more than this process can address");
         *bytes = static_cast<size_t>(total);

@@ -28,11 +28,6 @@ DenseView dense_input(const void* dense, int64_t M, int64_t K, int64_t ld, int d
     return DenseView{static_cast<const uint16_t*>(dense), M, K, ld};
 }
 
-// Concrete format of a compression request (AUTO resolved from the counts).
-int resolve_format(const TileCounts& counts, int format) {
-    return format == FSPMM_FORMAT_AUTO ? choose_format(counts) : format;
-}
-
 // Blob size as size_t, or INVALID_ARGUMENT if it cannot be addressed.
 size_t to_size(uint64_t bytes) {
     FSPMM_REQUIRE(bytes <= SIZE_MAX,
@@ -64,18 +59,19 @@ bool max_data_bytes(int64_t M, int64_t K, int format, uint64_t* out) {
     return true;
 }
 
-// Largest blob of `format` (AUTO: the smaller of the two) for an M x K matrix.
+// Largest blob of `format` for an M x K matrix: SMALLEST, the smaller of the two bounds; AUTO, the bitmap bound
+// (AUTO picks Tiled-CSL only at <= 50 % density, where its blob is smaller than the bitmap bound).
 uint64_t blob_bound(int64_t M, int64_t K, int format) {
     const Geometry g = make_geometry(M, K);
     uint64_t csl = 0, bitmap = 0;
     const bool csl_ok = max_data_bytes(M, K, FSPMM_FORMAT_TILED_CSL, &csl) && csl <= UINT64_MAX - g.data_offset;
     const bool bitmap_ok = max_data_bytes(M, K, FSPMM_FORMAT_BITMAP, &bitmap) && bitmap <= UINT64_MAX - g.data_offset;
-    // AUTO can always fall back to bitmap, the smaller one for large matrices.
+    // SMALLEST can always fall back to bitmap, the smaller one for large matrices.
     const bool ok = format == FSPMM_FORMAT_TILED_CSL ? csl_ok : bitmap_ok;
     FSPMM_REQUIRE(ok, "a " + std::to_string(M) + " x " + std::to_string(K) +
                           " matrix is too large for a blob: its size would overflow 64 bits");
     if (format == FSPMM_FORMAT_TILED_CSL) return g.data_offset + csl;
-    if (format == FSPMM_FORMAT_BITMAP) return g.data_offset + bitmap;
+    if (format != FSPMM_FORMAT_SMALLEST) return g.data_offset + bitmap;
     return g.data_offset + (csl_ok ? std::min(csl, bitmap) : bitmap);
 }
 
@@ -138,7 +134,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_size_host(const void* dense, 
         const DenseView view = dense_input(dense, M, K, ld, dt, fmt);
         require_pointer(bytes, "bytes", "a pointer to a size_t to receive the blob size");
         const TileCounts counts = count_tiles(view);
-        const int resolved = resolve_format(counts, fmt);
+        const int resolved = choose_format(counts, fmt);
         const size_t size = to_size(blob_bytes(counts, resolved));
         *bytes = size;
         if (chosen) *chosen = static_cast<fspmm_format_t>(resolved);
@@ -154,7 +150,7 @@ extern "C" FSPMM_API fspmm_status_t fspmm_compress_host(const void* dense, int64
         const DenseView view = dense_input(dense, M, K, ld, dt, fmt);
         require_pointer(out, "out", "a buffer of fspmm_compress_size_host bytes for the blob");
         const TileCounts counts = count_tiles(view);
-        const int resolved = resolve_format(counts, fmt);
+        const int resolved = choose_format(counts, fmt);
         const size_t size = to_size(blob_bytes(counts, resolved));
         FSPMM_REQUIRE(out_bytes >= size, "out_bytes = " + std::to_string(out_bytes) +
                                              " is too small: this blob needs " + std::to_string(size) +

@@ -13,7 +13,7 @@ struct EncodeState {
     unsigned long long magic;          // kEncodeCounted once the count phase ran
     unsigned long long M, K, dtype;    // of the count phase
     unsigned long long nnz;            // stored values counted
-    unsigned long long data_bytes[2];  // data section size as Tiled-CSL [0] and bitmap [1]
+    unsigned long long data_bytes[2];  // data section size as Tiled-CSL and bitmap (kFormatIndex*)
     unsigned long long refused;        // why the write phase wrote nothing (EncodeRefusal), 0 if it did not
     unsigned long long format;         // write phase: the concrete format written
     unsigned long long checksum;       // write phase: payload checksum accumulator
@@ -22,6 +22,7 @@ struct EncodeState {
     unsigned long long reserved[4];
 };
 static_assert(sizeof(EncodeState) == 128, "EncodeState is 128 bytes");
+constexpr int kFormatIndexCsl = 0, kFormatIndexBitmap = 1;  // EncodeState::data_bytes index
 
 constexpr unsigned long long kEncodeCounted = 0x544E554F43505346ull;  // "FSPCOUNT"
 

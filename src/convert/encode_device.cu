@@ -15,6 +15,7 @@
 
 #include "convert/chunk.cuh"
 #include "convert/convert_device.h"
+#include "format/choose.h"
 #include "format/layout.h"
 #include "spmm/launch.h"
 
@@ -27,7 +28,6 @@ constexpr int kScanThreads = 256;
 constexpr int kScanItems = 8;                                // tiles per thread in the offset scan
 constexpr int kScanTiles = kScanThreads * kScanItems;        // tiles per scan block
 constexpr int kBlocksThreads = 1024;                         // scan_blocks
-constexpr int kFormatIndexCsl = 0, kFormatIndexBitmap = 1;  // EncodeState::data_bytes index
 
 // Workspace sections: [EncodeState | tile_nnz (u16 per tile) | block sums (u64) | block maxima (u64)].
 struct WorkspaceLayout {
@@ -117,9 +117,7 @@ __global__ void resolve_kernel(EncodeState* st, int64_t M, int64_t K, int dtype,
         st->refused = kRefuseShape;
         return;
     }
-    if (format == FSPMM_FORMAT_AUTO)
-        format = st->data_bytes[kFormatIndexCsl] < st->data_bytes[kFormatIndexBitmap] ? FSPMM_FORMAT_TILED_CSL
-                                                                                      : FSPMM_FORMAT_BITMAP;
+    format = compress_format(format, M, K, st->nnz, st->data_bytes[kFormatIndexCsl], st->data_bytes[kFormatIndexBitmap]);
     st->format = static_cast<unsigned long long>(format);
     const unsigned long long data = st->data_bytes[format == FSPMM_FORMAT_BITMAP ? kFormatIndexBitmap : kFormatIndexCsl];
     st->refused = g.data_offset + data > out_bytes ? kRefuseTooSmall : kRefuseNone;

@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "format/choose.h"
 #include "format/header.h"
 #include "format/host_formats.h"
 #include "format/layout.h"
@@ -247,9 +248,11 @@ uint64_t blob_bytes(const TileCounts& counts, int format) {
     return counts.geo.data_offset + data;
 }
 
-int choose_format(const TileCounts& counts) {
-    return blob_bytes(counts, FSPMM_FORMAT_TILED_CSL) < blob_bytes(counts, FSPMM_FORMAT_BITMAP) ? FSPMM_FORMAT_TILED_CSL
-                                                                                                : FSPMM_FORMAT_BITMAP;
+int choose_format(const TileCounts& counts, int format) {
+    const uint64_t head = counts.geo.data_offset;
+    return compress_format(format, counts.geo.M, counts.geo.K, counts.total_nnz,
+                           blob_bytes(counts, FSPMM_FORMAT_TILED_CSL) - head,
+                           blob_bytes(counts, FSPMM_FORMAT_BITMAP) - head);
 }
 
 void encode_blob(const DenseView& dense, const TileCounts& counts, int format, int dtype, void* out) {

@@ -172,8 +172,8 @@ struct TileCounts {
 TileCounts count_tiles(const DenseView& dense);
 // Exact blob size of the counted matrix in a concrete format (TILED_CSL or BITMAP).
 uint64_t blob_bytes(const TileCounts& counts, int format);
-// The format AUTO resolves to: the smaller blob, ties to BITMAP.
-int choose_format(const TileCounts& counts);
+// Concrete format of a compression request (AUTO and SMALLEST resolved from the counts: format/choose.h).
+int choose_format(const TileCounts& counts, int format);
 // Write the blob (exactly blob_bytes(counts, format) bytes) to `out` (multi-threaded).
 void encode_blob(const DenseView& dense, const TileCounts& counts, int format, int dtype, void* out);
 

@@ -381,10 +381,9 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.k_tiles_per_split = plan.k_tiles_per_split;
     if (plan.splits > 1) {
         // Counters first, at a fixed place for every N of a plan; tagged with this launch (epilogue.cuh), so
-        // whatever the workspace holds needs no memset: the last CTA to arrive at a counter sets it back to 0.
+        // whatever the workspace holds needs no memset: the first CTA to arrive at a counter installs the tag.
         static std::atomic<uint32_t> launches{0};
-        uint32_t epoch = launches.fetch_add(1, std::memory_order_relaxed) + 1;
-        if (epoch == 0) epoch = 1;  // (after 2^32 launches) 0 marks a counter of no launch
+        const uint32_t epoch = launches.fetch_add(1, std::memory_order_relaxed) + 1;
         p.counters = static_cast<unsigned long long*>(workspace);
         p.partial = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + plan.counters_bytes);
         p.epoch = epoch;

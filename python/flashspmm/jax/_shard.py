@@ -82,7 +82,7 @@ def _shard(w, mesh: Mesh, axis, split: str, format: str, dtype) -> JaxSparseMatr
     devices = np.moveaxis(np.asarray(mesh.devices), mesh.axis_names.index(axis), 0).reshape(count, -1)
     matrices = [_compress_shard(p, devices[i, 0], format, dtype) for i, p in enumerate(pieces)]
     formats = {m.format for m in matrices}
-    if len(formats) > 1:  # "auto" chose differently per shard: one program needs one format
+    if len(formats) > 1:  # "auto" or "smallest" chose differently per shard: one program needs one format
         chosen = max(matrices, key=lambda m: m.nbytes).format
         matrices = [
             m if m.format == chosen else _compress_shard(p, devices[i, 0], chosen, dtype)

@@ -107,7 +107,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens prefilled per sequence")
     p.add_argument("--steps", type=int, default=32, help="decode steps timed")
     p.add_argument("--mode", default="graph", choices=("graph", "eager"))
-    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl"))
+    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl", "smallest"))
     p.add_argument("--fuse", action="store_true", help="fuse the sparse q/k/v and gate/up shards per rank")
     p.add_argument(
         "--check",
