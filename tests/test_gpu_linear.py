@@ -456,9 +456,15 @@ def test_streaming_refuses_what_it_cannot_run(rng, framework):
     assert Wb.plan_info(4)["kernel"] == "streaming" and Wb.plan_info(17)["kernel"] == "tensor_core"
     assert Wb.plan_info(4, kernel="tensor_core")["kernel"] == "tensor_core"
     assert Wb.plan_info(4, decoder="rows")["kernel"] == "tensor_core"
-    # the automatic rule (launch.cu, stream_is_faster): more than 4096 rows run on the pipelined kernel
+    # the automatic rule (launch.cu, stream_is_faster): more than 4096 rows run on the pipelined kernel, except
+    # for one token on matrices of 5120 columns or more and at most 27 M elements (or 72 M at <= 35 % density)
     Wl, _, _ = device_weight(rng, framework, 4160, 64, 0.5, "float16", "bitmap")
     assert Wl.plan_info(1)["kernel"] == "tensor_core" and Wl.plan_info(1, kernel="streaming")["kernel"] == "streaming"
+    assert Wl.plan_info(8)["kernel"] == "tensor_core"
+    Ww, _, _ = device_weight(rng, framework, 4160, 5120, 0.5, "float16", "bitmap")
+    assert [Ww.plan_info(n)["kernel"] for n in (1, 2, 8)] == ["streaming", "tensor_core", "tensor_core"]
+    W4, _, _ = device_weight(rng, framework, 4096, 5120, 0.5, "float16", "bitmap")
+    assert [W4.plan_info(n)["kernel"] for n in (1, 8, 9)] == ["streaming", "streaming", "tensor_core"]
 
 
 def test_streaming_under_cuda_graph_capture_with_split_k(rng):

@@ -219,15 +219,19 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
 // Whether this call runs the warp-streaming kernel (stream.cu: bitmap, direct decoder, N <= 16).
 // FSPMM_KERNEL_STREAMING asks for it up to 16 tokens (larger N run on the pipelined kernel); AUTO takes it
 // for bitmap matrices the direct decoder would run where it measured faster than the pipelined kernel (H200,
-// docs/PERFORMANCE.md): matrices of at most 2048 rows (1024 x 4096 / 8192: 1.4-1.9x the pipelined kernel), and
-// of at most 4096 rows up to 8 tokens where K is at most 4096 or the density at most 40 % (4096 x 4096:
-// 1.02-1.25x; 4096 x 11008 / 14336 at 70-90 %: 1.0-1.2x). Larger matrices fill the GPU with the pipelined
-// kernel's CTAs, which run 5-25 % faster there.
+// 2026-12-02, docs/PERFORMANCE.md, N = 1 and 8 at 50 and 70 %): matrices of at most 2048 rows (1024 x 4096 /
+// 8192: 1.8-2.5x the pipelined kernel), of at most 4096 rows up to 8 tokens (4096 x 4096 / 11008 / 14336:
+// 1.01-1.33x), and for one token, matrices of at least 5120 columns and at most 72 M elements where the
+// density is at most 35 % or the matrix at most 27 M elements (5120 x 5120: 1.10-1.12x; 5120 x 13824,
+// 8192 x 8192, 13824 x 5120 at 70 %: 1.07-1.11x; not 11008 / 14336 x 4096 at 70 %: 0.88-0.92x, nor those at
+// 50 %: 0.98-1.02x). Larger matrices fill the GPU with the pipelined kernel's CTAs, which run up to 38 %
+// faster there.
 constexpr int64_t kStreamAutoMaxN = 16;
 bool stream_is_faster(const fspmm_header_t& h, int64_t N) {
-    const double density = double(h.nnz) / (double(h.M) * double(h.K));
+    const double elements = double(h.M) * double(h.K), density = double(h.nnz) / elements;
     if (h.M <= 2048) return true;
-    return h.M <= 4096 && N <= 8 && (h.K <= 4096 || density <= 0.4);
+    if (h.M <= 4096) return N <= 8;
+    return N == 1 && h.K >= 5120 && elements <= 72e6 && (density <= 0.35 || elements <= 27e6);
 }
 bool use_stream(const fspmm_header_t& h, int64_t N, const LinearOptions& options) {
     if (options.kernel == FSPMM_KERNEL_STREAMING) {
