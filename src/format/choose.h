@@ -6,10 +6,10 @@
 // time is its blob's bytes over an effective bandwidth, a fraction of copy bandwidth that depends on the format
 // and the density (interpolated linearly between the measured densities; the geometric mean over N = 1, 8, 16
 // of the four target shapes). The bitmap format moves fewer bytes down to 6 % density, Tiled-CSL decodes
-// cheaper per byte from about 15 % density down, so for uniform pruning the prediction crosses at about 15 % density (85 % sparsity). Matrices of at
-// most 2048 rows stay bitmaps (the warp-streaming kernel, bitmap only, is 1.0-2.0x Tiled-CSL there at every
-// measured sparsity), and so does anything denser than 50 % (which also keeps every AUTO blob within the
-// bitmap bound of fspmm_blob_bytes_bound).
+// cheaper per byte from about 15 % density down, so for uniform pruning the prediction crosses at about 15 % density
+// (85 % sparsity). Matrices of at most 2048 rows stay bitmaps (the warp-streaming kernel, bitmap only, is 1.0-2.0x
+// Tiled-CSL there at every measured sparsity), and so does anything denser than 50 % (which also keeps every AUTO blob
+// within the bitmap bound of fspmm_blob_bytes_bound).
 #pragma once
 #include <stdint.h>
 
@@ -47,7 +47,7 @@ FSPMM_HD int smallest_format(uint64_t csl_bytes, uint64_t bitmap_bytes) {
 
 // Concrete format of a compression request: format itself, or AUTO / SMALLEST resolved.
 FSPMM_HD int compress_format(int format, int64_t M, int64_t K, uint64_t nnz, uint64_t csl_bytes,
-                            uint64_t bitmap_bytes) {
+                             uint64_t bitmap_bytes) {
     if (format == FSPMM_FORMAT_AUTO) return fastest_format(M, K, nnz, csl_bytes, bitmap_bytes);
     if (format == FSPMM_FORMAT_SMALLEST) return smallest_format(csl_bytes, bitmap_bytes);
     return format;
