@@ -73,10 +73,14 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
 }
 
 // Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`; a wave costs the K tiles one
-// of a CTA's `workers` walks (its K slice shared by them) plus a fixed `overhead` in tiles, and splitting at all
-// half a tile more. The pipelined kernel: one worker and about two tiles (prologue, epilogue, reduction), up to
-// 64 splits; the streaming kernel: its kStreamWarps warps and one tile (a warp's pipeline fill), up to 256.
-int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers, int64_t overhead, int64_t most) {
+// of a CTA's `workers` walks (its K slice shared by them) plus a fixed `overhead` in tiles, splitting at all
+// half a tile more, and each split `per_split` tiles (the last CTA's reduction reads every slice). The
+// pipelined kernel: one worker and about two tiles (prologue, epilogue, reduction), up to 64 splits; the
+// streaming kernel: its kStreamWarps warps, one tile (a warp's pipeline fill) and 0.08 tiles per split, up to
+// 256 (the split-count sweep on the H200, docs/EXPERIMENTS.md: 1024 x 8192 runs 1.12-1.26x faster with 16
+// slices than with the 32 chosen without that term; within 3 % of the best fixed count on 16 sweeps).
+int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers, int64_t overhead, int64_t most,
+                   double per_split) {
     int best = 1;
     double best_cost = 0;
     const int64_t max_splits = tiles_k < most ? tiles_k : most;
@@ -84,7 +88,8 @@ int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers
         const int64_t per = ceil_div(tiles_k, s);
         if (int64_t(ceil_div(tiles_k, per)) != s) continue;  // same slicing as a smaller split count
         const int64_t waves = ceil_div(ctas * s, slots);
-        const double cost = double(waves) * double(ceil_div(per, workers) + overhead) + (s > 1 ? 0.5 : 0.0);
+        const double cost =
+            double(waves) * double(ceil_div(per, workers) + overhead) + (s > 1 ? 0.5 : 0.0) + per_split * s;
         if (s == 1 || cost < best_cost) {
             best = s;
             best_cost = cost;
@@ -177,7 +182,7 @@ uint32_t slot_bytes_of(const fspmm_header_t& h) {
 // Split-K (given, or chosen for `slots` resident CTAs), K tiles per split and workspace of a plan whose
 // m_blocks and n_blocks are set; a CTA handles at most max_k_tiles K tiles.
 void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots, int max_k_tiles) {
-    int splits = split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, 1, 2, 64);
+    int splits = split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, 1, 2, 64, 0.0);
     const int64_t min_splits = ceil_div(h.tiles_k, max_k_tiles);
     if (splits < min_splits) splits = int(min_splits);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
@@ -264,7 +269,8 @@ LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int devi
     plan.sm90 = runs_sm90_pipeline(device, func);  // with programmatic dependent launch
     const int64_t slots = resident_ctas(device, func, kStreamThreads, plan.smem);
     const int splits =
-        split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, kStreamWarps, 1, 256);
+        split_k > 0 ? split_k
+                    : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, kStreamWarps, 1, 256, 0.08);
     plan_splits(plan, h, N, splits, slots, kStreamMaxKTilesPerSplit);
     return plan;
 }
