@@ -109,20 +109,6 @@ __device__ __forceinline__ void mbarrier_wait_parity(uint32_t bar, uint32_t pari
         : "memory");
 }
 
-// Whether the mbarrier phase with the given parity has completed (does not wait).
-__device__ __forceinline__ bool mbarrier_test_parity(uint32_t bar, uint32_t parity) {
-    uint32_t done;
-    asm volatile(
-        "{\n .reg .pred p;\n"
-        " mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-    return done != 0;
-}
-
 // Bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> shared by the copy
 // engine, completing as transactions on the mbarrier `bar` (sm_90).
 __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {

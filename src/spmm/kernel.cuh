@@ -69,9 +69,6 @@ constexpr bool kBulkPipeline = false;
 #endif
 // Direct decoder on the bulk pipeline: tile tables in flight (the consumers' tile i and up to two ahead).
 constexpr int kTableBuffers = 3;
-#ifndef FSPMM_PRODUCER_EVENTS
-#define FSPMM_PRODUCER_EVENTS 0
-#endif
 
 // CTAs per SM the register allocation must allow (launch bounds): 160-thread CTAs (two groups per warp) fit
 // six per SM up to 16 tokens on sm_90 (five on sm_80, whose pipeline needs more registers).
@@ -403,32 +400,6 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 if (lane == 0) ptx::mbarrier_arrive(ptx::smem_addr(&s_ready[i % kTableBuffers]));
             };
             for (int i = 0; i < imin(nk, kStages); ++i) issue(i);
-#if FSPMM_PRODUCER_EVENTS
-            (void)kAhead;
-            // Whichever is possible first: refill the next stage once its last tile is released, or write the
-            // next table once its tile has landed and its buffer's previous tile (three back) is released, so
-            // that neither wait holds up the other. Lane 0 tests, the warp follows (and then waits, at once,
-            // for the ordering the test does not give).
-            auto done = [&](const uint64_t* bars, int i, int stages) {
-                const bool d = lane == 0 && ptx::mbarrier_test_parity(ptx::smem_addr(&bars[i % stages]), (i / stages) & 1);
-                return __shfl_sync(0xFFFFFFFFu, d, 0);
-            };
-            for (int issued = imin(nk, kStages), prepared = 0; prepared < nk;) {
-                bool moved = false;
-                if (issued < nk && done(s_empty, issued - kStages, kStages)) {
-                    wait_empty(issued - kStages);
-                    issue(issued++);
-                    moved = true;
-                }
-                if (prepared < issued && (prepared < kTableBuffers || done(s_empty, prepared - kTableBuffers, kStages)) &&
-                    done(s_full, prepared, kStages)) {
-                    if (prepared >= kTableBuffers) wait_empty(prepared - kTableBuffers);
-                    prepare(prepared++);
-                    moved = true;
-                }
-                if (!moved) __nanosleep(32);
-            }
-#else
             for (int i = 0; i < imin(nk, kAhead); ++i) prepare(i);
             for (int i = 0; i < nk; ++i) {
                 if (i > 0) {
@@ -437,7 +408,6 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 }
                 if (i + kAhead < nk) prepare(i + kAhead);
             }
-#endif
         } else {
             // Producer warp: refill a stage as soon as every consumer warp has released it.
             for (int i = 0; i < nk; ++i) {
