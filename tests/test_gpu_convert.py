@@ -52,7 +52,7 @@ def test_gpu_blob_equals_cpu_blob(rng, framework, dtype, shape, sparsity):
     m, k = shape
     bits, expected = sparse_bits(rng, m, k, dtype, sparsity)
     w = on_device(framework, bits, dtype)
-    for fmt in ("auto", "bitmap", "tiled_csl"):
+    for fmt in ("auto", "smallest", "bitmap", "tiled_csl"):
         W = flashspmm.compress(w, format=fmt)
         assert W.device == "cuda:0"
         want = cpu_blob(bits, dtype, fmt)

@@ -141,6 +141,15 @@ def test_smallest_picks_the_smaller_format(rng, sparsity):
     if 0.99 <= sparsity < 1.0:
         assert small.format == "tiled_csl"
     assert small.nbytes <= blob_bound(256, 320, "smallest")
+    assert np.array_equal(flashspmm.compress(w, prefer="memory").blob(), small.blob())
+    assert flashspmm.compress(w, format="bitmap", prefer="memory").format == "bitmap"
+
+
+def test_prefer_is_checked(rng):
+    w = sparse_bits(rng, 8, 8, "float16", 0.5, specials=False)[0].view(np.float16)
+    for bad in ("size", "", None, 1):
+        with pytest.raises(ValueError, match="prefer must be 'speed' or 'memory'"):
+            flashspmm.compress(w, prefer=bad)
 
 
 # The rule of "auto" (docs/PERFORMANCE.md, "How auto chooses"): bitmap for matrices of at most 2048 rows and
@@ -169,6 +178,15 @@ def test_auto_picks_the_predicted_faster_format(rng, m, k, sparsity, expected):
     assert auto.format == expected
     assert np.array_equal(auto.blob(), flashspmm.compress(w, format=expected).blob())
     assert auto.nbytes <= blob_bound(m, k, "auto")
+    # the C API reports the same choice and size, and never AUTO or SMALLEST as the chosen format
+    ffi, lib = flashspmm._native.ffi, flashspmm._native.lib
+    for name, fmt in (("auto", expected), ("smallest", flashspmm.compress(w, format="smallest").format)):
+        size, chosen = ffi.new("size_t*"), ffi.new("fspmm_format_t*")
+        ptr = ffi.cast("void*", bits.ctypes.data)
+        code = flashspmm._matrix.FORMATS[name]
+        flashspmm._native.check(lib.fspmm_compress_size_host(ptr, m, k, k, lib.FSPMM_DTYPE_FLOAT16, code, size, chosen))
+        assert chosen[0] == flashspmm._matrix.FORMATS[fmt]
+        assert size[0] == flashspmm.compress(w, format=fmt).nbytes
 
 
 @pytest.mark.parametrize(

@@ -597,7 +597,7 @@ def _dtype_name(dtype: DTypeLike) -> str | None:
     raise ValueError(f"dtype must be float16 or bfloat16 (a string, or a numpy / torch / JAX dtype), got {dtype!r}")
 
 
-def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> SparseMatrix:
+def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None, prefer: str = "speed") -> SparseMatrix:
     """Compress a dense weight matrix W [M, K] into a :class:`SparseMatrix`.
 
     Args:
@@ -610,6 +610,8 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> 
             (the smaller blob), "bitmap" or "tiled_csl".
         dtype: None (from the array) or float16 / bfloat16 (a string or a numpy / torch / JAX dtype) for raw
             16-bit arrays.
+        prefer: what "auto" optimises: "speed" (the default) or "memory" (then "auto" is "smallest"). Ignored
+            for the other formats.
 
     Returns:
         a SparseMatrix on the array's device. A device array is compressed on its GPU (the same bytes as
@@ -617,6 +619,10 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None) -> 
         call waits for that stream once, to learn the blob size.
     """
     format_code = _format_code(format)
+    if prefer not in ("speed", "memory"):
+        raise ValueError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
+    if prefer == "memory" and format_code == lib.FSPMM_FORMAT_AUTO:
+        format_code = lib.FSPMM_FORMAT_SMALLEST
     if isinstance(w, SparseMatrix):
         raise TypeError("w is already a SparseMatrix")
     dtype = _dtype_name(dtype)

@@ -396,7 +396,7 @@ void launch_encode_write(const DeviceDense& dense, int format, void* workspace, 
     check_cuda(cudaGetLastError(), "launch of the encoder's scan_blocks kernel");
     scan_write_kernel<<<blocks, kScanThreads, 0, stream>>>(tile_nnz, g, sums, st, blob);
     check_cuda(cudaGetLastError(), "launch of the encoder's scan_write kernel");
-    // AUTO is resolved on the GPU: both variants are launched and the one not chosen exits at once.
+    // AUTO and SMALLEST are resolved on the GPU: both variants are launched and the one not chosen exits at once.
     if (format != FSPMM_FORMAT_TILED_CSL) {
         constexpr int kThreads = 32 * write_warps<FSPMM_FORMAT_BITMAP>();
         const auto kernel = write_tiles_kernel<FSPMM_FORMAT_BITMAP>;
