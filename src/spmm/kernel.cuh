@@ -620,8 +620,8 @@ cudaError_t launch_spmm(const LinearParams& p, dim3 grid, size_t smem, cudaStrea
 
 }  // namespace fspmm
 
-// Explicit instantiations of one (format, dtype) for every N tile; used once per spmm_<format>_<dtype>.cu
-// so the four combinations compile in parallel.
+// Explicit instantiations of one row of variants.h (kernel id, dtype, decoder, dtype type) for every N tile;
+// used once per spmm_<row>.cu, as FSPMM_VARIANT(FSPMM_INSTANTIATE, <row>), so the rows compile in parallel.
 #define FSPMM_INSTANTIATE_ONE(FMT, DT, DECODER, DTYPE, NT)                                            \
     template <>                                                                                      \
     KernelHandle kernel_handle<FMT, DT, NT>() {                                                      \

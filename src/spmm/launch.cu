@@ -13,6 +13,7 @@
 #include "spmm/gemv.h"
 #include "spmm/params.h"
 #include "spmm/stream.h"
+#include "spmm/variants.h"
 
 namespace fspmm {
 
@@ -51,23 +52,18 @@ namespace {
 // Bitmap densities at which the decoders change (see kernel_id; measured on H100, docs/PERFORMANCE.md).
 constexpr double kDirectDensity = 0.02;  // above: direct; at or below (98 % sparsity and more): scatter
 
-// The kernel for (kernel id, dtype, n_tile).
+// The kernel for (kernel id, dtype, n_tile): one case per row of variants.h.
 KernelHandle select_kernel(int format, int dtype, int n_tile) {
-#define FSPMM_CASE(F, D)                               \
+#define FSPMM_CASE(F, D, Decoder, Dtype)               \
     if (format == F && dtype == D) switch (n_tile) {   \
             case 8: return kernel_handle<F, D, 8>();   \
             case 16: return kernel_handle<F, D, 16>(); \
             case 32: return kernel_handle<F, D, 32>(); \
             default: return kernel_handle<F, D, 64>(); \
         }
-    FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16)
-    FSPMM_CASE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16)
-    FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_FLOAT16)
-    FSPMM_CASE(kBitmapDirect, FSPMM_DTYPE_BFLOAT16)
-    FSPMM_CASE(kBitmapRows, FSPMM_DTYPE_FLOAT16)
-    FSPMM_CASE(kBitmapRows, FSPMM_DTYPE_BFLOAT16)
-    FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16)
-    FSPMM_CASE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16)
+#define FSPMM_ROW(name) FSPMM_VARIANT(FSPMM_CASE, name)
+    FSPMM_SPMM_VARIANTS(FSPMM_ROW)
+#undef FSPMM_ROW
 #undef FSPMM_CASE
     raise(FSPMM_ERR_INTERNAL, "no kernel for this format and dtype");
 }

@@ -1,4 +1,5 @@
 // Kernel instantiations: bitmap format decoded straight into mma fragments, bf16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(kBitmapDirect, FSPMM_DTYPE_BFLOAT16, BitmapDirectDecoder, Bf16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, bitmapdirect_bf16)

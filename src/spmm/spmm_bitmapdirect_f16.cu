@@ -1,4 +1,5 @@
 // Kernel instantiations: bitmap format decoded straight into mma fragments, f16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(kBitmapDirect, FSPMM_DTYPE_FLOAT16, BitmapDirectDecoder, Fp16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, bitmapdirect_f16)

@@ -1,4 +1,5 @@
 // Kernel instantiations: bitmap format expanded row by row into the dense tile, f16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(kBitmapRows, FSPMM_DTYPE_FLOAT16, BitmapRowsDecoder, Fp16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, bitmaprows_f16)

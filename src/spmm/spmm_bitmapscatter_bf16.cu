@@ -1,4 +1,5 @@
 // Kernel instantiations: bitmap format scattered nonzero by nonzero, bf16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_BFLOAT16, BitmapScatterDecoder, Bf16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, bitmapscatter_bf16)

@@ -1,4 +1,5 @@
 // Kernel instantiations: bitmap format scattered nonzero by nonzero, f16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(FSPMM_FORMAT_BITMAP, FSPMM_DTYPE_FLOAT16, BitmapScatterDecoder, Fp16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, bitmapscatter_f16)

@@ -1,4 +1,5 @@
 // Kernel instantiations: csl format, bf16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16, CslDecoder, Bf16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, csl_bf16)

@@ -1,4 +1,5 @@
 // Kernel instantiations: csl format, f16, every N tile.
 #include "spmm/kernel.cuh"
+#include "spmm/variants.h"
 
-FSPMM_INSTANTIATE(FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16, CslDecoder, Fp16)
+FSPMM_VARIANT(FSPMM_INSTANTIATE, csl_f16)
