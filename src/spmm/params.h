@@ -72,8 +72,8 @@ constexpr int kBitmapRows = 4;  // bitmap expanded row by row into the dense til
 constexpr int kGemv = 5;  // N = 1: the CUDA-core kernel of gemv.cu, either format (kernel id)
 constexpr int kStream = 6;  // bitmap, N <= 16: the warp-streaming kernel of stream.cu (kernel id)
 
-// One kernel instantiation per (kernel id = format or kBitmapDirect, dtype, N tile); defined in
-// spmm_<variant>_<dtype>.cu.
+// One kernel instantiation per (kernel id = format or decoder id, dtype, N tile): the rows of variants.h, defined
+// in spmm_<row>.cu.
 // Returns the kernel function pointer (for attributes and occupancy) and launches it.
 struct KernelHandle {
     const void* func;
