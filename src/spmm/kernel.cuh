@@ -142,7 +142,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
     // x tile of K tile i written by plain loads and stores (unaligned x, or the last, partial K tile):
     // kNTile rows of 64 values, zeros past N and K.
     auto store_x_tile = [&](int i, int first, int stride) {
-        const int64_t k0 = (kt_begin + i) * 64;
+        const int64_t k0 = (kt_begin + i) * kTileK;
         const uint32_t xs = x_slot(i % kStages);
         for (int c = first; c < kNTile * 8; c += stride) {
             const int n = c >> 3, ck = c & 7;
@@ -176,8 +176,8 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
     const int x_rows = int(imin<int64_t>(kNTile, p.N - n0));
     auto issue = [&](int i) {  // by the producer warp: K tile i < nk into stage i % kStages
         const int stage = i % kStages;
-        const int64_t k0 = (kt_begin + i) * 64;
-        const bool x_bulk = !p.x_tma && p.x_vec && k0 + 64 <= p.K;  // x by cp.async
+        const int64_t k0 = (kt_begin + i) * kTileK;
+        const bool x_bulk = !p.x_tma && p.x_vec && k0 + kTileK <= p.K;  // x by cp.async
         if (!p.x_tma && !x_bulk) store_x_tile(i, lane, 32);  // published by lane 0's arrive below (release)
         const uint32_t full = ptx::smem_addr(&s_full[stage]);
         const uint32_t off = lane < kStripes ? s_off[lane][i] : 0u;
@@ -221,7 +221,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
             for (uint32_t c = tid * 16; c < bytes; c += kThreads * 16) ptx::cp_async_16(dst + c, src + c, 16);
         }
         if (p.x_vec) {
-            const int64_t k0 = (kt_begin + i) * 64;
+            const int64_t k0 = (kt_begin + i) * kTileK;
             const uint32_t xs = x_slot(stage);
             for (int c = tid; c < kNTile * 8; c += kThreads) {
                 const int n = c >> 3, ck = c & 7;
@@ -357,7 +357,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
 #pragma unroll
                 for (int g = 0; g < kGroups; ++g) {
                     const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * 64 + ((chunk ^ (row & 7)) << 3)) * 2);
+                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * kTileK + ((chunk ^ (row & 7)) << 3)) * kElemBytes);
                 }
                 mma_chunk(a, kc, xs);
             }
@@ -483,7 +483,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
         const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int q = 0; q < kGroups; ++q) {
-            const int r0 = (kWgmmaDense ? q * 64 + warp * 16 : stripe * 64 + (wr + q) * 16) + g;
+            const int r0 = (kWgmmaDense ? q * kTileM + warp * 16 : stripe * kTileM + (wr + q) * 16) + g;
 #pragma unroll
             for (int j = 0; j < kNTile / 8; ++j) {
                 const int n = 8 * j + 2 * t;
@@ -496,7 +496,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
     }
     __syncthreads();
 
-    const int64_t m0 = mt0 * 64;
+    const int64_t m0 = mt0 * kTileM;
     const int64_t rows = imin<int64_t>(kCtaRows, p.M - m0);
     const int64_t cols = imin<int64_t>(kNTile, p.N - n0);
     // Split-K partial sums are [split][N][M] fp32; with M a multiple of 4 their rows are 16-byte aligned and

@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "format/layout.h"
+
 namespace fspmm {
 
 // Everything a kernel needs; filled by the launcher from the blob header and the call's arguments.
@@ -34,7 +36,7 @@ struct LinearParams {
 // 16-row groups of one stripe: 2 for the direct bitmap and the Tiled-CSL decoders (4 consumer warps; a warp's
 // per-tile setup, barriers and x fragments serve 32 rows), 1 for the bitmap scatter/rows decoders (8 warps).
 constexpr int kStripes = 2;
-constexpr int kCtaRows = 64 * kStripes;
+constexpr int kCtaRows = kTileM * kStripes;
 constexpr int consumer_warps(int groups) { return 4 * kStripes / groups; }
 constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32; }
 // Pipeline depth (stages of compressed tiles + x tile in the shared-memory ring): 4, or 3 where the fourth
@@ -45,11 +47,11 @@ constexpr int stages_for(int n_tile, bool dense, bool sm90) {
     return n_tile >= 64 || (sm90 && (dense || n_tile >= 32)) ? 3 : 4;
 }
 constexpr int kMaxKTilesPerSplit = 128;     // a CTA's tile offsets are staged in shared memory
-constexpr int kDenseBytes = 64 * 64 * 2 + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
-                                                 // write to; 1024-aligned tiles (wgmma_desc_sw128)
+constexpr int kDenseBytes = kTileElems * kElemBytes + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
+                                                             // write to; 1024-aligned tiles (wgmma_desc_sw128)
 constexpr int kCStride = kCtaRows + 4;  // fp32 epilogue staging row stride (bank-conflict free)
-constexpr int kXRowBytes = 64 * 2;  // an x row of one K tile in shared memory: 128 bytes, its 16-byte
-                                    // chunks swizzled (kernel.cuh, x_chunk)
+constexpr int kXRowBytes = kTileK * kElemBytes;  // an x row of one K tile in shared memory: 128 bytes, its 16-byte
+                                                 // chunks swizzled (kernel.cuh, x_chunk)
 // Alignment of the x tiles: 1024 bytes where the kernel may read them with wgmma or write them with TMA (the
 // 128-byte swizzle of both repeats every 1024 bytes: the sm_90 pipeline, and the direct decoder from 32
 // tokens and the dense-tile decoders anywhere), else 128.
