@@ -5,11 +5,12 @@
 // The model (calibrated on an NVIDIA H200, 2026-12-01; docs/PERFORMANCE.md, "How auto chooses"): a kernel's
 // time is its blob's bytes over an effective bandwidth, a fraction of copy bandwidth that depends on the format
 // and the density (interpolated linearly between the measured densities; the geometric mean over N = 1, 8, 16
-// of the four target shapes). The bitmap format moves fewer bytes down to 6 % density, Tiled-CSL decodes
-// cheaper per byte from about 15 % density down, so for uniform pruning the prediction crosses at about 15 % density
-// (85 % sparsity). Matrices of at most 2048 rows stay bitmaps (the warp-streaming kernel, bitmap only, is 1.0-2.0x
-// Tiled-CSL there at every measured sparsity), and so does anything denser than 50 % (which also keeps every AUTO blob
-// within the bitmap bound of fspmm_blob_bytes_bound).
+// of the four target shapes). The bitmap format moves fewer bytes down to 6 % density, but Tiled-CSL reaches a
+// larger fraction of copy bandwidth at every density (1.1x at 50 %, 1.5x at 10 %), so for uniform pruning the
+// prediction crosses at about 15 % density (85 % sparsity). Matrices of at most 2048 rows stay bitmaps (the
+// warp-streaming kernel, bitmap only, is 1.0-2.0x Tiled-CSL there at every measured sparsity), and so does
+// anything denser than 50 % (which also keeps every AUTO blob within the bitmap bound of
+// fspmm_blob_bytes_bound).
 #pragma once
 #include <stdint.h>
 
