@@ -87,13 +87,15 @@ def test_assert_close_catches_one_zeroed_output_row(rng, dtype):
 
 @pytest.mark.parametrize("dtype", tk.DTYPES)
 def test_assert_close_catches_a_dropped_8x8_block(rng, dtype):
-    ref, _, w64, x64 = _product(rng, dtype, 4, 512, 4096)
+    # 2048 rows: the lost block is about 0.3 % of the output's norm (0.4-0.5 % with bf16 rounding), well inside
+    # the norm-wise bound for any draw (with 512 rows it is about 0.6 % and some draws exceed 0.8 %)
+    ref, _, w64, x64 = _product(rng, dtype, 4, 2048, 4096)
     w_dropped = w64.copy()
     w_dropped[64:72, 1024:1032] = 0.0  # one bitmap block lost
     got = tk.to_f64(tk.from_f32((x64 @ w_dropped.T).astype(np.float32), dtype), dtype)
     if dtype == "bfloat16":  # the norm-wise bound alone passes it ...
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < tk.NORM_TOL[dtype]
-    with pytest.raises(AssertionError, match=r"outside.*\n  at \(\d, 6\d\)"):
+    with pytest.raises(AssertionError, match=r"outside.*\n  at \(\d, (6[4-9]|7[01])\)"):
         tk.assert_close(got, ref, dtype)  # ... the element-wise one does not, and names the rows
 
 
