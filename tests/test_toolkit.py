@@ -81,7 +81,7 @@ def test_assert_close_accepts_a_correctly_rounded_result(rng, dtype):
 def test_assert_close_catches_one_zeroed_output_row(rng, dtype):
     ref, got, _, _ = _product(rng, dtype, 4, 4096, 512)
     got[:, 1234] = 0.0  # one output feature lost (e.g. a row of W never written)
-    with pytest.raises(AssertionError, match=r"at \(0, 1234\)"):
+    with pytest.raises(AssertionError, match=r"at \(\d, 1234\)"):  # (a token whose output there is near 0 passes)
         tk.assert_close(got, ref, dtype)
 
 
