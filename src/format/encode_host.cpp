@@ -249,6 +249,7 @@ uint64_t blob_bytes(const TileCounts& counts, int format) {
 }
 
 int choose_format(const TileCounts& counts, int format) {
+    if (format == FSPMM_FORMAT_TILED_CSL || format == FSPMM_FORMAT_BITMAP) return format;  // (no sizes needed)
     const uint64_t head = counts.geo.data_offset;
     return compress_format(format, counts.geo.M, counts.geo.K, counts.total_nnz,
                            blob_bytes(counts, FSPMM_FORMAT_TILED_CSL) - head,
