@@ -63,6 +63,15 @@ def sub_seed(rng):
 
 # ---- dtypes and bit patterns ----------------------------------------------------------------------------
 
+
+def rows_decoder_built():
+    """Whether the library under test has the bitmap rows decoder (CMake option FSPMM_ROWS_DECODER, on by
+    default; a build without it says so in its build description)."""
+    import flashspmm
+
+    return "without the rows decoder" not in flashspmm.info()["build"]
+
+
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}  # half an ulp, relative
 SMALLEST_SUBNORMAL = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
 NAN_BITS = {"float16": 0x7E00, "bfloat16": 0x7FC0}  # the quiet NaN outputs are poisoned with

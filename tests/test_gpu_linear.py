@@ -24,6 +24,7 @@ from _toolkit import (
     on_device,
     reference_linear,
     require,
+    rows_decoder_built,
     sliced,
     synchronize,
     to_f64,
@@ -58,6 +59,10 @@ def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
     elif decoder and kernel == "auto":
         kernel = "tensor_core"
     decoder = decoder if decoder and W.format == "bitmap" else "auto"
+    if decoder == "rows" and not rows_decoder_built():
+        with pytest.raises(flashspmm.Error, match="FSPMM_ERR_NOT_SUPPORTED.*rows decoder"):
+            flashspmm.linear(x, W, bias, kernel=kernel, decoder=decoder, **kwargs)
+        pytest.skip("the library was built without the rows decoder (-DFSPMM_ROWS_DECODER=OFF)")
     y = flashspmm.linear(x, W, bias, kernel=kernel, decoder=decoder, **kwargs)
     n = _rows(x)
     if n:
@@ -455,7 +460,8 @@ def test_streaming_refuses_what_it_cannot_run(rng, framework):
         flashspmm.linear(x, Wb, kernel="streaming", decoder="scatter")
     assert Wb.plan_info(4)["kernel"] == "streaming" and Wb.plan_info(17)["kernel"] == "tensor_core"
     assert Wb.plan_info(4, kernel="tensor_core")["kernel"] == "tensor_core"
-    assert Wb.plan_info(4, decoder="rows")["kernel"] == "tensor_core"
+    if rows_decoder_built():
+        assert Wb.plan_info(4, decoder="rows")["kernel"] == "tensor_core"
     # the automatic rule (launch.cu, stream_is_faster): more than 4096 rows run on the pipelined kernel, except
     # for one token on matrices of 5120 columns or more and at most 27 M elements (or 72 M at <= 35 % density)
     Wl, _, _ = device_weight(rng, framework, 4160, 64, 0.5, "float16", "bitmap")

@@ -342,6 +342,8 @@ def main(argv=None):
         args.shapes, args.n, args.sparsity = TARGET_SHAPES, [1, 8, 16, 32, 64], [50, 70, 80, 90]
         if args.formats is None:
             args.formats = ["bitmap:rows", "bitmap:scatter", "bitmap:direct", "tiled_csl", "auto"]
+            if "without the rows decoder" in flashspmm.info()["build"]:  # built with -DFSPMM_ROWS_DECODER=OFF
+                args.formats.remove("bitmap:rows")
     if args.formats is None:
         args.formats = ["bitmap", "tiled_csl", "auto"]
     if args.models:

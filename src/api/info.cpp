@@ -15,7 +15,11 @@ std::string build_info_text() {
     const int cuda = CUDART_VERSION;
     return "flashspmm " + std::to_string(FSPMM_VERSION_MAJOR) + "." + std::to_string(FSPMM_VERSION_MINOR) + "." +
            std::to_string(FSPMM_VERSION_PATCH) + "; CUDA runtime " + std::to_string(cuda / 1000) + "." +
-           std::to_string((cuda % 1000) / 10) + " (static); architectures " + FSPMM_CUDA_ARCHS;
+           std::to_string((cuda % 1000) / 10) + " (static); " +
+#if defined(FSPMM_NO_ROWS_DECODER)
+           "without the rows decoder; " +
+#endif
+           "architectures " + FSPMM_CUDA_ARCHS;
 }
 }  // namespace
 

@@ -107,7 +107,14 @@ int kernel_id(const fspmm_header_t& h, int decoder) {
         return h.format;
     }
     if (decoder == FSPMM_DECODER_DIRECT) return kBitmapDirect;
-    if (decoder == FSPMM_DECODER_ROWS) return kBitmapRows;
+    if (decoder == FSPMM_DECODER_ROWS) {
+#if defined(FSPMM_NO_ROWS_DECODER)
+        raise(FSPMM_ERR_NOT_SUPPORTED,
+              "this build of flashspmm leaves the rows decoder out (configured with -DFSPMM_ROWS_DECODER=OFF): pass "
+              "FSPMM_DECODER_AUTO, DIRECT or SCATTER, or rebuild with -DFSPMM_ROWS_DECODER=ON");
+#endif
+        return kBitmapRows;
+    }
     if (decoder == FSPMM_DECODER_SCATTER) return FSPMM_FORMAT_BITMAP;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
     return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;

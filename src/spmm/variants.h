@@ -13,14 +13,21 @@
 #define FSPMM_VARIANT_csl_f16 FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_FLOAT16, CslDecoder, Fp16
 #define FSPMM_VARIANT_csl_bf16 FSPMM_FORMAT_TILED_CSL, FSPMM_DTYPE_BFLOAT16, CslDecoder, Bf16
 
-// Every row, by name: X(name) for each (the instantiation file of a row is spmm_<name>.cu).
+// Every row, by name: X(name) for each (the instantiation file of a row is spmm_<name>.cu). The rows decoder
+// is never chosen automatically; a build with -DFSPMM_ROWS_DECODER=OFF leaves its rows out.
+#if defined(FSPMM_NO_ROWS_DECODER)
+#define FSPMM_ROWS_VARIANTS(X)
+#else
+#define FSPMM_ROWS_VARIANTS(X) \
+    X(bitmaprows_f16)          \
+    X(bitmaprows_bf16)
+#endif
 #define FSPMM_SPMM_VARIANTS(X) \
     X(bitmapscatter_f16)       \
     X(bitmapscatter_bf16)      \
     X(bitmapdirect_f16)        \
     X(bitmapdirect_bf16)       \
-    X(bitmaprows_f16)          \
-    X(bitmaprows_bf16)         \
+    FSPMM_ROWS_VARIANTS(X)     \
     X(csl_f16)                 \
     X(csl_bf16)
 
