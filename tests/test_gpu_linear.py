@@ -333,6 +333,37 @@ def test_one_token(rng, framework, gemv, dtype, fmt, M, K, sparsity):
         assert_bits_equal(host_bits(y), first, "a repeated launch")
 
 
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gemv", ["1", ""])
+def test_one_token_uneven_rows(rng, framework, dtype, gemv):
+    """Tiled-CSL on CUDA cores shares each tile's entries equally among the lanes, so a row's entries may lie in
+    one lane or in many: tiles with full rows next to empty ones, single rows, lone entries, and 1-3 padding
+    entries, with and without split-K, against float64; a repeated launch gives the same bits."""
+    M, K = 300, 640
+    keep = rng.random((M, K)) < 0.05
+    keep[rng.choice(M, 12, replace=False), :] = True  # full rows: runs across many lanes' shares
+    keep[64:128, :] = False
+    keep[64 + 7, 64:128] = True  # a tile holding one full row only
+    keep[64 + 9, 3] = keep[64 + 60, 200] = True  # tiles with a lone entry
+    keep[128:192, 320:384] = rng.random((64, 64)) < 0.9  # a nearly dense tile
+    w_bits, _ = weight(rng, M, K, dtype, 0.0)
+    w_bits[~keep] = 0
+    w64 = to_f64(w_bits, dtype)
+    W = flashspmm.compress(on_device(framework, w_bits, dtype), format="tiled_csl")
+    x_host, x64 = values(rng, (1, K), dtype)
+    x = on_device(framework, bits_of(x_host), dtype)
+    for split_k in (0, 1, 4):
+        y = poisoned_device(framework, (1, M), dtype)
+        linear_with_gemv(gemv, x, W, out=y, split_k=split_k)
+        synchronize()
+        assert_close(host_bits(y), reference_linear(x64, w64), dtype)
+        first = host_bits(y)
+        linear_with_gemv(gemv, x, W, out=y, split_k=split_k)
+        synchronize()
+        assert_bits_equal(host_bits(y), first, "a repeated launch")
+
+
 # ---- NaN and Inf on the GPU (README "Numerics") -----------------------------------------------------------------
 
 

@@ -606,7 +606,7 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None, pre
             leading dimension >= K); the last dimension must have unit stride. A uint16/int16 array is
             accepted as raw bit patterns when ``dtype`` says which type they hold.
         format: "auto" (the format predicted to multiply faster at decode sizes, N <= 16: Tiled-CSL below
-            about 15 % density on matrices of more than 2048 rows, else bitmap; docs/PERFORMANCE.md), "smallest"
+            about 22 % density on matrices of more than 2048 rows, else bitmap; docs/PERFORMANCE.md), "smallest"
             (the smaller blob), "bitmap" or "tiled_csl".
         dtype: None (from the array) or float16 / bfloat16 (a string or a numpy / torch / JAX dtype) for raw
             16-bit arrays.

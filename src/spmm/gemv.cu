@@ -1,19 +1,19 @@
 // The N = 1 kernel (matrix-vector product, the decode step of a language model): no Tensor Cores, work per
 // stored value only. The MMA kernels expand every tile into dense fragments, which costs instructions per
 // element; for one token and few stored values, a product per nonzero is cheaper. Used by default for
-// Tiled-CSL at <= 15 % density (launch.cu); measured slower than the MMA kernels for denser matrices and
-// for the bitmap format, where it stays available through FSPMM_GEMV=1.
+// Tiled-CSL at <= 30 % density (launch.cu); slower than the MMA kernels for denser matrices and for the
+// bitmap format, where it runs only when asked for (FSPMM_KERNEL_CUDA_CORE).
 //
 // A CTA owns one 64-row stripe and a slice of the K tiles (split-K); each of its warps takes every
 // kGemvWarps-th K tile of the slice (copied, with its 64 x values, into one of the warp's two shared-memory
-// buffers by cp.async while the previous tile is multiplied), and lane L accumulates rows L and L + 32 of
-// the stripe in fp32, in increasing column order, so the result does not depend on scheduling. The warps'
-// sums are added in warp order, the slices (if any) by the last CTA to arrive, in slice order, as in the MMA kernels.
-//   bitmap:    lane L reads the masks of its rows in the 8 blocks of each row (64-bit masks, mma block order),
-//              finds each block's first value with one shuffle (a warp scan of block popcounts) and walks the
-//              set bits of its row byte.
-//   Tiled-CSL: the warp counts the entries of each row (shared-memory integer atomics), scans the counts,
-//              and each lane walks the entries of its two rows (entries are sorted by row, then column).
+// buffers by cp.async while the previous tile is multiplied) and sums its 64 rows in fp32 in a fixed order,
+// so the result does not depend on scheduling. The warps' sums are added in warp order, the slices (if any)
+// by the last CTA to arrive, in slice order, as in the MMA kernels.
+//   bitmap:    lane L accumulates rows L and L + 32 in increasing column order: it reads the masks of its rows
+//              in the 8 blocks of each row (64-bit masks, mma block order), finds each block's first value
+//              with one shuffle (a warp scan of block popcounts) and walks the set bits of its row byte.
+//   Tiled-CSL: each lane takes an equal share of the tile's entries (sorted by row) and sums the rows' runs
+//              in it; runs that cross shares are added in lane order (csl_tile).
 #include "common/scan.cuh"
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
@@ -60,35 +60,86 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
     }
 }
 
-// Tiled-CSL tile in shared memory (bytes long): adds rows lane and lane + 32 of W times x (64 values,
-// shared) to acc. `counts` is this warp's shared scratch of 64 row counters.
+// Tiled-CSL entry fields (FORMATS.md): row and unswizzled column of the position (its low 12 bits, so that a
+// corrupted entry stays inside the tile), and the value.
+__device__ __forceinline__ uint32_t csl_row(uint32_t e) { return (e >> 6) & 63u; }
+__device__ __forceinline__ uint32_t csl_col(uint32_t e) { return (e ^ ((e >> 3) & 0x38u)) & 63u; }
+
+// Tiled-CSL tile in shared memory (bytes long): adds W's rows times x (64 values, shared) to acc (rows lane and
+// lane + 32). The entries are sorted by row, so lane L takes the c consecutive entries from L c (c odd: the
+// lanes' loads fall in distinct banks), every lane as busy as the next whatever the row lengths, and sums each
+// row's run of them in entry order. A run inside the share is its row's whole part of this tile: it goes to
+// the warp's row totals `rows` (64 floats, zero between tiles) at once. The share's first and last runs may
+// continue in the neighbouring shares: they go through `seg` (first runs in 0..31, last runs in 32..63: row,
+// or -1 for none, and sum), and the lane holding a row's first boundary run writes the sum of that row's runs
+// in lane order. Each row total is written once, and acc adds them in tile order: the result does not
+// depend on scheduling.
 template <class Dtype>
-__device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
-                                         uint32_t* counts, float (&acc)[2]) {
+__device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane, float* rows,
+                                         int* seg_row, float* seg_sum, float (&acc)[2]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
-    const uint32_t n = bytes / 4;
-    counts[lane] = 0;
-    counts[lane + 32] = 0;
-    __syncwarp();
-    for (uint32_t i = lane; i < n; i += 32) {
-        const uint32_t pos = entries[i] & 0xFFFFu;
-        if (pos < static_cast<uint32_t>(kTileElems)) atomicAdd(counts + (pos >> 6), 1u);  // padding skipped
+    uint32_t n = bytes / 4;
+    // Up to three padding entries close the tile (position 4096 + k): leave them out.
+    const bool pad = uint32_t(lane) < 3u && uint32_t(lane) < n && (entries[n - 1 - lane] & 0xFFFFu) >= kTileElems;
+    n -= __popc(__ballot_sync(kFull, pad));
+    const uint32_t c = ((n + 31) / 32) | 1u;
+    const uint32_t end = min(uint32_t(lane) * c + c, n);
+    uint32_t i = min(uint32_t(lane) * c, n);
+    // One pass over the share; a run is stored as its row's total when the next one starts (only this lane
+    // writes those rows in this pass: a boundary row is stored by no lane, or by the one whose share it
+    // starts, and is overwritten below). Loads run two entries ahead, so they are issued before the stores
+    // of the entries before them; the at most two entries read past the share's end (unused) lie inside the
+    // warp's buffer (tile, then 128 bytes of x).
+    auto x_of = [&](uint32_t e) { return Dtype::to_float(x[csl_col(e)]); };
+    uint32_t e0 = entries[i], e1 = entries[i + 1];
+    const int first_row = i < end ? int(csl_row(e0)) : -1;
+    int row = first_row;
+    float sum = 0.f, x0 = x_of(e0);
+    for (; i < end; ++i) {
+        const uint32_t e2 = entries[i + 2];
+        const float x1 = x_of(e1);
+        const int r = int(csl_row(e0));
+        if (r != row) rows[row] = sum;
+        sum = fmaf(Dtype::to_float(uint16_t(e0 >> 16)), x0, r != row ? 0.f : sum);
+        row = r;
+        e0 = e1;
+        e1 = e2;
+        x0 = x1;
     }
+    // Rows only increase: the share has more than one run iff it ends in another row than it began. Its
+    // first run is then in rows[first_row], its last in (row, sum).
+    const bool runs = row != first_row;
+    const float first_sum = runs ? rows[first_row] : sum;
+    if (!runs) row = -1;
+    seg_row[lane] = first_row;
+    seg_sum[lane] = first_sum;
+    seg_row[32 + lane] = row;
+    seg_sum[32 + lane] = sum;
     __syncwarp();
-    const uint32_t n0 = counts[lane], n1 = counts[lane + 32];
-    const uint32_t first0 = warp_inclusive_sum(n0) - n0;
-    const uint32_t first1 = __shfl_sync(kFull, first0 + n0, 31) + warp_inclusive_sum(n1) - n1;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const uint32_t begin = h ? first1 : first0, end = begin + (h ? n1 : n0);
-        for (uint32_t i = begin; i < end && i < n; ++i) {
-            const uint32_t e = entries[i];
-            uint32_t r, c;
-            unswizzle(e & 0xFFFu, &r, &c);
-            acc[h] = fmaf(Dtype::to_float(e >> 16), Dtype::to_float(x[c]), acc[h]);
+    // Row r0's total: total plus the first runs of the following shares that continue it (a share whose first
+    // run is also its last passes the row on).
+    auto write_total = [&](int r0, float total) {
+        for (int j = lane + 1; j < 32 && seg_row[j] == r0; ++j) {
+            total += seg_sum[j];
+            if (seg_row[32 + j] >= 0) break;
+        }
+        rows[r0] = total;
+    };
+    if (first_row >= 0) {
+        const int prev = lane == 0 ? -1 : seg_row[32 + lane - 1] >= 0 ? seg_row[32 + lane - 1] : seg_row[lane - 1];
+        if (first_row != prev) {  // the row starts in this share
+            if (row >= 0)
+                rows[first_row] = first_sum;  // and ends in it
+            else
+                write_total(first_row, first_sum);
         }
     }
-    __syncwarp();  // counts are reused for the next tile
+    if (row >= 0) write_total(row, sum);
+    __syncwarp();
+    acc[0] += rows[lane];
+    acc[1] += rows[lane + 32];
+    rows[lane] = 0.f;
+    rows[lane + 32] = 0.f;  // (seg and rows are written again after the caller's __syncwarp)
 }
 
 // Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by the 64 x values of its K tile.
@@ -99,8 +150,9 @@ __global__ void
 __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
     __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
-    __shared__ float s_sum[kGemvWarps][kTileM];
-    __shared__ uint32_t s_counts[kGemvWarps][kTileM];
+    __shared__ float s_sum[kGemvWarps][kTileM];  // the warps' row sums (Tiled-CSL: until then, a tile's row totals)
+    __shared__ int s_seg_row[kGemvWarps][2 * 32];  // Tiled-CSL: the lanes' boundary runs (csl_tile)
+    __shared__ float s_seg_sum[kGemvWarps][2 * 32];
     __shared__ int s_is_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t mt = blockIdx.x;
@@ -132,7 +184,9 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         }
         ptx::cp_async_commit();
     };
-    float acc[2] = {0.f, 0.f};
+    float acc[2] = {0.f, 0.f};  // rows lane and lane + 32
+    s_sum[warp][lane] = 0.f;
+    s_sum[warp][lane + 32] = 0.f;
     issue(warp, 0);
     int b = 0;
     for (int i = warp; i < nk; i += kGemvWarps, b ^= 1) {
@@ -145,7 +199,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         if (kFormat == FSPMM_FORMAT_BITMAP)
             bitmap_tile<Dtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<Dtype>(tile, bytes, xs, lane, s_counts[warp], acc);
+            csl_tile<Dtype>(tile, bytes, xs, lane, s_sum[warp], s_seg_row[warp], s_seg_sum[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
     ptx::cp_async_wait<0>();

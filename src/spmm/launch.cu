@@ -197,8 +197,9 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
 }
 
 // Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
-// work per stored value beats expanding tiles for the Tensor Cores (measured on H100, docs/PERFORMANCE.md).
-constexpr double kGemvDensity = 0.12;
+// work per stored value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md:
+// 1.1-1.6x the Tensor Core kernel at 20-30 % density on eight shapes, but one 4 % slower at 30 %; 0.7-0.9x at 50 %).
+constexpr double kGemvDensity = 0.30;
 
 // Whether this call runs the CUDA-core kernel (either format has one, for N = 1). FSPMM_KERNEL_CUDA_CORE asks
 // for it at N = 1 (larger N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE never uses it.
