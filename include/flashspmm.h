@@ -68,7 +68,7 @@ typedef enum {
 typedef enum {
     FSPMM_KERNEL_AUTO = 0,        /* chosen from the format, density and N (the measured rule in launch.cu)   */
     FSPMM_KERNEL_TENSOR_CORE = 1, /* tiles expanded on chip and multiplied on Tensor Cores                    */
-    FSPMM_KERNEL_CUDA_CORE = 2,   /* one token (N = 1) only: fp32 FMA per stored value; larger N uses the TC  */
+    FSPMM_KERNEL_CUDA_CORE = 2,   /* fp32 FMA per stored value: N = 1 (Tiled-CSL: N <= 4); larger N uses TC   */
     FSPMM_KERNEL_STREAMING = 3    /* bitmap, up to 16 tokens: Tensor Cores, one 64-row tile stream per warp;  */
                                   /* larger N uses the pipelined Tensor Core kernel                           */
 } fspmm_kernel_t;
@@ -113,7 +113,7 @@ typedef struct {
 typedef struct {
     fspmm_kernel_t kernel;     /* TENSOR_CORE or CUDA_CORE                                                 */
     fspmm_decoder_t decoder;   /* bitmap + Tensor Core: DIRECT, SCATTER or ROWS; otherwise AUTO            */
-    int32_t n_tile;            /* tokens per CTA (1 for the CUDA-core kernel)                              */
+    int32_t n_tile;            /* tokens per CTA (CUDA-core kernel: 1, or 4 for 2-4 tokens)                */
     int32_t split_k;           /* K slices                                                                 */
     int64_t grid_x, grid_y, grid_z;
     size_t shared_memory_bytes;/* dynamic shared memory per CTA                                            */

@@ -3,7 +3,7 @@
 Every case runs with torch arrays and with cupy arrays (cupy alone is enough for the `gpu` marker; its bfloat16
 data is seen through flashspmm.from_pointer), draws its inputs from the seeded `rng`, poisons the output with
 NaN and checks every element with _toolkit.assert_close. The kernel choices the tests force (a bitmap decoder,
-the CUDA-core N = 1 kernel) go through linear_with_decoder / linear_with_gemv only.
+the CUDA-core kernel) go through linear_with_decoder / linear_with_gemv only.
 """
 
 import numpy as np
@@ -69,7 +69,8 @@ def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
         info = W.plan_info(n, split_k=kwargs.get("split_k", 0), kernel=kernel, decoder=decoder)
         if decoder != "auto" and info["kernel"] != "cuda_core":
             assert info["decoder"] == decoder, info
-        serves = {"cuda_core": n == 1, "streaming": n <= 16, "tensor_core": True}
+        cuda_core = n == 1 or (W.format == "tiled_csl" and n <= 4)  # the CUDA-core kernel's token counts
+        serves = {"cuda_core": cuda_core, "streaming": n <= 16, "tensor_core": True}
         if kernel != "auto":
             assert info["kernel"] == (kernel if serves[kernel] else "tensor_core"), info
         if kernel == "streaming" and n <= 16:
@@ -78,8 +79,8 @@ def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
 
 
 def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
-    """flashspmm.linear with the N = 1 kernel forced: "1" the CUDA-core kernel for N = 1, "0" the Tensor Core
-    kernel, "" the library's rule; `decoder` as for linear_with_decoder."""
+    """flashspmm.linear with the CUDA-core kernel forced: "1" the CUDA-core kernel (one token; Tiled-CSL up to
+    four), "0" the Tensor Core kernel, "" the library's rule; `decoder` as for linear_with_decoder."""
     kernel = {"1": "cuda_core", "0": "tensor_core", "": "auto"}[gemv]
     return linear_with_decoder(decoder, x, W, bias, kernel=kernel, **kwargs)
 
@@ -360,6 +361,35 @@ def test_one_token_uneven_rows(rng, framework, dtype, gemv):
         assert_close(host_bits(y), reference_linear(x64, w64), dtype)
         first = host_bits(y)
         linear_with_gemv(gemv, x, W, out=y, split_k=split_k)
+        synchronize()
+        assert_bits_equal(host_bits(y), first, "a repeated launch")
+
+
+@pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gemv", ["1", ""])
+@pytest.mark.parametrize("N", [2, 3, 4, 5])
+@pytest.mark.parametrize("M,K,sparsity", [(65, 63, 0.5), (300, 4100, 0.9), (130, 700, 0.99), (1000, 999, 0.8)])
+def test_few_tokens_on_cuda_cores(rng, framework, gemv, dtype, N, M, K, sparsity):
+    """Tiled-CSL with 2-4 tokens on the CUDA-core kernel (5: the Tensor Core kernel), x rows with a stride and
+    only 2-byte aligned, bias, alpha, beta, split-K; a repeated launch gives the same bits."""
+    W, w64, _ = device_weight(rng, framework, M, K, sparsity, dtype, "tiled_csl")
+    base_host, base64 = values(rng, (N, K + 3), dtype)
+    x = sliced(on_device(framework, bits_of(base_host), dtype), (slice(None), slice(1, K + 1)))
+    x64 = base64[:, 1 : K + 1]
+    b, b64 = device_values(rng, framework, (M,), dtype)
+    y0_host, y064 = values(rng, (N, M), dtype)
+    want = "cuda_core" if gemv == "1" and N <= 4 else None
+    for split_k in (0, 1, 3):
+        if want:
+            assert W.plan_info(N, split_k=split_k, kernel="cuda_core")["kernel"] == want
+        y = on_device(framework, bits_of(y0_host), dtype)
+        linear_with_gemv(gemv, x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
+        synchronize()
+        assert_close(host_bits(y), reference_linear(x64, w64, b64, 0.75, -0.5, y064), dtype)
+        first = host_bits(y)
+        y = on_device(framework, bits_of(y0_host), dtype)
+        linear_with_gemv(gemv, x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
         synchronize()
         assert_bits_equal(host_bits(y), first, "a repeated launch")
 

@@ -177,8 +177,8 @@ def run(args):
                         fmt = f"{fmt}/k{split_k}"
                     real = auto if base == "auto" else base
                     blobs = mats[real]
-                    if options.get("kernel") == "cuda_core" and N != 1:
-                        continue  # the CUDA-core kernel serves one token
+                    if options.get("kernel") == "cuda_core" and (4 if real == "tiled_csl" else 1) < N:
+                        continue  # the CUDA-core kernel serves one token (Tiled-CSL: up to four)
                     if options.get("kernel") == "streaming" and N > 16:
                         continue  # the streaming kernel serves up to 16 tokens
                     t = time_rotation(
@@ -317,8 +317,8 @@ def main(argv=None):
         type=lambda s: s.split(","),
         default=None,
         help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
-        "FORMAT:cuda_core / FORMAT:tensor_core / FORMAT:streaming a kernel (CUDA cores: N = 1; streaming: "
-        "bitmap, N <= 16)",
+        "FORMAT:cuda_core / FORMAT:tensor_core / FORMAT:streaming a kernel (CUDA cores: N = 1, Tiled-CSL "
+        "N <= 4; streaming: bitmap, N <= 16)",
     )
     ap.add_argument(
         "--split-k",

@@ -31,7 +31,7 @@ constexpr unsigned kFull = 0xFFFFFFFFu;
 // to acc.
 template <class Dtype>
 __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane,
-                                            float (&acc)[2]) {
+                                            float (&acc)[2][1]) {
     if (bytes < kBitmapMaskBytes) return;
     const uint32_t values_end = (bytes - kBitmapMaskBytes) / 2;  // guards reads against a corrupted tile
     const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kBitmapMaskBytes);
@@ -54,7 +54,7 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
                 ((j & 1) ? f >> 16 : f & 0xFFFFu) + (q < 4 ? 0u : __popc(mask.x)) + __popc(word & ((1u << shift) - 1u));
             for (uint32_t b = (word >> shift) & 0xFFu; b != 0; b &= b - 1, ++v) {
                 const int col = 8 * bc + (__ffs(b) - 1);
-                if (v < values_end) acc[h] = fmaf(Dtype::to_float(values[v]), Dtype::to_float(x[col]), acc[h]);
+                if (v < values_end) acc[h][0] = fmaf(Dtype::to_float(values[v]), Dtype::to_float(x[col]), acc[h][0]);
             }
         }
     }
@@ -65,18 +65,18 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
 __device__ __forceinline__ uint32_t csl_row(uint32_t e) { return (e >> 6) & 63u; }
 __device__ __forceinline__ uint32_t csl_col(uint32_t e) { return (e ^ ((e >> 3) & 0x38u)) & 63u; }
 
-// Tiled-CSL tile in shared memory (bytes long): adds W's rows times x (64 values, shared) to acc (rows lane and
-// lane + 32). The entries are sorted by row, so lane L takes the c consecutive entries from L c (c odd: the
-// lanes' loads fall in distinct banks), every lane as busy as the next whatever the row lengths, and sums each
-// row's run of them in entry order. A run inside the share is its row's whole part of this tile: it goes to
-// the warp's row totals `rows` (64 floats, zero between tiles) at once. The share's first and last runs may
-// continue in the neighbouring shares: they go through `seg` (first runs in 0..31, last runs in 32..63: row,
-// or -1 for none, and sum), and the lane holding a row's first boundary run writes the sum of that row's runs
-// in lane order. Each row total is written once, and acc adds them in tile order: the result does not
-// depend on scheduling.
-template <class Dtype>
+// Tiled-CSL tile in shared memory (bytes long): adds W's rows times x (kN rows of 64 values, shared) to acc
+// (rows lane and lane + 32, one sum per token). The entries are sorted by row, so lane L takes the c
+// consecutive entries from L c (c odd: the lanes' loads fall in distinct banks), every lane as busy as the next
+// whatever the row lengths, and sums each row's run of them in entry order. A run inside the share is its
+// row's whole part of this tile: it goes to the warp's row totals `rows` ([kN][64] floats, zero between tiles)
+// at once. The share's first and last runs may continue in the neighbouring shares: they go through `seg`
+// (rows: first runs in 0..31, last runs in 32..63, -1 for none; sums: [kN][64] likewise), and the lane holding
+// a row's first boundary run writes the sum of that row's runs in lane order. Each row total is written once,
+// and acc adds them in tile order: the result does not depend on scheduling.
+template <class Dtype, int kN>
 __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane, float* rows,
-                                         int* seg_row, float* seg_sum, float (&acc)[2]) {
+                                         int* seg_row, float* seg_sum, float (&acc)[2][kN]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
     uint32_t n = bytes / 4;
     // Up to three padding entries close the tile (position 4096 + k): leave them out.
@@ -89,70 +89,96 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
     // writes those rows in this pass: a boundary row is stored by no lane, or by the one whose share it
     // starts, and is overwritten below). Loads run two entries ahead, so they are issued before the stores
     // of the entries before them; the at most two entries read past the share's end (unused) lie inside the
-    // warp's buffer (tile, then 128 bytes of x).
-    auto x_of = [&](uint32_t e) { return Dtype::to_float(x[csl_col(e)]); };
+    // warp's buffer (tile, then the x rows).
+    auto load_x = [&](uint32_t e, float (&xv)[kN]) {
+#pragma unroll
+        for (int t = 0; t < kN; ++t) xv[t] = Dtype::to_float(x[t * kTileK + csl_col(e)]);
+    };
     uint32_t e0 = entries[i], e1 = entries[i + 1];
     const int first_row = i < end ? int(csl_row(e0)) : -1;
     int row = first_row;
-    float sum = 0.f, x0 = x_of(e0);
+    float sum[kN], x0[kN];
+#pragma unroll
+    for (int t = 0; t < kN; ++t) sum[t] = 0.f;
+    load_x(e0, x0);
     for (; i < end; ++i) {
         const uint32_t e2 = entries[i + 2];
-        const float x1 = x_of(e1);
+        float x1[kN];
+        load_x(e1, x1);
         const int r = int(csl_row(e0));
-        if (r != row) rows[row] = sum;
-        sum = fmaf(Dtype::to_float(uint16_t(e0 >> 16)), x0, r != row ? 0.f : sum);
+        const float v = Dtype::to_float(uint16_t(e0 >> 16));
+#pragma unroll
+        for (int t = 0; t < kN; ++t) {
+            if (r != row) rows[t * kTileM + row] = sum[t];
+            sum[t] = fmaf(v, x0[t], r != row ? 0.f : sum[t]);
+            x0[t] = x1[t];
+        }
         row = r;
         e0 = e1;
         e1 = e2;
-        x0 = x1;
     }
     // Rows only increase: the share has more than one run iff it ends in another row than it began. Its
     // first run is then in rows[first_row], its last in (row, sum).
     const bool runs = row != first_row;
-    const float first_sum = runs ? rows[first_row] : sum;
     if (!runs) row = -1;
     seg_row[lane] = first_row;
-    seg_sum[lane] = first_sum;
     seg_row[32 + lane] = row;
-    seg_sum[32 + lane] = sum;
+#pragma unroll
+    for (int t = 0; t < kN; ++t) {
+        seg_sum[t * 64 + lane] = runs ? rows[t * kTileM + first_row] : sum[t];
+        seg_sum[t * 64 + 32 + lane] = sum[t];
+    }
     __syncwarp();
-    // Row r0's total: total plus the first runs of the following shares that continue it (a share whose first
-    // run is also its last passes the row on).
-    auto write_total = [&](int r0, float total) {
+    // Row r0's total, starting from the boundary run in seg slot `from`: plus the first runs of the following
+    // shares that continue it (a share whose first run is also its last passes the row on).
+    auto write_total = [&](int r0, int from) {
+        float total[kN];
+#pragma unroll
+        for (int t = 0; t < kN; ++t) total[t] = seg_sum[t * 64 + from];
         for (int j = lane + 1; j < 32 && seg_row[j] == r0; ++j) {
-            total += seg_sum[j];
+#pragma unroll
+            for (int t = 0; t < kN; ++t) total[t] += seg_sum[t * 64 + j];
             if (seg_row[32 + j] >= 0) break;
         }
-        rows[r0] = total;
+#pragma unroll
+        for (int t = 0; t < kN; ++t) rows[t * kTileM + r0] = total[t];
     };
     if (first_row >= 0) {
         const int prev = lane == 0 ? -1 : seg_row[32 + lane - 1] >= 0 ? seg_row[32 + lane - 1] : seg_row[lane - 1];
         if (first_row != prev) {  // the row starts in this share
-            if (row >= 0)
-                rows[first_row] = first_sum;  // and ends in it
-            else
-                write_total(first_row, first_sum);
+            if (row >= 0) {       // and ends in it
+#pragma unroll
+                for (int t = 0; t < kN; ++t) rows[t * kTileM + first_row] = seg_sum[t * 64 + lane];
+            } else {
+                write_total(first_row, lane);
+            }
         }
     }
-    if (row >= 0) write_total(row, sum);
+    if (row >= 0) write_total(row, 32 + lane);
     __syncwarp();
-    acc[0] += rows[lane];
-    acc[1] += rows[lane + 32];
-    rows[lane] = 0.f;
-    rows[lane + 32] = 0.f;  // (seg and rows are written again after the caller's __syncwarp)
+#pragma unroll
+    for (int t = 0; t < kN; ++t) {
+        acc[0][t] += rows[t * kTileM + lane];
+        acc[1][t] += rows[t * kTileM + lane + 32];
+        rows[t * kTileM + lane] = 0.f;
+        rows[t * kTileM + lane + 32] = 0.f;  // (seg and rows are written again after the caller's __syncwarp)
+    }
 }
 
-// Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by the 64 x values of its K tile.
-__device__ __forceinline__ uint32_t buffer_bytes(uint32_t slot_bytes) { return slot_bytes + kTileK * 2; }
+// Bytes of a warp's buffer: one compressed tile (slot_bytes) followed by kN rows of 64 x values (one per token).
+__host__ __device__ __forceinline__ uint32_t buffer_bytes(uint32_t slot_bytes, int kN) {
+    return slot_bytes + uint32_t(kN) * kTileK * 2;
+}
 
-template <int kFormat, class Dtype>
+template <int kFormat, class Dtype, int kN>
 __global__ void
 __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
-    extern __shared__ __align__(16) uint8_t smem[];  // per warp: two buffers (buffer_bytes each)
-    __shared__ uint64_t s_off[kGemvMaxKTiles + 1];   // this CTA's tile offsets
-    __shared__ float s_sum[kGemvWarps][kTileM];  // the warps' row sums (Tiled-CSL: until then, a tile's row totals)
-    __shared__ int s_seg_row[kGemvWarps][2 * 32];  // Tiled-CSL: the lanes' boundary runs (csl_tile)
-    __shared__ float s_seg_sum[kGemvWarps][2 * 32];
+    static_assert(kN == 1 || kFormat == FSPMM_FORMAT_TILED_CSL, "the bitmap tile is summed for one token");
+    extern __shared__ __align__(16) uint8_t smem[];    // per warp: two buffers (buffer_bytes each)
+    __shared__ uint64_t s_off[kGemvMaxKTiles + 1];     // this CTA's tile offsets
+    __shared__ float s_sum[kGemvWarps][kN * kTileM];  // the warps' row sums (Tiled-CSL: until then, a tile's row totals)
+    __shared__ int s_seg_row[kGemvWarps][2 * 32];      // Tiled-CSL: the lanes' boundary runs (csl_tile)
+    __shared__ float s_seg_sum[kGemvWarps][kN * 64];
     __shared__ int s_is_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t mt = blockIdx.x;
@@ -160,11 +186,16 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     const int64_t kt_begin = int64_t(split) * p.k_tiles_per_split;
     const int nk = int((kt_begin + p.k_tiles_per_split < p.tiles_k ? kt_begin + p.k_tiles_per_split : p.tiles_k) -
                        kt_begin);
+    const int N = int(p.N);  // 1..kN tokens; x rows past N stay zero
     for (int e = threadIdx.x; e <= nk; e += kGemvThreads) s_off[e] = __ldg(p.offsets + mt * p.tiles_k + kt_begin + e);
-    __syncthreads();
 
-    const uint32_t buf_bytes = buffer_bytes(p.slot_bytes);
+    const uint32_t buf_bytes = buffer_bytes(p.slot_bytes, kN);
     uint8_t* bufs = smem + size_t(warp) * 2 * buf_bytes;
+    if (kN > N)
+        for (int c = lane; c < 2 * kN * kTileK; c += 32)
+            if ((c / kTileK) % kN >= N)
+                reinterpret_cast<uint16_t*>(bufs + (c / (kN * kTileK)) * buf_bytes + p.slot_bytes)[c % (kN * kTileK)] = 0;
+    __syncthreads();
     // Copy tile i of the slice (and its x values) into buffer b with cp.async; always closes a group.
     auto issue = [&](int i, int b) {
         if (i < nk) {
@@ -173,20 +204,26 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
             const uint32_t dst = ptx::smem_addr(bufs + b * buf_bytes);
             for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, p.data + off + c, 16);
             const int64_t k0 = (kt_begin + i) * kTileK;
-            const uint16_t* x = p.x + k0;
-            uint8_t* xs = bufs + b * buf_bytes + p.slot_bytes;
-            if (p.x_vec && k0 + kTileK <= p.K) {
-                if (lane < kTileK / 8) ptx::cp_async_16(ptx::smem_addr(xs) + 16 * lane, x + 8 * lane, 16);
+            uint16_t* xs = reinterpret_cast<uint16_t*>(bufs + b * buf_bytes + p.slot_bytes);
+            if (p.x_vec && k0 + kTileK <= p.K) {  // token t = lane / 8, 16-byte chunk lane % 8 of its row
+                const int t = lane / 8, ck = lane % 8;
+                if (t < N) ptx::cp_async_16(ptx::smem_addr(xs + t * kTileK + 8 * ck), p.x + t * p.ldx + k0 + 8 * ck, 16);
             } else {  // unaligned x or the last, partial K tile: plain loads, zeros past K
-                for (int c = lane; c < kTileK; c += 32)
-                    reinterpret_cast<uint16_t*>(xs)[c] = k0 + c < p.K ? x[c] : uint16_t(0);
+                for (int c = lane; c < N * kTileK; c += 32) {
+                    const int t = c / kTileK, col = c % kTileK;
+                    xs[c] = k0 + col < p.K ? p.x[t * p.ldx + k0 + col] : uint16_t(0);
+                }
             }
         }
         ptx::cp_async_commit();
     };
-    float acc[2] = {0.f, 0.f};  // rows lane and lane + 32
-    s_sum[warp][lane] = 0.f;
-    s_sum[warp][lane + 32] = 0.f;
+    float acc[2][kN];  // rows lane and lane + 32, per token
+#pragma unroll
+    for (int t = 0; t < kN; ++t) {
+        acc[0][t] = acc[1][t] = 0.f;
+        s_sum[warp][t * kTileM + lane] = 0.f;
+        s_sum[warp][t * kTileM + lane + 32] = 0.f;
+    }
     issue(warp, 0);
     int b = 0;
     for (int i = warp; i < nk; i += kGemvWarps, b ^= 1) {
@@ -196,65 +233,98 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         const uint8_t* tile = bufs + b * buf_bytes;
         const uint32_t bytes = uint32_t(s_off[i + 1] - s_off[i] < p.slot_bytes ? s_off[i + 1] - s_off[i] : p.slot_bytes);
         const uint16_t* xs = reinterpret_cast<const uint16_t*>(tile + p.slot_bytes);
-        if (kFormat == FSPMM_FORMAT_BITMAP)
+        if constexpr (kFormat == FSPMM_FORMAT_BITMAP)
             bitmap_tile<Dtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<Dtype>(tile, bytes, xs, lane, s_sum[warp], s_seg_row[warp], s_seg_sum[warp], acc);
+            csl_tile<Dtype, kN>(tile, bytes, xs, lane, s_sum[warp], s_seg_row[warp], s_seg_sum[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
     ptx::cp_async_wait<0>();
-    s_sum[warp][lane] = acc[0];
-    s_sum[warp][lane + 32] = acc[1];
+#pragma unroll
+    for (int t = 0; t < kN; ++t) {
+        s_sum[warp][t * kTileM + lane] = acc[0][t];
+        s_sum[warp][t * kTileM + lane + 32] = acc[1][t];
+    }
     __syncthreads();
+    // Thread j finishes row j % 64 for tokens j / 64, j / 64 + 2, ... (kGemvThreads = 2 rows of 64 threads).
     const int64_t m0 = mt * kTileM;
-    const int r = threadIdx.x;  // threads 0..63 finish one row each
-    float sum = 0.f;
-    if (r < kTileM)
-        for (int w = 0; w < kGemvWarps; ++w) sum += s_sum[w][r];
-    const bool row_ok = r < kTileM && m0 + r < p.M;
+    const int r = threadIdx.x % kTileM, t0 = threadIdx.x / kTileM;
+    constexpr int kPerThread = (kN * kTileM + kGemvThreads - 1) / kGemvThreads;
+    static_assert(kGemvThreads % kTileM == 0, "whole rows of threads");
+    const bool row_ok = m0 + r < p.M;
+    float sum[kPerThread];
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+        const int t = t0 + u * (kGemvThreads / kTileM);
+        sum[u] = 0.f;
+        if (t < N)
+            for (int w = 0; w < kGemvWarps; ++w) sum[u] += s_sum[w][t * kTileM + r];
+    }
     if (p.splits > 1) {
-        // Publish this slice's sums; the last CTA of the stripe to arrive adds all slices in slice order.
-        if (row_ok) p.partial[int64_t(split) * p.M + m0 + r] = sum;
+        // Publish this slice's sums ([split][N][M]); the last CTA of the stripe to arrive adds all slices in
+        // slice order.
+#pragma unroll
+        for (int u = 0; u < kPerThread; ++u) {
+            const int t = t0 + u * (kGemvThreads / kTileM);
+            if (row_ok && t < N) p.partial[(int64_t(split) * N + t) * p.M + m0 + r] = sum[u];
+        }
         if (!split_k_arrive_last(p.counters + mt, p.epoch, p.splits, &s_is_last)) return;
-        if (row_ok) {
-            sum = 0.f;
-            for (int s = 0; s < p.splits; ++s) sum += __ldcg(p.partial + int64_t(s) * p.M + m0 + r);
+#pragma unroll
+        for (int u = 0; u < kPerThread; ++u) {
+            const int t = t0 + u * (kGemvThreads / kTileM);
+            if (row_ok && t < N) {
+                sum[u] = 0.f;
+                for (int s = 0; s < p.splits; ++s) sum[u] += __ldcg(p.partial + (int64_t(s) * N + t) * p.M + m0 + r);
+            }
         }
     }
     if (!row_ok) return;
     const int64_t m = m0 + r;
-    float out = p.alpha * sum;
-    if (p.bias) out += Dtype::to_float(p.bias[m]);
-    if (p.beta != 0.f) out += p.beta * Dtype::to_float(p.y[m]);
-    p.y[m] = Dtype::from_float(out);
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+        const int t = t0 + u * (kGemvThreads / kTileM);
+        if (t >= N) continue;
+        uint16_t* y = p.y + t * p.ldy + m;
+        float out = p.alpha * sum[u];
+        if (p.bias) out += Dtype::to_float(p.bias[m]);
+        if (p.beta != 0.f) out += p.beta * Dtype::to_float(*y);
+        *y = Dtype::from_float(out);
+    }
+}
+
+// The instantiation for (format, dtype, token tile): one token, or up to kGemvMaxN (Tiled-CSL only).
+template <int kFormat, int kN>
+const void* gemv_func(int dtype) {
+    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<kFormat, Bf16, kN>)
+                                         : reinterpret_cast<const void*>(&gemv_kernel<kFormat, Fp16, kN>);
+}
+template <int kFormat, int kN>
+cudaError_t launch_as(int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
+    const size_t smem = gemv_smem_bytes(p.slot_bytes, kN);
+    if (dtype == FSPMM_DTYPE_BFLOAT16)
+        gemv_kernel<kFormat, Bf16, kN><<<grid, kGemvThreads, smem, stream>>>(p);
+    else
+        gemv_kernel<kFormat, Fp16, kN><<<grid, kGemvThreads, smem, stream>>>(p);
+    return cudaGetLastError();
 }
 
 }  // namespace
 
-const void* gemv_kernel_func(int format, int dtype) {
-    if (format == FSPMM_FORMAT_BITMAP)
-        return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, Bf16>)
-                                             : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_BITMAP, Fp16>);
-    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, Bf16>)
-                                         : reinterpret_cast<const void*>(&gemv_kernel<FSPMM_FORMAT_TILED_CSL, Fp16>);
+const void* gemv_kernel_func(int format, int dtype, int64_t N) {
+    if (format == FSPMM_FORMAT_BITMAP) return gemv_func<FSPMM_FORMAT_BITMAP, 1>(dtype);
+    return N == 1 ? gemv_func<FSPMM_FORMAT_TILED_CSL, 1>(dtype) : gemv_func<FSPMM_FORMAT_TILED_CSL, kGemvMaxN>(dtype);
 }
 
-size_t gemv_smem_bytes(uint32_t slot_bytes) { return size_t(kGemvWarps) * 2 * (slot_bytes + kTileK * 2); }
+int gemv_token_tile(int format, int64_t N) { return format == FSPMM_FORMAT_BITMAP || N == 1 ? 1 : kGemvMaxN; }
+
+size_t gemv_smem_bytes(uint32_t slot_bytes, int n_tile) {
+    return size_t(kGemvWarps) * 2 * buffer_bytes(slot_bytes, n_tile);
+}
 
 cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
-    const size_t smem = gemv_smem_bytes(p.slot_bytes);
-    if (format == FSPMM_FORMAT_BITMAP) {
-        if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_BITMAP, Bf16><<<grid, kGemvThreads, smem, stream>>>(p);
-        else
-            gemv_kernel<FSPMM_FORMAT_BITMAP, Fp16><<<grid, kGemvThreads, smem, stream>>>(p);
-    } else {
-        if (dtype == FSPMM_DTYPE_BFLOAT16)
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, Bf16><<<grid, kGemvThreads, smem, stream>>>(p);
-        else
-            gemv_kernel<FSPMM_FORMAT_TILED_CSL, Fp16><<<grid, kGemvThreads, smem, stream>>>(p);
-    }
-    return cudaGetLastError();
+    if (format == FSPMM_FORMAT_BITMAP) return launch_as<FSPMM_FORMAT_BITMAP, 1>(dtype, p, grid, stream);
+    return p.N == 1 ? launch_as<FSPMM_FORMAT_TILED_CSL, 1>(dtype, p, grid, stream)
+                    : launch_as<FSPMM_FORMAT_TILED_CSL, kGemvMaxN>(dtype, p, grid, stream);
 }
 
 }  // namespace fspmm

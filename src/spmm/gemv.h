@@ -1,4 +1,5 @@
-// The N = 1 kernel (one token: a sparse matrix-vector product on CUDA cores); see gemv.cu.
+// The CUDA-core kernel for one token (a sparse matrix-vector product), and for Tiled-CSL up to kGemvMaxN
+// tokens; see gemv.cu.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -8,13 +9,18 @@ namespace fspmm {
 
 constexpr int kGemvThreads = 128;    // 4 warps per CTA
 constexpr int kGemvMaxKTiles = 256;  // K tiles per CTA (its tile offsets are staged in shared memory)
+constexpr int kGemvMaxN = 4;         // tokens of the Tiled-CSL kernel beyond one (the bitmap one serves N = 1)
 
-// Dynamic shared memory of a launch: two buffers per warp of one compressed tile (slot_bytes) + 64 x values.
-size_t gemv_smem_bytes(uint32_t slot_bytes);
+// Tokens the kernel for (format, N) is compiled for: 1, or kGemvMaxN for Tiled-CSL with 2..kGemvMaxN tokens.
+int gemv_token_tile(int format, int64_t N);
+// Dynamic shared memory of a launch: two buffers per warp of one compressed tile (slot_bytes) and n_tile rows
+// of 64 x values.
+size_t gemv_smem_bytes(uint32_t slot_bytes, int n_tile);
 
-// The kernel for a blob format and dtype (for occupancy queries).
-const void* gemv_kernel_func(int format, int dtype);
-// Launch it: grid (tiles_m, splits); uses LinearParams as the MMA kernels do (N = 1, slot_bytes clamps tiles).
+// The kernel for a blob format, dtype and N (for occupancy queries).
+const void* gemv_kernel_func(int format, int dtype, int64_t N);
+// Launch it: grid (tiles_m, splits); uses LinearParams as the MMA kernels do (N tokens, at most the kernel's
+// tile; slot_bytes clamps tiles).
 cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream);
 
 }  // namespace fspmm

@@ -196,32 +196,35 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
     plan.workspace = linear_workspace_bytes(h, plan, N);
 }
 
-// Tiled-CSL density at or below which one token (N = 1) runs the CUDA-core kernel (gemv.cu): there the
-// work per stored value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md:
-// 1.1-1.6x the Tensor Core kernel at 20-30 % density on eight shapes, but one 4 % slower at 30 %; 0.7-0.9x at 50 %).
-constexpr double kGemvDensity = 0.30;
+// Tiled-CSL density at or below which N tokens run the CUDA-core kernel (gemv.cu): there the work per stored
+// value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md, eight shapes). One
+// token: 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %. Two to
+// four tokens (one kernel for all three): 0.98-1.19x at 10 % density, 1.11-1.51x at 5 %, 0.88-0.99x at 15 %.
+double gemv_density_limit(int64_t N) { return N == 1 ? 0.30 : 0.10; }
 
-// Whether this call runs the CUDA-core kernel (either format has one, for N = 1). FSPMM_KERNEL_CUDA_CORE asks
-// for it at N = 1 (larger N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE never uses it.
+// Whether this call runs the CUDA-core kernel: one token in either format, 2..kGemvMaxN tokens for Tiled-CSL.
+// FSPMM_KERNEL_CUDA_CORE asks for it where it exists (other N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE
+// never uses it.
 bool use_gemv(const fspmm_header_t& h, int64_t N, int kernel) {
-    if (N != 1 || (kernel != FSPMM_KERNEL_AUTO && kernel != FSPMM_KERNEL_CUDA_CORE)) return false;
-    if (kernel == FSPMM_KERNEL_CUDA_CORE) return true;
+    if (kernel != FSPMM_KERNEL_AUTO && kernel != FSPMM_KERNEL_CUDA_CORE) return false;
+    const bool exists = N == 1 || (h.format == FSPMM_FORMAT_TILED_CSL && N <= kGemvMaxN);
+    if (!exists || kernel == FSPMM_KERNEL_CUDA_CORE) return exists;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
-    return h.format == FSPMM_FORMAT_TILED_CSL && density <= kGemvDensity;
+    return h.format == FSPMM_FORMAT_TILED_CSL && density <= gemv_density_limit(N);
 }
 
-// Plan of the N = 1 kernel: a CTA per 64-row stripe and K slice.
-LinearPlan plan_gemv(const fspmm_header_t& h, int split_k, int device) {
+// Plan of the CUDA-core kernel: a CTA per 64-row stripe and K slice.
+LinearPlan plan_gemv(const fspmm_header_t& h, int64_t N, int split_k, int device) {
     LinearPlan plan{};
     plan.kernel = kGemv;
-    plan.n_tile = 1;
+    plan.n_tile = gemv_token_tile(h.format, N);
     plan.m_blocks = h.tiles_m;
     plan.n_blocks = 1;
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
-    plan.smem = gemv_smem_bytes(plan.slot_bytes);
-    const void* func = gemv_kernel_func(h.format, h.dtype);
-    plan_splits(plan, h, 1, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
+    plan.smem = gemv_smem_bytes(plan.slot_bytes, plan.n_tile);
+    const void* func = gemv_kernel_func(h.format, h.dtype, N);
+    plan_splits(plan, h, N, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
     return plan;
 }
 
@@ -361,7 +364,7 @@ LinearPlan plan_linear(const fspmm_header_t& h, int64_t N, const LinearOptions& 
     FSPMM_REQUIRE(N >= 1, "N (number of tokens) must be >= 1");
     const int split_k = options.split_k;
     FSPMM_REQUIRE(split_k >= 0, "split_k must be 0 (automatic) or a positive number of K slices");
-    LinearPlan plan = use_gemv(h, N, options.kernel) ? plan_gemv(h, split_k, device)
+    LinearPlan plan = use_gemv(h, N, options.kernel) ? plan_gemv(h, N, split_k, device)
                       : use_stream(h, N, options)    ? plan_stream(h, N, split_k, device)
                                                      : plan_tensor_core(h, N, options, device);
     return plan;
