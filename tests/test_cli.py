@@ -109,6 +109,16 @@ def test_bench_dispatch():
         assert proc.returncode == 0 and "--quick" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_bench_byte_limit():
+    """The byte limit a bench point is measured against: dense over compressed bytes, x and y included (4096 x
+    4096 at 50 %, the bitmap blob of docs/FORMATS.md, one token: 1.77x)."""
+    from flashspmm._bench import byte_limit
+
+    io = 4096 * 2 + 4096 * 2
+    assert abs(byte_limit(18_907_280, 33_554_432, io) - 1.7739) < 1e-3
+    assert byte_limit(100, 100, 10) == 1.0
+
+
 def test_bench_convert_dispatch():
     proc = run("bench-convert", "--help")
     assert proc.returncode == 0 and "bench-convert" in proc.stdout and "Traceback" not in proc.stderr

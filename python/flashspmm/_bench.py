@@ -2,7 +2,9 @@
 
 Per point: median time (CUDA events around CUDA-graph replays that rotate over enough copies of the
 weights that they are never L2-resident), speedup over cuBLAS, effective bandwidth of the bytes moved
-(compressed W + x + y) and its fraction of the measured device-to-device copy bandwidth.
+(compressed W + x + y), its fraction of the measured device-to-device copy bandwidth, and the fraction of the
+format's byte limit reached (the speedup over the one its bytes allow: dense bytes over compressed bytes, x and
+y included, that is the speedup at cuBLAS's bandwidth).
 Needs PyTorch with CUDA. Writes a CSV and, with matplotlib, a PNG (speedup vs sparsity, one line per N).
 """
 
@@ -146,7 +148,7 @@ def run(args):
     rows = []
     header = (
         f"{'M':>6} {'K':>6} {'sp%':>4} {'N':>4} {'format':>14} {'MB':>8} {'us':>9} {'cublas_us':>9} "
-        f"{'speedup':>7} {'TB/s':>6} {'%copy':>6}"
+        f"{'speedup':>7} {'TB/s':>6} {'%copy':>6} {'%limit':>6}"
     )
     print(header)
     for M, K in args.shapes:
@@ -185,6 +187,7 @@ def run(args):
                         torch, [lambda W=W: flashspmm.linear(x, W, out=y, **options) for W in blobs], args.reps
                     )
                     nbytes = blobs[0].nbytes + io_bytes
+                    limit = byte_limit(blobs[0].nbytes, dense_bytes, io_bytes)
                     row = dict(
                         card=card,
                         M=M,
@@ -202,12 +205,14 @@ def run(args):
                         frac_copy=nbytes / t / bw,
                         cublas_frac_copy=(dense_bytes + io_bytes) / t_cublas / bw,
                         copy_tbps=bw / 1e12,
+                        byte_limit=limit,
+                        frac_limit=t_cublas / t / limit,
                     )
                     rows.append(row)
                     print(
                         f"{M:>6} {K:>6} {sp:>4} {N:>4} {fmt:>14} {blobs[0].nbytes / 1e6:>8.1f} {t * 1e6:>9.1f} "
                         f"{t_cublas * 1e6:>9.1f} {t_cublas / t:>7.2f} {nbytes / t / 1e12:>6.2f} "
-                        f"{100 * nbytes / t / bw:>6.1f}",
+                        f"{100 * nbytes / t / bw:>6.1f} {100 * t_cublas / t / limit:>6.1f}",
                         flush=True,
                     )
             mats = dense_copies = w = w_host = None  # free device memory before the next point
@@ -224,6 +229,12 @@ def run(args):
     if args.png:
         plot(rows, args.png, card)
     return 0
+
+
+def byte_limit(blob_bytes, dense_bytes, io_bytes):
+    """The speedup over cuBLAS that a format's bytes allow: dense bytes over compressed bytes (x and y
+    included in both), i.e. the speedup of a kernel that moved its bytes at cuBLAS's bandwidth."""
+    return (dense_bytes + io_bytes) / (blob_bytes + io_bytes)
 
 
 def _geomean(values):
