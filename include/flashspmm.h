@@ -53,10 +53,12 @@ typedef enum {
 } fspmm_dtype_t;
 
 typedef enum {
-    FSPMM_FORMAT_AUTO = 0,      /* compress only: the one predicted faster at N <= 16 (docs/PERFORMANCE.md)  */
+    FSPMM_FORMAT_AUTO = 0,      /* compress only: the one predicted faster at N <= 16 (docs/FORMATS.md)      */
     FSPMM_FORMAT_TILED_CSL = 1, /* 64x64 tiles, 32-bit (value, position) entries                          */
     FSPMM_FORMAT_BITMAP = 2,    /* 8x8 blocks, a 64-bit occupancy mask each, packed values                */
-    FSPMM_FORMAT_SMALLEST = 3   /* compress only: whichever format gives the smaller blob (ties: bitmap) */
+    FSPMM_FORMAT_SMALLEST = 3,  /* compress only: whichever format gives the smaller blob (ties: bitmap) */
+    FSPMM_FORMAT_AUTO_N8 = 4,   /* compress only: AUTO for decode sizes N <= 8                            */
+    FSPMM_FORMAT_AUTO_N1 = 5    /* compress only: AUTO for one token (N = 1)                              */
 } fspmm_format_t;
 
 typedef enum {

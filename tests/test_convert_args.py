@@ -82,8 +82,8 @@ def test_write_rejects(case, needle):
 
 def test_size_and_decompress_reject():
     n = ffi.new("size_t *")
-    assert lib.fspmm_compress_size(FAKE, 1 << 20, 5, n, ffi.NULL, ffi.NULL) == lib.FSPMM_ERR_INVALID_ARGUMENT
-    assert "format = 5" in last_error()
+    assert lib.fspmm_compress_size(FAKE, 1 << 20, 6, n, ffi.NULL, ffi.NULL) == lib.FSPMM_ERR_INVALID_ARGUMENT
+    assert "format = 6" in last_error()
     assert lib.fspmm_compress_size(FAKE, 64, 0, n, ffi.NULL, ffi.NULL) == lib.FSPMM_ERR_INVALID_ARGUMENT
     assert "too small" in last_error()
     assert lib.fspmm_decompress(ffi.NULL, FAKE, 10, 10, 10, ffi.NULL) == lib.FSPMM_ERR_INVALID_ARGUMENT

@@ -105,6 +105,24 @@ def test_cpu_blob_decoded_on_gpu(rng, framework):
         assert_bits_equal(host_bits(out), expected, f"{fmt}: GPU decoder")
 
 
+@pytest.mark.parametrize("sparsity", [0.7, 0.75, 0.77, 0.8])
+def test_gpu_encoder_resolves_every_auto_range(rng, sparsity):
+    """The GPU encoder resolves "auto", "auto_n8" and "auto_n1" as the CPU encoder does, also between their
+    crossovers (73-78 %: the three choices differ there)."""
+    bits, expected = sparse_bits(rng, 3000, 256, "float16", sparsity)
+    w = on_device("torch", bits, "float16")
+    chosen = set()
+    for fmt in ("auto", "auto_n8", "auto_n1"):
+        W = flashspmm.compress(w, format=fmt)
+        want = cpu_blob(bits, "float16", fmt)
+        assert W.blob().tobytes() == want.tobytes(), f"{fmt}: the GPU encoder's bytes differ from the CPU encoder's"
+        chosen.add(W.format)
+        synchronize()
+        assert_bits_equal(host_bits(W.to_dense()), expected, f"{fmt}: GPU decoder")
+    if sparsity in (0.75, 0.77):
+        assert chosen == {"bitmap", "tiled_csl"}
+
+
 def test_cupy_round_trip(rng):
     cp = require("cupy")
     bits, expected = sparse_bits(rng, 129, 257, "float16", 0.7)

@@ -190,6 +190,39 @@ def test_auto_picks_the_predicted_faster_format(rng, m, k, sparsity, expected):
         assert size[0] == flashspmm.compress(w, format=fmt).nbytes
 
 
+# The same rule for a narrower decode range: "auto_n8" (N <= 8) crosses at about 77 %, "auto_n1" (one token, where
+# the CUDA-core kernel runs Tiled-CSL) at about 73 %; both keep matrices of at most 2048 rows as bitmaps.
+@pytest.mark.parametrize(
+    "fmt,m,k,sparsity,expected",
+    [
+        ("auto_n1", 2112, 128, 0.5, "bitmap"),
+        ("auto_n1", 2112, 128, 0.7, "bitmap"),
+        ("auto_n1", 2112, 128, 0.75, "tiled_csl"),
+        ("auto_n1", 2112, 128, 0.9, "tiled_csl"),
+        ("auto_n1", 2048, 256, 0.9, "bitmap"),
+        ("auto_n8", 2112, 128, 0.75, "bitmap"),
+        ("auto_n8", 2112, 128, 0.79, "tiled_csl"),
+        ("auto_n8", 2048, 256, 0.9, "bitmap"),
+    ],
+)
+def test_auto_for_a_decode_range(rng, fmt, m, k, sparsity, expected):
+    bits, _ = sparse_bits(rng, m, k, "float16", sparsity, specials=False)
+    w = bits.view(np.float16)
+    W = flashspmm.compress(w, format=fmt)
+    assert W.format == expected
+    assert np.array_equal(W.blob(), flashspmm.compress(w, format=expected).blob())
+    assert W.nbytes <= blob_bound(m, k, fmt)
+    size, chosen = flashspmm._native.ffi.new("size_t*"), flashspmm._native.ffi.new("fspmm_format_t*")
+    ptr = flashspmm._native.ffi.cast("void*", bits.ctypes.data)
+    code = flashspmm._matrix.FORMATS[fmt]
+    lib = flashspmm._native.lib
+    flashspmm._native.check(lib.fspmm_compress_size_host(ptr, m, k, k, lib.FSPMM_DTYPE_FLOAT16, code, size, chosen))
+    assert (chosen[0], size[0]) == (flashspmm._matrix.FORMATS[expected], W.nbytes)
+    # prefer="memory" turns every automatic choice into "smallest"
+    smallest = flashspmm.compress(w, format="smallest")
+    assert flashspmm.compress(w, format=fmt, prefer="memory").format == smallest.format
+
+
 @pytest.mark.parametrize(
     "sparsity,bitmap_ratio,csl_ratio", [(0.5, 1.78, 1.0), (0.7, 2.76, 1.67), (0.8, 3.8, 2.5), (0.9, 6.15, 5.0)]
 )

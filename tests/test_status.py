@@ -127,7 +127,7 @@ COMPRESS_CASES = {  # name: (M, K, ld, dtype, format, pointer, needles)
     "K < 0": (4, -3, 4, 1, 0, True, ["K = -3"]),
     "ld < K": (4, 8, 7, 1, 0, True, ["ld = 7", "ld >= K"]),
     "bad dtype": (4, 4, 4, 3, 0, True, ["dtype = 3", "FSPMM_DTYPE_FLOAT16"]),
-    "bad format": (4, 4, 4, 1, 5, True, ["format = 5", "FSPMM_FORMAT_BITMAP"]),
+    "bad format": (4, 4, 4, 1, 6, True, ["format = 6", "FSPMM_FORMAT_BITMAP", "FSPMM_FORMAT_AUTO_N1"]),
     "NULL dense": (4, 4, 4, 1, 0, False, ["dense is NULL"]),
 }
 

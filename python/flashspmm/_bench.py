@@ -151,6 +151,7 @@ def run(args):
         f"{'speedup':>7} {'TB/s':>6} {'%copy':>6} {'%limit':>6}"
     )
     print(header)
+    bases = {_variant(f)[0] for f in args.formats}
     for M, K in args.shapes:
         dense_bytes = M * K * 2
         w_master = torch.randn(M, K, device="cuda", generator=gen).to(tdtype)
@@ -159,7 +160,8 @@ def run(args):
             w_host = w.cpu()
             w_np = w_host.view(torch.int16).numpy().view(np.float16 if args.dtype == "float16" else _bf16())
             mats = {}
-            auto = flashspmm.compress(w_np, format="auto").format  # the library's choice (format/choose.h)
+            # the library's choices (format/choose.h) for the automatic formats asked for
+            autos = {b: flashspmm.compress(w_np, format=b).format for b in bases if b.startswith("auto")}
             for fmt in ("bitmap", "tiled_csl"):
                 host = flashspmm.compress(w_np, format=fmt)
                 n_copies = copies_for(host.nbytes, l2)
@@ -177,7 +179,7 @@ def run(args):
                     if split_k:
                         options = dict(options, split_k=split_k)
                         fmt = f"{fmt}/k{split_k}"
-                    real = auto if base == "auto" else base
+                    real = autos.get(base, base)
                     blobs = mats[real]
                     if options.get("kernel") == "cuda_core" and (4 if real == "tiled_csl" else 1) < N:
                         continue  # the CUDA-core kernel serves one token (Tiled-CSL: up to four)
@@ -327,7 +329,7 @@ def main(argv=None):
         "--formats",
         type=lambda s: s.split(","),
         default=None,
-        help="bitmap, tiled_csl, auto; bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
+        help="bitmap, tiled_csl, auto (auto_n8, auto_n1: for N <= 8, one token); bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
         "FORMAT:cuda_core / FORMAT:tensor_core / FORMAT:streaming a kernel (CUDA cores: N = 1, Tiled-CSL "
         "N <= 4; streaming: bitmap, N <= 16)",
     )
@@ -357,6 +359,9 @@ def main(argv=None):
                 args.formats.remove("bitmap:rows")
     if args.formats is None:
         args.formats = ["bitmap", "tiled_csl", "auto"]
+    bad = [f for f in args.formats if _variant(f)[0] not in ("bitmap", "tiled_csl", "auto", "auto_n8", "auto_n1")]
+    if bad:
+        ap.error(f"unknown format(s) {bad}: use bitmap, tiled_csl, auto, auto_n8 or auto_n1 (optionally :CHOICE)")
     if args.models:
         unknown = [m for m in args.models if m not in MODEL_SHAPES]
         if unknown:

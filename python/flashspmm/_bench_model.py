@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from ._cli_sparsify import FORMAT_CHOICES
+
 MODELS: Dict[str, dict] = {
     "llama2-7b": dict(
         hidden_size=4096,
@@ -117,7 +119,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=64, help="decode steps timed")
     p.add_argument("--cache-len", type=int, default=None, help="static KV cache length (unset: prompt + steps + 16)")
     p.add_argument("--mode", default="graph", help="graph (CUDA graphs), eager, or graph,eager")
-    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl", "smallest"))
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (eager only; for testing the code path)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -24,6 +24,9 @@ import tempfile
 import time
 from typing import List, Optional
 
+# compress(format=...) names (flashspmm._matrix.FORMATS), here without loading the library
+FORMAT_CHOICES = ("auto", "auto_n8", "auto_n1", "bitmap", "tiled_csl", "smallest")
+
 DESCRIPTION = (
     "Prune a safetensors checkpoint (file or sharded directory) to SPARSITY and store the selected "
     "weights as flashspmm blobs; other tensors are copied unchanged."
@@ -64,8 +67,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="auto",
-        choices=("auto", "bitmap", "tiled_csl", "smallest"),
-        help="compressed format (auto: the one predicted faster per matrix; smallest: the smaller blob)",
+        choices=FORMAT_CHOICES,
+        help="compressed format (auto: the one predicted faster per matrix at N <= 16 tokens, auto_n8 / auto_n1: "
+        "at N <= 8 / one token; smallest: the smaller blob)",
     )
     p.add_argument(
         "--dtype",
@@ -188,6 +192,7 @@ def _convert(args: argparse.Namespace) -> int:
     import torch
 
     from . import compress, prune
+    from ._matrix import FORMATS
     from ._native import check, ffi, lib
     from .torch import _compat
     from .torch._checkpoint import INDEX_NAME, Checkpoint
@@ -231,12 +236,7 @@ def _convert(args: argparse.Namespace) -> int:
         if blob_name in ckpt.where:
             raise CliError(f"{blob_name} is already in the checkpoint (is IN already sparsified?)")
     device = _device(args.device)
-    fmt_code = {
-        "auto": lib.FSPMM_FORMAT_AUTO,
-        "bitmap": lib.FSPMM_FORMAT_BITMAP,
-        "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
-        "smallest": lib.FSPMM_FORMAT_SMALLEST,
-    }[args.format]
+    fmt_code = FORMATS[args.format]  # the same names as compress(format=...)
     convert_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
 
     def bound(M: int, K: int) -> int:

@@ -22,7 +22,10 @@ FORMATS = {
     "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
     "bitmap": lib.FSPMM_FORMAT_BITMAP,
     "smallest": lib.FSPMM_FORMAT_SMALLEST,
+    "auto_n8": lib.FSPMM_FORMAT_AUTO_N8,
+    "auto_n1": lib.FSPMM_FORMAT_AUTO_N1,
 }
+_AUTO_FORMATS = (lib.FSPMM_FORMAT_AUTO, lib.FSPMM_FORMAT_AUTO_N8, lib.FSPMM_FORMAT_AUTO_N1)
 DTYPES = {"float16": lib.FSPMM_DTYPE_FLOAT16, "bfloat16": lib.FSPMM_DTYPE_BFLOAT16}
 KERNELS = {
     "auto": lib.FSPMM_KERNEL_AUTO,
@@ -45,11 +48,14 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 def _format_code(name):
     if not isinstance(name, str):
         raise TypeError(
-            f"format must be a string ('auto', 'bitmap', 'tiled_csl' or 'smallest'), got {type(name).__qualname__}"
+            "format must be a string ('auto', 'auto_n8', 'auto_n1', 'bitmap', 'tiled_csl' or 'smallest'), "
+            f"got {type(name).__qualname__}"
         )
     key = name.lower().replace("-", "_")
     if key not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; choose one of 'auto', 'bitmap', 'tiled_csl', 'smallest'")
+        raise ValueError(
+            f"unknown format {name!r}; choose one of 'auto', 'auto_n8', 'auto_n1', 'bitmap', 'tiled_csl', 'smallest'"
+        )
     return FORMATS[key]
 
 
@@ -606,12 +612,13 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None, pre
             leading dimension >= K); the last dimension must have unit stride. A uint16/int16 array is
             accepted as raw bit patterns when ``dtype`` says which type they hold.
         format: "auto" (the format predicted to multiply faster at decode sizes, N <= 16: Tiled-CSL below
-            about 22 % density on matrices of more than 2048 rows, else bitmap; docs/PERFORMANCE.md), "smallest"
-            (the smaller blob), "bitmap" or "tiled_csl".
+            about 22 % density on matrices of more than 2048 rows, else bitmap; docs/FORMATS.md), "auto_n8" and
+            "auto_n1" (the same for N <= 8 and for one token: Tiled-CSL below about 22 % and 27 % density),
+            "smallest" (the smaller blob), "bitmap" or "tiled_csl".
         dtype: None (from the array) or float16 / bfloat16 (a string or a numpy / torch / JAX dtype) for raw
             16-bit arrays.
-        prefer: what "auto" optimises: "speed" (the default) or "memory" (then "auto" is "smallest"). Ignored
-            for the other formats.
+        prefer: what "auto" optimises: "speed" (the default) or "memory" (then any "auto" is "smallest").
+            Ignored for the other formats.
 
     Returns:
         a SparseMatrix on the array's device. A device array is compressed on its GPU (the same bytes as
@@ -621,7 +628,7 @@ def compress(w: ArrayLike, *, format: str = "auto", dtype: DTypeLike = None, pre
     format_code = _format_code(format)
     if prefer not in ("speed", "memory"):
         raise ValueError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
-    if prefer == "memory" and format_code == lib.FSPMM_FORMAT_AUTO:
+    if prefer == "memory" and format_code in _AUTO_FORMATS:
         format_code = lib.FSPMM_FORMAT_SMALLEST
     if isinstance(w, SparseMatrix):
         raise TypeError("w is already a SparseMatrix")

@@ -65,13 +65,12 @@ inline void require_dtype(int dtype) {
         "dtype = " + std::to_string(dtype) + " is invalid: pass FSPMM_DTYPE_FLOAT16 (1) or FSPMM_DTYPE_BFLOAT16 (2)");
 }
 
-// Raise INVALID_ARGUMENT unless format is AUTO, TILED_CSL, BITMAP or SMALLEST.
+// Raise INVALID_ARGUMENT unless format is a concrete format or one of the automatic choices.
 inline void require_format(int format) {
-    FSPMM_REQUIRE(format == FSPMM_FORMAT_AUTO || format == FSPMM_FORMAT_TILED_CSL || format == FSPMM_FORMAT_BITMAP ||
-                      format == FSPMM_FORMAT_SMALLEST,
+    FSPMM_REQUIRE(format >= FSPMM_FORMAT_AUTO && format <= FSPMM_FORMAT_AUTO_N1,
                   "format = " + std::to_string(format) +
-                      " is invalid: pass FSPMM_FORMAT_AUTO (0), FSPMM_FORMAT_TILED_CSL (1), FSPMM_FORMAT_BITMAP (2) or "
-                      "FSPMM_FORMAT_SMALLEST (3)");
+                      " is invalid: pass FSPMM_FORMAT_AUTO (0), FSPMM_FORMAT_TILED_CSL (1), FSPMM_FORMAT_BITMAP (2), "
+                      "FSPMM_FORMAT_SMALLEST (3), FSPMM_FORMAT_AUTO_N8 (4) or FSPMM_FORMAT_AUTO_N1 (5)");
 }
 
 // Raise INVALID_ARGUMENT unless sparsity is a fraction in [0, 1] (NaN is not).

@@ -59,8 +59,8 @@ bool max_data_bytes(int64_t M, int64_t K, int format, uint64_t* out) {
     return true;
 }
 
-// Largest blob of `format` for an M x K matrix: SMALLEST, the smaller of the two bounds; AUTO, the bitmap bound
-// (AUTO picks Tiled-CSL only at <= 50 % density, where its blob is smaller than the bitmap bound).
+// Largest blob of `format` for an M x K matrix: SMALLEST, the smaller of the two bounds; AUTO (any decode range),
+// the bitmap bound (AUTO picks Tiled-CSL only at <= 50 % density, where its blob is smaller than the bitmap bound).
 uint64_t blob_bound(int64_t M, int64_t K, int format) {
     const Geometry g = make_geometry(M, K);
     uint64_t csl = 0, bitmap = 0;

@@ -33,7 +33,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .. import _bench_model
-from .._bench_model import _int_list, _percent_list  # the option syntax of bench-model
+from .._bench_model import FORMAT_CHOICES, _int_list, _percent_list  # the option syntax of bench-model
 
 # NVLink multicast (NVLS) stays off unless the environment says otherwise: a program using it can take a shared
 # host's GPUs out of service. NCCL, torch's symmetric memory and NVSHMEM each have a switch; set before NCCL is
@@ -107,7 +107,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens prefilled per sequence")
     p.add_argument("--steps", type=int, default=32, help="decode steps timed")
     p.add_argument("--mode", default="graph", choices=("graph", "eager"))
-    p.add_argument("--format", default="auto", choices=("auto", "bitmap", "tiled_csl", "smallest"))
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
     p.add_argument("--fuse", action="store_true", help="fuse the sparse q/k/v and gate/up shards per rank")
     p.add_argument(
         "--check",
