@@ -25,15 +25,19 @@ constexpr int kBitmapMaskBytes = kBlocksPerTile * 8;
 constexpr int kCslPadPosition = kTileElems;  // first position used by Tiled-CSL padding entries
 
 static_assert(sizeof(fspmm_header_t) == kHeaderBytes, "header must be 128 bytes");
+static_assert(kTileM == 64 && kTileK == 64, "the swizzle arithmetic below assumes 64x64 tiles");
 
 // Swizzled position of element (r, c) of a 64x64 tile: the 8-element (16-byte) chunk index is XORed with
 // r % 8, so that 8 consecutive rows of one chunk column fall in 8 different shared-memory bank groups.
 // Tiled-CSL stores this position; the kernels use the same map for their dense shared-memory tiles.
 FSPMM_HD uint32_t swizzle(uint32_t r, uint32_t c) { return r * kTileK + ((((c >> 3) ^ (r & 7u)) << 3) | (c & 7u)); }
-// Inverse of swizzle(): position -> (r, c).
+// Inverse of swizzle(), from the low 12 bits of p (so a corrupted entry still lands inside the tile): the row,
+// and the column, whose chunk bits 3..5 are XORed back with the row's low bits 6..8.
+FSPMM_HD uint32_t unswizzle_row(uint32_t p) { return (p >> 6) & 63u; }
+FSPMM_HD uint32_t unswizzle_col(uint32_t p) { return (p ^ ((p >> 3) & 0x38u)) & 63u; }
 FSPMM_HD void unswizzle(uint32_t p, uint32_t* r, uint32_t* c) {
-    *r = p / kTileK;
-    *c = (((p >> 3) & 7u) ^ (*r & 7u)) << 3 | (p & 7u);
+    *r = unswizzle_row(p);
+    *c = unswizzle_col(p);
 }
 
 // Bitmap block order inside a tile ("mma order"): block j covers rows 8*br.., cols 8*bc.. with

@@ -60,11 +60,6 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
     }
 }
 
-// Tiled-CSL entry fields (FORMATS.md): row and unswizzled column of the position (its low 12 bits, so that a
-// corrupted entry stays inside the tile), and the value.
-__device__ __forceinline__ uint32_t csl_row(uint32_t e) { return (e >> 6) & 63u; }
-__device__ __forceinline__ uint32_t csl_col(uint32_t e) { return (e ^ ((e >> 3) & 0x38u)) & 63u; }
-
 // Tiled-CSL tile in shared memory (bytes long): adds W's rows times x (kN rows of 64 values, shared) to acc
 // (rows lane and lane + 32, one sum per token). The entries are sorted by row, so lane L takes the c
 // consecutive entries from L c (c odd: the lanes' loads fall in distinct banks), every lane as busy as the next
@@ -92,10 +87,10 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
     // warp's buffer (tile, then the x rows).
     auto load_x = [&](uint32_t e, float (&xv)[kN]) {
 #pragma unroll
-        for (int t = 0; t < kN; ++t) xv[t] = Dtype::to_float(x[t * kTileK + csl_col(e)]);
+        for (int t = 0; t < kN; ++t) xv[t] = Dtype::to_float(x[t * kTileK + unswizzle_col(e)]);
     };
     uint32_t e0 = entries[i], e1 = entries[i + 1];
-    const int first_row = i < end ? int(csl_row(e0)) : -1;
+    const int first_row = i < end ? int(unswizzle_row(e0)) : -1;
     int row = first_row;
     float sum[kN], x0[kN];
 #pragma unroll
@@ -105,7 +100,7 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
         const uint32_t e2 = entries[i + 2];
         float x1[kN];
         load_x(e1, x1);
-        const int r = int(csl_row(e0));
+        const int r = int(unswizzle_row(e0));
         const float v = Dtype::to_float(uint16_t(e0 >> 16));
 #pragma unroll
         for (int t = 0; t < kN; ++t) {
@@ -292,39 +287,38 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     }
 }
 
-// The instantiation for (format, dtype, token tile): one token, or up to kGemvMaxN (Tiled-CSL only).
+// The instantiation for (format, dtype, token tile).
 template <int kFormat, int kN>
-const void* gemv_func(int dtype) {
-    return dtype == FSPMM_DTYPE_BFLOAT16 ? reinterpret_cast<const void*>(&gemv_kernel<kFormat, Bf16, kN>)
-                                         : reinterpret_cast<const void*>(&gemv_kernel<kFormat, Fp16, kN>);
-}
-template <int kFormat, int kN>
-cudaError_t launch_as(int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
-    const size_t smem = gemv_smem_bytes(p.slot_bytes, kN);
-    if (dtype == FSPMM_DTYPE_BFLOAT16)
-        gemv_kernel<kFormat, Bf16, kN><<<grid, kGemvThreads, smem, stream>>>(p);
-    else
-        gemv_kernel<kFormat, Fp16, kN><<<grid, kGemvThreads, smem, stream>>>(p);
-    return cudaGetLastError();
+const void* gemv_func(bool bf16) {
+    return bf16 ? reinterpret_cast<const void*>(&gemv_kernel<kFormat, Bf16, kN>)
+                : reinterpret_cast<const void*>(&gemv_kernel<kFormat, Fp16, kN>);
 }
 
 }  // namespace
 
-const void* gemv_kernel_func(int format, int dtype, int64_t N) {
-    if (format == FSPMM_FORMAT_BITMAP) return gemv_func<FSPMM_FORMAT_BITMAP, 1>(dtype);
-    return N == 1 ? gemv_func<FSPMM_FORMAT_TILED_CSL, 1>(dtype) : gemv_func<FSPMM_FORMAT_TILED_CSL, kGemvMaxN>(dtype);
+// The one list of compiled variants: bitmap for one token; Tiled-CSL for a tile of one, two or kGemvMaxN tokens.
+int gemv_token_tile(int format, int64_t N) {
+    return format == FSPMM_FORMAT_BITMAP || N == 1 ? 1 : N == 2 ? 2 : kGemvMaxN;
 }
 
-int gemv_token_tile(int format, int64_t N) { return format == FSPMM_FORMAT_BITMAP || N == 1 ? 1 : kGemvMaxN; }
+const void* gemv_kernel_func(int format, int dtype, int n_tile) {
+    const bool bf16 = dtype == FSPMM_DTYPE_BFLOAT16;
+    if (format == FSPMM_FORMAT_BITMAP) return gemv_func<FSPMM_FORMAT_BITMAP, 1>(bf16);
+    return n_tile == 1   ? gemv_func<FSPMM_FORMAT_TILED_CSL, 1>(bf16)
+           : n_tile == 2 ? gemv_func<FSPMM_FORMAT_TILED_CSL, 2>(bf16)
+                         : gemv_func<FSPMM_FORMAT_TILED_CSL, kGemvMaxN>(bf16);
+}
 
 size_t gemv_smem_bytes(uint32_t slot_bytes, int n_tile) {
     return size_t(kGemvWarps) * 2 * buffer_bytes(slot_bytes, n_tile);
 }
 
-cudaError_t launch_gemv(int format, int dtype, const LinearParams& p, dim3 grid, cudaStream_t stream) {
-    if (format == FSPMM_FORMAT_BITMAP) return launch_as<FSPMM_FORMAT_BITMAP, 1>(dtype, p, grid, stream);
-    return p.N == 1 ? launch_as<FSPMM_FORMAT_TILED_CSL, 1>(dtype, p, grid, stream)
-                    : launch_as<FSPMM_FORMAT_TILED_CSL, kGemvMaxN>(dtype, p, grid, stream);
+cudaError_t launch_gemv(int format, int dtype, int n_tile, const LinearParams& p, dim3 grid, cudaStream_t stream) {
+    LinearParams args = p;
+    void* argv[] = {&args};
+    const cudaError_t err = cudaLaunchKernel(gemv_kernel_func(format, dtype, n_tile), grid, dim3(kGemvThreads), argv,
+                                             gemv_smem_bytes(p.slot_bytes, n_tile), stream);
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 }  // namespace fspmm

@@ -198,9 +198,10 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
 
 // Tiled-CSL density at or below which N tokens run the CUDA-core kernel (gemv.cu): there the work per stored
 // value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md, eight shapes). One
-// token: 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %. Two to
-// four tokens (one kernel for all three): 0.98-1.19x at 10 % density, 1.11-1.51x at 5 %, 0.88-0.99x at 15 %.
-double gemv_density_limit(int64_t N) { return N == 1 ? 0.30 : 0.10; }
+// token: 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %. Two
+// tokens (a tile of two): 1.06-1.19x at 20 %, 0.95-1.01x at 25 %. Three and four (a tile of four): 0.97-1.12x
+// at 10 % density, 1.08-1.38x at 5 %, 0.87-0.95x at 15 %.
+double gemv_density_limit(int64_t N) { return N == 1 ? 0.30 : N == 2 ? 0.20 : 0.10; }
 
 // Whether this call runs the CUDA-core kernel: one token in either format, 2..kGemvMaxN tokens for Tiled-CSL.
 // FSPMM_KERNEL_CUDA_CORE asks for it where it exists (other N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE
@@ -223,7 +224,7 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int64_t N, int split_k, int device
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
     plan.smem = gemv_smem_bytes(plan.slot_bytes, plan.n_tile);
-    const void* func = gemv_kernel_func(h.format, h.dtype, N);
+    const void* func = gemv_kernel_func(h.format, h.dtype, plan.n_tile);
     plan_splits(plan, h, N, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
     return plan;
 }
@@ -406,7 +407,7 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
         p.epoch = epoch;
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
-    const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, p, grid, stream)
+    const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, plan.n_tile, p, grid, stream)
                             : plan.kernel == kStream
                                 ? launch_stream(h.dtype, plan.n_tile, p, grid, plan.smem, plan.sm90, stream)
                                 : select_kernel(plan.kernel, h.dtype, plan.n_tile).launch(p, grid, plan.smem, stream);
