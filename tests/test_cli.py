@@ -154,3 +154,10 @@ def test_console_script_usage_names_flashspmm():
         pytest.skip("no installed flashspmm console script (running from a source tree or a plain CMake build)")
     proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: flashspmm ")
+
+
+def test_cli_format_names_are_compress_names():
+    """The CLIs' --format choices (listed without loading the library) are exactly compress()'s format names."""
+    from flashspmm._cli_sparsify import FORMAT_CHOICES
+
+    assert tuple(FORMAT_CHOICES) == tuple(flashspmm._matrix.FORMATS)

@@ -19,11 +19,11 @@ __all__ = ["SparseMatrix", "BlobHeader", "compress", "load", "FORMATS", "DTYPES"
 
 FORMATS = {
     "auto": lib.FSPMM_FORMAT_AUTO,
-    "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
-    "bitmap": lib.FSPMM_FORMAT_BITMAP,
-    "smallest": lib.FSPMM_FORMAT_SMALLEST,
     "auto_n8": lib.FSPMM_FORMAT_AUTO_N8,
     "auto_n1": lib.FSPMM_FORMAT_AUTO_N1,
+    "bitmap": lib.FSPMM_FORMAT_BITMAP,
+    "tiled_csl": lib.FSPMM_FORMAT_TILED_CSL,
+    "smallest": lib.FSPMM_FORMAT_SMALLEST,
 }
 _AUTO_FORMATS = (lib.FSPMM_FORMAT_AUTO, lib.FSPMM_FORMAT_AUTO_N8, lib.FSPMM_FORMAT_AUTO_N1)
 DTYPES = {"float16": lib.FSPMM_DTYPE_FLOAT16, "bfloat16": lib.FSPMM_DTYPE_BFLOAT16}
@@ -46,16 +46,12 @@ _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def _format_code(name):
+    names = ", ".join(repr(k) for k in FORMATS)
     if not isinstance(name, str):
-        raise TypeError(
-            "format must be a string ('auto', 'auto_n8', 'auto_n1', 'bitmap', 'tiled_csl' or 'smallest'), "
-            f"got {type(name).__qualname__}"
-        )
+        raise TypeError(f"format must be a string ({names}), got {type(name).__qualname__}")
     key = name.lower().replace("-", "_")
     if key not in FORMATS:
-        raise ValueError(
-            f"unknown format {name!r}; choose one of 'auto', 'auto_n8', 'auto_n1', 'bitmap', 'tiled_csl', 'smallest'"
-        )
+        raise ValueError(f"unknown format {name!r}; choose one of {names}")
     return FORMATS[key]
 
 
