@@ -235,7 +235,7 @@ int main(void) {
     for (int f = 0; f < 2; ++f) {
         for (int d = 0; d < 2; ++d) {
             const fspmm_dtype_t dt = dtypes[d];
-            int r[9];
+            int r[10];
             r[0] = run_case(300, 700, 9, 0.7, formats[f], dt, 1, 1.0f, 0.0f, 0);
             r[1] = run_case(300, 700, 33, 0.5, formats[f], dt, 3, 0.5f, 1.0f, 1);
             r[2] = run_case(129, 1000, 1, 0.9, formats[f], dt, 0, 1.0f, 0.0f, 1);
@@ -244,9 +244,11 @@ int main(void) {
             r[5] = run_case(200, 500, 20, 0.6, formats[f], dt, 0, 1.0f, 0.0f, 0); /* 32-token tile */
             r[6] = run_case(1000, 300, 100, 0.8, formats[f], dt, 0, 1.0f, 0.0f, 1); /* two 64-token blocks */
             r[7] = run_case(257, 320, 5, 0.75, FSPMM_FORMAT_AUTO, dt, 0, 1.0f, 0.5f, d);
-            /* a small matrix of a real model at one token: the streaming kernel (bitmap) with automatic split-K */
+            /* a small matrix of a real model at two tokens: the streaming kernel (bitmap) with automatic split-K */
             r[8] = run_case(1024, 4096, 2, 0.5, formats[f], dt, 0, 1.0f, 0.0f, 1);
-            for (int i = 0; i < 9; ++i) r[i] ? ++failed : ++passed;
+            /* two tokens at 85 %: Tiled-CSL on the CUDA-core kernel's two-token tile */
+            r[9] = run_case(300, 1000, 2, 0.85, formats[f], dt, 0, 1.0f, 0.0f, 1);
+            for (int i = 0; i < 10; ++i) r[i] ? ++failed : ++passed;
         }
         convert_case(200, 333, 0.6, formats[f]) ? ++failed : ++passed;
         convert_case(64, 64, 0.0, formats[f]) ? ++failed : ++passed;
