@@ -109,6 +109,15 @@ def test_bench_dispatch():
         assert proc.returncode == 0 and "--quick" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_bench_refuses_unknown_formats():
+    if importlib.util.find_spec("flashspmm._bench") is None:
+        pytest.skip("flashspmm._bench is not installed")
+    proc = run("bench", "--formats", "bitmap,bitmpa:direct", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown format(s) ['bitmpa:direct']" in proc.stderr and "auto_n1" in proc.stderr
+    assert proc.stdout == ""  # refused before any work
+
+
 def test_bench_byte_limit():
     """The byte limit a bench point is measured against: dense over compressed bytes, x and y included (4096 x
     4096 at 50 %, the bitmap blob of docs/FORMATS.md, one token: 1.77x)."""

@@ -18,6 +18,8 @@ import numpy as np
 
 import flashspmm
 
+from ._cli_sparsify import FORMAT_CHOICES
+
 SUITE = [
     (9216, 9216),
     (36864, 9216),
@@ -359,9 +361,10 @@ def main(argv=None):
                 args.formats.remove("bitmap:rows")
     if args.formats is None:
         args.formats = ["bitmap", "tiled_csl", "auto"]
-    bad = [f for f in args.formats if _variant(f)[0] not in ("bitmap", "tiled_csl", "auto", "auto_n8", "auto_n1")]
+    known = [f for f in FORMAT_CHOICES if f != "smallest"]  # the formats a point times (smallest: no kernel of its own)
+    bad = [f for f in args.formats if _variant(f)[0] not in known]
     if bad:
-        ap.error(f"unknown format(s) {bad}: use bitmap, tiled_csl, auto, auto_n8 or auto_n1 (optionally :CHOICE)")
+        ap.error(f"unknown format(s) {bad}: use {', '.join(known)} (optionally FORMAT:CHOICE)")
     if args.models:
         unknown = [m for m in args.models if m not in MODEL_SHAPES]
         if unknown:
