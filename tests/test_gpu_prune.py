@@ -25,7 +25,9 @@ from flashspmm._native import ffi, lib
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (5, 20000)]
+# (37, 301) and smaller: the tensor scope's two-level select; (3000, 70): many look-back work items;
+# (5, 20000): rows staged in shared memory; (2, 60000): rows too long for the stage, pruned in place.
+SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (5, 20000), (2, 60000)]
 SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.999, 1.0]
 SCOPES = ["row", "tensor"]
 SCOPE_CODES = {"row": lib.FSPMM_PRUNE_ROW, "tensor": lib.FSPMM_PRUNE_TENSOR}
@@ -281,3 +283,15 @@ def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     assert "workspace too small" in ffi.string(lib.fspmm_last_error()).decode()
     synchronize()
     np.testing.assert_array_equal(host_bits(w), bits)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_large_matrix_matches_cpu(rng, dtype, scope):
+    """A matrix of 8 M entries: whole 16-byte accesses, hundreds of look-back work items, and (fp16) tens of
+    thousands of entries tied at the threshold magnitude."""
+    torch = pytest.importorskip("torch")
+    bits = value_bits(rng, (1000, 8200), dtype, "gaussian")
+    w = torch_from_bits(torch, bits, dtype)
+    got = flashspmm.prune(w, 0.62, scope=scope)
+    np.testing.assert_array_equal(_bits_of(torch, got), cpu_prune_bits(bits, dtype, 0.62, scope))

@@ -1,8 +1,19 @@
-// Magnitude pruning on the GPU, with exactly the selection of prune_host. The threshold magnitude T comes
-// from a two-level radix select on the 15-bit magnitude (bits & 0x7FFF): a 256-bin histogram of m >> 7, then
-// a 128-bin histogram of m & 127 among the entries of the selected bin. Every entry below T is zeroed, and
-// the first (k - below) entries equal to T in position order (column order for row scope, row-major order
-// for tensor scope). All counts are integers, so the result does not depend on the thread schedule.
+// Magnitude pruning on the GPU, with exactly the selection of prune_host: the threshold magnitude T (the
+// 15-bit magnitude bits & 0x7FFF of the entry of rank k) comes from a radix select, then every entry below T
+// is zeroed, and the first (k - below) entries equal to T in position order (column order for row scope,
+// row-major order for tensor scope). All counts are integers, so the result does not depend on the thread
+// schedule.
+//
+// Row scope: one CTA per row (grid-stride). A row that fits the CTA's shared-memory stage (K <= 23552) is
+// read from memory once, selected and zeroed there, and written back once (1.3x the in-place kernel on the
+// H200, docs/PERFORMANCE.md); a longer one is worked on in place. Its
+// select has two levels (a 256-bin histogram of m >> 7, then a 128-bin one of m & 127 among the entries of
+// the selected bin).
+// Tensor scope, two passes over the matrix instead of four or five: one histogram of all 32768 magnitudes
+// (a CTA per SM, each with the whole histogram in shared memory; two levels of 256 and 128 bins, one pass
+// each, where the device has less shared memory or the matrix fewer entries), a select, and the zeroing
+// pass, in which each work item learns how many threshold entries come before it by a decoupled look-back
+// over the items before it.
 #include "convert/prune_device.h"
 
 #include "common/error.h"
@@ -13,40 +24,54 @@
 namespace fspmm {
 namespace {
 
-constexpr int kThreads = 256;                          // threads per CTA of every kernel
+constexpr int kThreads = 256;                          // threads per CTA of the row and zeroing kernels
 constexpr int kWarps = kThreads / 32;
+constexpr int kHistThreads = 1024;                     // tensor-scope histogram and select kernels
+constexpr int64_t kHistEntries = 1 << 16;             // entries per CTA of the tensor histogram, at least
 constexpr int kMagnitudeBits = 15;                     // bits & 0x7FFF
-constexpr int kFineBits = 7;                           // low magnitude bits resolved by the second pass
+constexpr int kAllBins = 1 << kMagnitudeBits;          // the one-level tensor histogram
+constexpr int kFineBits = 7;                           // low magnitude bits resolved by a second level
 constexpr int kCoarseBins = 1 << (kMagnitudeBits - kFineBits);
 constexpr int kFineBins = 1 << kFineBits;
-constexpr uint32_t kFineMask = kFineBins - 1;
-constexpr int64_t kTileCols = 8 * kThreads;            // columns of one tensor-scope work item
-constexpr int kScanItems = 8;                          // work-item counts summed per thread by the cut search
-constexpr uint32_t kFlushAt = 1u << 31;                // a CTA flushes its 32-bit histogram before it can wrap
-constexpr int kBlocksPerSm = 8;                        // CTAs per SM of the grid-stride kernels
+constexpr int kVec = 8;                                // elements per 16-byte access
+constexpr int kUnroll = 4;                             // accesses in flight per thread (tensor scope)
+constexpr int64_t kSpanCols = kVec * kThreads;         // columns of one span (tensor scope)
+constexpr uint32_t kFlushAt = 1u << 30;                // a CTA flushes its 32-bit histogram before it can wrap
+constexpr int kBlocksPerSm = 8;                        // CTAs per SM of the row and zeroing kernels
+constexpr int kRowStageBytes = 46 * 1024;              // largest row staged (K <= 23552): with the static shared
+                                           // memory within the 48 KB a launch needs no opt-in for
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
-constexpr uint32_t kPastEnd = 0xFFFFFFFFu;             // "magnitude" of a column past the end of a row
-constexpr size_t kAlign = 16;                          // workspace sections start 16-byte aligned
+constexpr size_t kAlign = 16;  // workspace sections start 16-byte aligned
+// Look-back status of a work item: flag in the top two bits, threshold entries (saturated at `ties`) below.
+constexpr unsigned long long kStatusAggregate = 1ull << 62;  // the item's own count
+constexpr unsigned long long kStatusPrefix = 2ull << 62;  // the count of the items up to and with it
+constexpr unsigned long long kStatusValue = (1ull << 62) - 1;
 
 static_assert(kCoarseBins % 32 == 0 && kFineBins % 32 == 0, "select_bin gives every lane whole bins");
-static_assert(kCoarseBins >= kFineBins, "the shared histogram holds both passes");
+static_assert(kCoarseBins >= kFineBins, "the row histogram holds both levels");
+static_assert(kAllBins % kHistThreads == 0, "the tensor select gives every thread whole bins");
 
-// Tensor-scope state at the start of the workspace (zeroed at the start of each call).
+// Tensor-scope state at the start of the workspace (zeroed at the start of each call), then one look-back
+// status word per work item.
 struct PruneState {
-    unsigned long long coarse[kCoarseBins];  // counts of m >> 7 over the matrix
-    unsigned long long fine[kFineBins];      // counts of m & 127 among the entries of coarse_bin
-    unsigned long long below;                // entries with magnitude < threshold
-    unsigned long long ties;                 // entries equal to the threshold that are zeroed (the first ones)
-    unsigned long long cut;                  // row-major position of the first threshold entry kept
-    unsigned int coarse_bin;                 // threshold >> 7
-    unsigned int threshold;                  // T
+    unsigned long long hist[kAllBins];  // counts of the current level's bins over the matrix
+    unsigned long long below;  // entries with magnitude below the bins selected so far
+    unsigned long long ties;  // entries equal to the threshold that are zeroed (the first ones)
+    unsigned long long ticket;  // next work item of the zeroing pass
+    unsigned int prefix;  // magnitude bits selected by the levels so far (the threshold at the end)
 };
 
 // `bytes` rounded up to a multiple of kAlign.
 constexpr size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-// Offset of the per-work-item tie counts (uint32) in the tensor-scope workspace.
-constexpr size_t kCountsOffset = align_up(sizeof(PruneState));
+// Offset of the per-work-item look-back status words in the tensor-scope workspace.
+constexpr size_t kStatusOffset = align_up(sizeof(PruneState));
+
+// One level of the radix select: bin (m >> shift) & (2^bits - 1) of the entries with m >> (shift + bits)
+// equal to the prefix selected by the levels before.
+struct Level {
+    int shift, bits;
+};
 
 // A histogram bin and the number of entries in the bins before it.
 struct Selection {
@@ -54,24 +79,71 @@ struct Selection {
     unsigned long long below;
 };
 
-// Columns [c0, c1) of one row: a tensor-scope work item.
-struct Tile {
-    int64_t row, c0, c1;
+// Tensor scope: the matrix is cut into spans of kSpanCols columns of one row (the last span of a row may be
+// shorter), numbered in row-major order; work item i is spans kUnroll i .. kUnroll i + kUnroll - 1, so
+// items are the same size whatever K is, and the items in order cover the matrix in row-major order.
+struct Span {
+    int64_t row;
+    int c0, c1;  // columns [c0, c1) of the row (K < 2^31); empty past the last span
 };
 
-// Work items (tiles of kTileCols columns) per row.
-__host__ __device__ inline int64_t tiles_per_row(int64_t K) { return (K + kTileCols - 1) / kTileCols; }
+__host__ __device__ inline int64_t spans_per_row(int64_t K) { return (K + kSpanCols - 1) / kSpanCols; }
 
-// Work item `item`, numbered in row-major order of the tiles.
-__device__ __forceinline__ Tile tile_of(int64_t item, int64_t K) {
-    const int64_t tiles = tiles_per_row(K);
-    const int64_t row = item / tiles;
-    const int64_t c0 = (item - row * tiles) * kTileCols;
-    return Tile{row, c0, c0 + kTileCols < K ? c0 + kTileCols : K};
+// Work items of an M x K matrix.
+__host__ __device__ inline int64_t work_items(int64_t M, int64_t K) {
+    return (M * spans_per_row(K) + kUnroll - 1) / kUnroll;
 }
 
 // The 15-bit magnitude of an fp16 or bf16 bit pattern (zeros first, NaN after +Inf).
 __device__ __forceinline__ uint32_t magnitude(uint16_t bits) { return bits & 0x7FFFu; }
+
+// Eight consecutive entries of a row, columns [c, c + 8), as bit patterns; columns at or past `end` are
+// neither read nor written.
+struct Vec8 {
+    uint16_t e[kVec];
+};
+
+__device__ __forceinline__ Vec8 load8(const uint16_t* row, int c, int end, bool vec) {
+    Vec8 v;
+    if (vec && c + kVec <= end) {
+        const uint4 q = *reinterpret_cast<const uint4*>(row + c);
+        memcpy(&v, &q, sizeof q);
+        return v;
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) v.e[i] = c + i < end ? row[c + i] : 0;
+    return v;
+}
+
+__device__ __forceinline__ void store8(uint16_t* row, int c, int end, bool vec, const Vec8& v) {
+    if (vec && c + kVec <= end) {
+        uint4 q;
+        memcpy(&q, &v, sizeof q);
+        *reinterpret_cast<uint4*>(row + c) = q;
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i)
+        if (c + i < end) row[c + i] = v.e[i];
+}
+
+// Thread `tid`'s access in each span of work item `item` (columns c0 + 8 tid .., so that every load
+// instruction of a warp reads 512 contiguous bytes), all issued before any is used; col[u] is its first
+// column and sp[u] the span.
+__device__ __forceinline__ void load_item(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
+                                          bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8 (&v)[kUnroll]) {
+    const int64_t per_row = spans_per_row(K), spans = M * per_row, q0 = item * kUnroll;
+    int64_t row = q0 / per_row, j = q0 - row * per_row;  // of span q0 + u
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const int64_t c0 = j * kSpanCols;
+        sp[u] =
+            q0 + u < spans ? Span{row, static_cast<int>(c0), static_cast<int>(min(c0 + kSpanCols, K))} : Span{0, 0, 0};
+        if (++j == per_row) j = 0, ++row;
+        col[u] = sp[u].c0 + tid * kVec;
+        v[u] = load8(w + sp[u].row * ld, col[u], sp[u].c1, vec);
+    }
+}
 
 // Rank of this thread's flag among the set flags of the CTA (thread order); *total gets their number.
 // Every thread calls it; warp_counts is kWarps words of shared memory.
@@ -114,43 +186,60 @@ __device__ void select_bin(const Count* hist, int bins, unsigned long long targe
 
 // Set hist[0, bins) to zero (the caller synchronises before using it).
 __device__ __forceinline__ void clear_bins(uint32_t* hist, int bins) {
-    for (int i = threadIdx.x; i < bins; i += kThreads) hist[i] = 0;
+    for (int i = threadIdx.x; i < bins; i += blockDim.x) hist[i] = 0;
 }
 
-// Count row[c0, c1) into a shared histogram: the coarse pass bins m >> 7 of every entry, the fine pass
-// bins m & 127 of the entries whose m >> 7 is `coarse`.
-template <bool kFine>
-__device__ __forceinline__ void count_range(const uint16_t* row, int64_t c0, int64_t c1, uint32_t coarse,
-                                            uint32_t* hist) {
-    for (int64_t c = c0 + threadIdx.x; c < c1; c += kThreads) {
-        const uint32_t m = magnitude(row[c]);
-        if (!kFine)
-            atomicAdd(&hist[m >> kFineBits], 1u);
-        else if ((m >> kFineBits) == coarse)
-            atomicAdd(&hist[m & kFineMask], 1u);
-    }
+// Count one entry into a shared histogram of level (kShift, kBits). Zeros (the most frequent magnitude of a matrix
+// pruned before) are only counted in *zeros, so that they do not serialise on one shared-memory word.
+template <int kShift, int kBits>
+__device__ __forceinline__ void count_entry(uint32_t m, uint32_t prefix, uint32_t* hist, uint32_t* zeros) {
+    if ((m >> (kShift + kBits)) != prefix) return;
+    if (m == 0)
+        ++*zeros;
+    else
+        atomicAdd(&hist[(m >> kShift) & ((1u << kBits) - 1u)], 1u);
 }
 
-// Add a shared histogram into a global one and clear it. Every thread calls it.
-__device__ void flush_bins(uint32_t* hist, int bins, unsigned long long* global) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < bins; i += kThreads) {
-        if (hist[i] != 0) atomicAdd(&global[i], static_cast<unsigned long long>(hist[i]));
-        hist[i] = 0;
-    }
-    __syncthreads();
+// Count row[0, K) into a shared histogram of level (kShift, kBits) (zeros into bin 0 after a CTA reduction).
+template <int kShift, int kBits>
+__device__ void count_row(const uint16_t* row, int K, uint32_t prefix, uint32_t* hist) {
+    uint32_t zeros = 0;
+    for (int c = threadIdx.x; c < K; c += kThreads) count_entry<kShift, kBits>(magnitude(row[c]), prefix, hist, &zeros);
+    zeros = __reduce_add_sync(kFullMask, zeros);
+    if ((threadIdx.x & 31) == 0 && zeros != 0) atomicAdd(&hist[0], zeros);
 }
 
 // Zero the entries of a row below `threshold`, and its first `ties` entries equal to it (column order).
-__device__ void zero_row(uint16_t* row, int64_t K, uint32_t threshold, unsigned long long ties, uint32_t* warp_counts) {
-    unsigned long long seen = 0;  // threshold entries in the chunks before this one
+// A staged row: each thread takes a run of consecutive columns, so that one CTA scan ranks the threshold
+// entries. A row in global memory: the threads take consecutive columns (coalesced), one CTA scan per 256
+// columns until the ties are placed.
+template <bool kStaged>
+__device__ void zero_row(uint16_t* row, int K, uint32_t threshold, unsigned long long ties, uint32_t* warp_sums) {
+    if (kStaged) {
+        // A run of 2 (mod 4) entries: an odd word stride between the threads' runs, so that a warp's
+        // accesses fall in 32 different shared-memory banks.
+        const int64_t run = ((int64_t{K} + kThreads - 1) / kThreads + 1) / 4 * 4 + 2;
+        const int c0 = static_cast<int>(min(int64_t{K}, threadIdx.x * run));
+        const int c1 = static_cast<int>(min(int64_t{K}, c0 + run));
+        uint32_t mine = 0;
+        if (ties != 0)  // the same in every thread
+            for (int c = c0; c < c1; ++c) mine += magnitude(row[c]) == threshold;
+        uint32_t total;
+        unsigned long long seen = ties != 0 ? block_exclusive_sum<uint32_t, kThreads>(mine, warp_sums, &total) : 0;
+        for (int c = c0; c < c1; ++c) {
+            const uint32_t m = magnitude(row[c]);
+            if (m < threshold || (m == threshold && seen++ < ties)) row[c] = 0;
+        }
+        return;
+    }
+    unsigned long long seen = 0;  // threshold entries in the steps before this one
     for (int64_t base = 0; base < K; base += kThreads) {
         const int64_t c = base + threadIdx.x;
-        const uint32_t m = c < K ? magnitude(row[c]) : kPastEnd;
+        const uint32_t m = c < K ? magnitude(row[c]) : 0xFFFFFFFFu;
         bool zero = m < threshold;
         if (seen < ties) {  // the same in every thread
             uint32_t total;
-            const uint32_t rank = block_rank(m == threshold, warp_counts, &total);
+            const uint32_t rank = block_rank(m == threshold, warp_sums, &total);
             zero = zero || (m == threshold && seen + rank < ties);
             seen += total;
         }
@@ -158,19 +247,37 @@ __device__ void zero_row(uint16_t* row, int64_t K, uint32_t threshold, unsigned 
     }
 }
 
-// Row scope: one CTA per row (grid-stride) selects the row's threshold and zeroes. Needs 0 < k < K.
+// Copy n entries between a matrix row and the shared-memory stage (both 16-byte aligned when vec).
+__device__ __forceinline__ void copy_row(uint16_t* dst, const uint16_t* src, int n, bool vec) {
+    if (vec) {
+        const int n16 = n / kVec;
+        for (int i = threadIdx.x; i < n16; i += kThreads)
+            reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+        for (int c = n16 * kVec + threadIdx.x; c < n; c += kThreads) dst[c] = src[c];
+    } else {
+        for (int c = threadIdx.x; c < n; c += kThreads) dst[c] = src[c];
+    }
+}
+
+// Row scope: one CTA per row (grid-stride) selects the row's threshold and zeroes. Needs 0 < k < K. With
+// kStaged the row is copied into the dynamic shared memory (K entries) and back, so that its three passes
+// read shared memory instead of the matrix.
+template <bool kStaged>
 __global__ void
-__launch_bounds__(kThreads) prune_rows_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
-                                                              int64_t k) {
+__launch_bounds__(kThreads, kStaged ? kBlocksPerSm : 1) prune_rows_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
+                                                              int64_t k, bool vec) {
+    extern __shared__ uint4 stage[];
     __shared__ uint32_t hist[kCoarseBins];
-    __shared__ uint32_t warp_counts[kWarps];
+    __shared__ uint32_t warp_sums[kWarps];
     __shared__ Selection sel;
     const bool selector = threadIdx.x < 32;  // warp 0 reads the histograms
+    const int n = static_cast<int>(K);  // K < 2^31
     for (int64_t r = blockIdx.x; r < M; r += gridDim.x) {
-        uint16_t* row = w + r * ld;
+        uint16_t* row = kStaged ? reinterpret_cast<uint16_t*>(stage) : w + r * ld;
+        if (kStaged) copy_row(row, w + r * ld, n, vec);
         clear_bins(hist, kCoarseBins);
         __syncthreads();
-        count_range<false>(row, 0, K, 0, hist);
+        count_row<kFineBits, kMagnitudeBits - kFineBits>(row, n, 0, hist);
         __syncthreads();
         if (selector) select_bin(hist, kCoarseBins, static_cast<unsigned long long>(k), &sel);
         __syncthreads();
@@ -178,140 +285,218 @@ __launch_bounds__(kThreads) prune_rows_kernel(uint16_t* w, int64_t M, int64_t K,
         unsigned long long below = sel.below;
         clear_bins(hist, kFineBins);
         __syncthreads();
-        count_range<true>(row, 0, K, coarse, hist);
+        count_row<0, kFineBits>(row, n, coarse, hist);
         __syncthreads();
         if (selector) select_bin(hist, kFineBins, static_cast<unsigned long long>(k) - below, &sel);
         __syncthreads();
         const uint32_t threshold = (coarse << kFineBits) | sel.bin;
         below += sel.below;
-        zero_row(row, K, threshold, static_cast<unsigned long long>(k) - below, warp_counts);
+        zero_row<kStaged>(row, n, threshold, static_cast<unsigned long long>(k) - below, warp_sums);
+        if (kStaged) {
+            __syncthreads();
+            copy_row(w + r * ld, row, n, vec);
+            __syncthreads();  // the stage is refilled for the next row
+        }
     }
 }
 
-// Tensor scope, coarse (kFine false) or fine pass: each CTA counts its work items into a shared histogram
-// and adds it to the workspace's.
-template <bool kFine>
-__global__ void __launch_bounds__(kThreads) tensor_histogram_kernel(const uint16_t* w, int64_t K, int64_t ld,
-                                                                    int64_t items, PruneState* state) {
-    __shared__ uint32_t hist[kCoarseBins];
-    const int bins = kFine ? kFineBins : kCoarseBins;
-    unsigned long long* global = kFine ? state->fine : state->coarse;
-    const uint32_t coarse = kFine ? state->coarse_bin : 0;
-    clear_bins(hist, bins);
+// Tensor scope, one pass per level: each CTA counts its work items into a shared histogram of the level's
+// 2^bits bins (dynamic shared memory) and adds it to the workspace's. Zeros are counted per thread.
+template <int kShift, int kBits>
+__global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const uint16_t* w, int64_t M, int64_t K,
+                                                                        int64_t ld, int64_t items, bool vec,
+                                                                        PruneState* state) {
+    extern __shared__ uint32_t bins[];
+    constexpr int n_bins = 1 << kBits;
+    const uint32_t prefix = state->prefix;
+    clear_bins(bins, n_bins);
     __syncthreads();
+    uint32_t zeros = 0;
     uint32_t pending = 0;  // entries counted since the last flush (the same in every thread)
-    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    auto flush = [&] {
+        __syncthreads();
+        for (int i = threadIdx.x; i < n_bins; i += kHistThreads) {
+            if (bins[i] != 0) atomicAdd(&state->hist[i], static_cast<unsigned long long>(bins[i]));
+            bins[i] = 0;
+        }
+        const uint32_t z = __reduce_add_sync(kFullMask, zeros);
+        if ((threadIdx.x & 31) == 0 && z != 0) atomicAdd(&state->hist[0], static_cast<unsigned long long>(z));
+        zeros = 0;
+        __syncthreads();
+    };
+    // A CTA of kHistThreads threads takes kHistThreads / kThreads work items at a time, kThreads threads each.
+    constexpr int kItemsPerStep = kHistThreads / kThreads;
+    const int part = threadIdx.x / kThreads, tid = threadIdx.x % kThreads;
+    for (int64_t base = int64_t{blockIdx.x} * kItemsPerStep; base < items; base += int64_t{gridDim.x} * kItemsPerStep) {
         if (pending >= kFlushAt) {
-            flush_bins(hist, bins, global);
+            flush();
             pending = 0;
         }
-        const Tile t = tile_of(item, K);
-        count_range<kFine>(w + t.row * ld, t.c0, t.c1, coarse, hist);
-        pending += static_cast<uint32_t>(t.c1 - t.c0);
-    }
-    flush_bins(hist, bins, global);
-}
-
-// Tensor scope, after the coarse pass: the bin of m >> 7 that holds the key of rank k. One warp.
-__global__ void tensor_select_coarse_kernel(PruneState* state, int64_t k) {
-    __shared__ Selection sel;
-    select_bin(state->coarse, kCoarseBins, static_cast<unsigned long long>(k), &sel);
-    if (threadIdx.x == 0) {
-        state->coarse_bin = sel.bin;
-        state->below = sel.below;
-    }
-}
-
-// Tensor scope, after the fine pass: the threshold T, the entries below it and the ties to zero. One warp.
-__global__ void tensor_select_fine_kernel(PruneState* state, int64_t k) {
-    __shared__ Selection sel;
-    const unsigned long long below = state->below;
-    select_bin(state->fine, kFineBins, static_cast<unsigned long long>(k) - below, &sel);
-    if (threadIdx.x == 0) {
-        state->threshold = (state->coarse_bin << kFineBits) | sel.bin;
-        state->below = below + sel.below;
-        state->ties = static_cast<unsigned long long>(k) - (below + sel.below);
-        state->cut = 0;
-    }
-}
-
-// Tensor scope, only when there are ties to zero: the threshold entries of every work item.
-__global__ void __launch_bounds__(kThreads) tensor_count_ties_kernel(const uint16_t* w, int64_t K, int64_t ld,
-                                                                     int64_t items, const PruneState* state,
-                                                                     uint32_t* counts) {
-    __shared__ uint32_t warp_sums[kWarps];
-    if (state->ties == 0) return;
-    const uint32_t threshold = state->threshold;
-    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-        const Tile t = tile_of(item, K);
-        const uint16_t* row = w + t.row * ld;
-        uint32_t mine = 0;
-        for (int64_t c = t.c0 + threadIdx.x; c < t.c1; c += kThreads) mine += magnitude(row[c]) == threshold;
-        uint32_t total;
-        block_exclusive_sum<uint32_t, kThreads>(mine, warp_sums, &total);
-        if (threadIdx.x == 0) counts[item] = total;
-    }
-}
-
-// Tensor scope, only when there are ties to zero; one CTA: the row-major position of the threshold entry
-// of rank `ties` (the first one kept), first its work item from the counts, then its column.
-__global__ void __launch_bounds__(kThreads) tensor_find_cut_kernel(const uint16_t* w, int64_t K, int64_t ld,
-                                                                   int64_t items, const uint32_t* counts,
-                                                                   PruneState* state) {
-    __shared__ uint32_t warp_sums[kWarps];
-    __shared__ long long found_item;
-    __shared__ unsigned long long found_before;
-    const unsigned long long want = state->ties;
-    if (want == 0) return;
-    const uint32_t threshold = state->threshold;
-    if (threadIdx.x == 0) found_item = -1;
-    unsigned long long seen = 0;  // threshold entries in the work items before this chunk
-    for (int64_t base = 0; base < items; base += int64_t{kThreads} * kScanItems) {
-        const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
-        uint32_t mine = 0;
-        for (int j = 0; j < kScanItems; ++j)
-            if (first + j < items) mine += counts[first + j];
-        uint32_t total;
-        unsigned long long before = seen + block_exclusive_sum<uint32_t, kThreads>(mine, warp_sums, &total);
-        if (before <= want && want < before + mine) {  // one thread: its items hold the wanted entry
-            int j = 0;
-            while (before + counts[first + j] <= want) before += counts[first + j++];
-            found_item = first + j;
-            found_before = before;
+        const int64_t item = base + part;
+        if (item < items) {
+            Span sp[kUnroll];
+            int col[kUnroll];
+            Vec8 v[kUnroll];
+            load_item(w, M, K, ld, item, tid, vec, sp, col, v);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+                for (int i = 0; i < kVec; ++i)
+                    if (col[u] + i < sp[u].c1) count_entry<kShift, kBits>(magnitude(v[u].e[i]), prefix, bins, &zeros);
         }
-        seen += total;
-        if (seen > want) break;  // the same in every thread
+        pending += static_cast<uint32_t>(kItemsPerStep * kUnroll * kSpanCols);
     }
-    __syncthreads();
-    if (found_item < 0) return;  // only if the matrix changed during the call
-    const Tile t = tile_of(found_item, K);
-    const uint16_t* row = w + t.row * ld;
-    const unsigned long long rank_wanted = want - found_before;
-    unsigned long long seen_here = 0;  // threshold entries of the item in the chunks before this one
-    for (int64_t base = t.c0; base < t.c1; base += kThreads) {
-        const int64_t c = base + threadIdx.x;
-        const bool tie = c < t.c1 && magnitude(row[c]) == threshold;
-        uint32_t total;
-        const uint32_t rank = block_rank(tie, warp_sums, &total);
-        if (tie && seen_here + rank == rank_wanted) state->cut = static_cast<unsigned long long>(t.row * K + c);
-        seen_here += total;
-        if (seen_here > rank_wanted) break;  // the same in every thread
-    }
+    flush();
 }
 
-// Tensor scope: zero the entries below the threshold and the threshold entries before the cut.
-__global__ void __launch_bounds__(kThreads) tensor_apply_kernel(uint16_t* w, int64_t K, int64_t ld, int64_t items,
-                                                                const PruneState* state) {
-    const uint32_t threshold = state->threshold;
-    const int64_t cut = static_cast<int64_t>(state->cut);
-    for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-        const Tile t = tile_of(item, K);
-        uint16_t* row = w + t.row * ld;
-        const int64_t pos = t.row * K;  // row-major position of the row's first entry
-        for (int64_t c = t.c0 + threadIdx.x; c < t.c1; c += kThreads) {
-            const uint32_t m = magnitude(row[c]);
-            if (m < threshold || (m == threshold && pos + c < cut)) row[c] = 0;
+// Tensor scope, after each level's histogram (one CTA of kHistThreads): the bin that holds the entry of
+// rank k, appended to the prefix; the entries below it; the histogram cleared for the next level; after the
+// last level the number of threshold entries to zero.
+__global__ void __launch_bounds__(kHistThreads) tensor_select_kernel(PruneState* state, Level lv, int64_t k,
+                                                                     bool last) {
+    __shared__ unsigned long long warp_sums[kHistThreads / 32];
+    const int n_bins = 1 << lv.bits;
+    const int per_thread = n_bins >= kHistThreads ? n_bins / kHistThreads : 1;
+    const int first = threadIdx.x * per_thread;
+    const bool mine = first < n_bins;
+    const unsigned long long target = static_cast<unsigned long long>(k) - state->below;
+    constexpr int kMaxPerThread = kAllBins / kHistThreads;
+    unsigned long long v[kMaxPerThread];  // the thread's bins, loaded at once (not one dependent load per bin)
+    unsigned long long sum = 0;
+#pragma unroll
+    for (int j = 0; j < kMaxPerThread; ++j) {
+        v[j] = mine && j < per_thread ? state->hist[first + j] : 0;
+        sum += v[j];
+    }
+    unsigned long long total;
+    unsigned long long below = block_exclusive_sum<unsigned long long, kHistThreads>(sum, warp_sums, &total);
+    if (mine && below <= target && target < below + sum) {  // one thread: its bins hold the target
+        int b = first;
+#pragma unroll
+        for (int j = 0; j < kMaxPerThread; ++j)
+            if (b == first + j && below + v[j] <= target) {
+                below += v[j];
+                ++b;
+            }
+        const unsigned long long all_below = state->below + below;
+        state->prefix = (state->prefix << lv.bits) | static_cast<unsigned int>(b);
+        state->below = all_below;
+        if (last) state->ties = static_cast<unsigned long long>(k) - all_below;
+    }
+    if (mine)
+        for (int j = 0; j < per_thread; ++j) state->hist[first + j] = 0;  // each thread clears what it read
+}
+
+// Shared memory of look_back: per warp, its nearest item with a prefix count, and its sum.
+struct LookBackShared {
+    int nearest[kWarps];
+    unsigned long long sum[kWarps];
+};
+
+// Run by every thread of the CTA for work item `item` whose own threshold count is `count` (saturated at
+// `ties`): publishes it, then adds the counts of the items before it, kThreads at a time (thread j reads
+// item - 1 - j), until an item with the count of all items up to it, or until the sum reaches `ties`;
+// publishes the inclusive count and returns the exclusive one (saturated at `ties`). kThreads items per
+// memory round trip, because about as many items are in flight (the ones a new item looks back over).
+__device__ unsigned long long look_back(unsigned long long* status, int64_t item, unsigned long long count,
+                                        unsigned long long ties, LookBackShared* sh) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    volatile unsigned long long* st = status;
+    if (tid == 0 && item > 0) atomicExch(&status[item], kStatusAggregate | count);
+    unsigned long long before = 0;  // the same in every thread
+    for (int64_t end = item; end > 0 && before < ties; end -= kThreads) {
+        const int64_t p = end - 1 - tid;
+        unsigned long long s = kStatusPrefix;  // past the first item: nothing more
+        if (p >= 0)
+            while (((s = st[p]) & ~kStatusValue) == 0) __nanosleep(64);  // the item has not counted yet
+        const unsigned int prefixes = __ballot_sync(kFullMask, (s & kStatusPrefix) != 0);
+        if (lane == 0) sh->nearest[warp] = prefixes ? warp * 32 + __ffs(prefixes) - 1 : kThreads;
+        __syncthreads();
+        int stop = kThreads;  // nearest thread whose item has a prefix count
+#pragma unroll
+        for (int i = 0; i < kWarps; ++i) stop = min(stop, sh->nearest[i]);
+        unsigned long long v = tid <= stop ? (s & kStatusValue) : 0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+        if (lane == 0) sh->sum[warp] = v;
+        __syncthreads();
+        unsigned long long window = 0;
+#pragma unroll
+        for (int i = 0; i < kWarps; ++i) window += sh->sum[i];
+        __syncthreads();  // sh is rewritten by the next window
+        before = min(before + window, ties);
+        if (stop < kThreads) break;
+    }
+    if (tid == 0) atomicExch(&status[item], kStatusPrefix | min(before + count, ties));
+    return before;
+}
+
+// Tensor scope, the last pass: zero the entries below the threshold and the first `ties` entries equal to
+// it in row-major order. Work items are taken in row-major order from a ticket, so that every item an item
+// looks back to has started. Within an item, column order is access u first, then thread: the threads'
+// threshold counts of their kUnroll accesses are scanned at once, in 16-bit fields of one 64-bit value (an
+// span has at most kSpanCols = 2048 entries).
+__global__ void __launch_bounds__(kThreads, 4) tensor_apply_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
+                                                                   int64_t items,
+                                                                bool vec, PruneState* state,
+                                                                unsigned long long* status) {
+    static_assert(kUnroll * 16 <= 64 && kThreads * kVec < (1 << 16), "the tie counts fit 16-bit fields");
+    __shared__ unsigned long long warp_sums[kWarps];
+    __shared__ long long item_s;
+    __shared__ LookBackShared look;
+    const uint32_t threshold = state->prefix;
+    const unsigned long long ties = state->ties;
+    const int tid = threadIdx.x;
+    for (;;) {
+        if (tid == 0) item_s = static_cast<long long>(atomicAdd(&state->ticket, 1ull));
+        __syncthreads();
+        const int64_t item = item_s;
+        if (item >= items) break;
+        Span sp[kUnroll];
+        int col[kUnroll];
+        Vec8 v[kUnroll];
+        load_item(w, M, K, ld, item, tid, vec, sp, col, v);
+        uint32_t tie_bits[kUnroll] = {};  // bit i of access u: entry i equals the threshold
+        unsigned long long before[kUnroll];  // threshold entries in columns before access u (saturated at ties)
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) before[u] = ties;  // no ties to zero: none is zeroed
+        if (ties != 0) {
+            unsigned long long counts = 0;
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+                for (int i = 0; i < kVec; ++i)
+                    tie_bits[u] |= uint32_t(col[u] + i < sp[u].c1 && magnitude(v[u].e[i]) == threshold) << i;
+                counts |= static_cast<unsigned long long>(__popc(tie_bits[u])) << (16 * u);
+            }
+            unsigned long long fields;
+            const unsigned long long rank = block_exclusive_sum<unsigned long long, kThreads>(counts, warp_sums, &fields);
+            unsigned long long total = 0, in_item[kUnroll];
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                in_item[u] = total + (rank >> (16 * u) & 0xFFFFu);
+                total += fields >> (16 * u) & 0xFFFFu;
+            }
+            const unsigned long long b = look_back(status, item, min(total, ties), ties, &look);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) before[u] = min(b + in_item[u], ties);
         }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            Vec8 out = v[u];
+            bool changed = false;
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) {
+                bool zero = col[u] + i < sp[u].c1 && magnitude(v[u].e[i]) < threshold;
+                if (tie_bits[u] >> i & 1u) zero = before[u]++ < ties;
+                if (zero && v[u].e[i] != 0) {
+                    out.e[i] = 0;
+                    changed = true;
+                }
+            }
+            if (changed) store8(w + sp[u].row * ld, col[u], sp[u].c1, vec, out);
+        }
+        __syncthreads();  // item_s is rewritten for the next item
     }
 }
 
@@ -324,36 +509,78 @@ unsigned int grid_for(int64_t work, int device) {
     return static_cast<unsigned int>(work < cap ? work : cap);
 }
 
+// Largest dynamic shared memory a CTA of this device may use.
+int shared_optin(int device) {
+    int bytes = 0;
+    check_cuda(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+               "cudaDeviceGetAttribute (shared memory per block)");
+    return bytes;
+}
+
+// True when row starts and 8-column steps of the matrix are 16-byte aligned.
+bool vector_rows(const uint16_t* w, int64_t ld) { return reinterpret_cast<uintptr_t>(w) % 16 == 0 && ld % kVec == 0; }
+
+// The row-scope kernel (0 < k < K), staged when the row fits.
+void launch_rows(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, cudaStream_t stream, int device) {
+    const bool vec = vector_rows(w, ld);
+    const size_t stage = align_up(static_cast<size_t>(K) * sizeof(uint16_t));
+    if (stage <= kRowStageBytes)
+        prune_rows_kernel<true><<<grid_for(M, device), kThreads, stage, stream>>>(w, M, K, ld, k, vec);
+    else
+        prune_rows_kernel<false><<<grid_for(M, device), kThreads, 0, stream>>>(w, M, K, ld, k, vec);
+    check_cuda(cudaGetLastError(), "launch of the row pruning kernel");
+}
+
 // The tensor-scope kernel sequence (0 < k < M * K).
 void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, void* workspace, cudaStream_t stream,
                    int device) {
     auto* state = static_cast<PruneState*>(workspace);
-    auto* counts = reinterpret_cast<uint32_t*>(static_cast<char*>(workspace) + kCountsOffset);
-    const int64_t items = M * tiles_per_row(K);
-    const unsigned int grid = grid_for(items, device);
-    check_cuda(cudaMemsetAsync(state, 0, sizeof(PruneState), stream), "cudaMemsetAsync (prune workspace)");
-    tensor_histogram_kernel<false><<<grid, kThreads, 0, stream>>>(w, K, ld, items, state);
-    check_cuda(cudaGetLastError(), "launch of the pruning coarse histogram kernel");
-    tensor_select_coarse_kernel<<<1, 32, 0, stream>>>(state, k);
-    check_cuda(cudaGetLastError(), "launch of the pruning coarse select kernel");
-    tensor_histogram_kernel<true><<<grid, kThreads, 0, stream>>>(w, K, ld, items, state);
-    check_cuda(cudaGetLastError(), "launch of the pruning fine histogram kernel");
-    tensor_select_fine_kernel<<<1, 32, 0, stream>>>(state, k);
-    check_cuda(cudaGetLastError(), "launch of the pruning fine select kernel");
-    tensor_count_ties_kernel<<<grid, kThreads, 0, stream>>>(w, K, ld, items, state, counts);
-    check_cuda(cudaGetLastError(), "launch of the pruning tie count kernel");
-    tensor_find_cut_kernel<<<1, kThreads, 0, stream>>>(w, K, ld, items, counts, state);
-    check_cuda(cudaGetLastError(), "launch of the pruning cut search kernel");
-    tensor_apply_kernel<<<grid, kThreads, 0, stream>>>(w, K, ld, items, state);
-    check_cuda(cudaGetLastError(), "launch of the pruning apply kernel");
+    auto* status = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kStatusOffset);
+    const int64_t items = work_items(M, K);
+    const bool vec = vector_rows(w, ld);
+    check_cuda(cudaMemsetAsync(workspace, 0, kStatusOffset + static_cast<size_t>(items) * 8, stream),
+               "cudaMemsetAsync (prune workspace)");
+    // One level where the whole histogram fits a CTA's shared memory (sm_80, sm_90), else two; two also for
+    // matrices of fewer entries than the one level has bins, whose two small histograms cost less.
+    const bool one_level = M * K >= kAllBins &&
+                           static_cast<size_t>(kAllBins) * 4 <= static_cast<size_t>(shared_optin(device));
+    const Level one[] = {{0, kMagnitudeBits}};
+    const Level two[] = {{kFineBits, kMagnitudeBits - kFineBits}, {0, kFineBits}};
+    const Level* levels = one_level ? one : two;
+    const int n_levels = one_level ? 1 : 2;
+    int sms = 0;
+    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute (multiprocessor count)");
+    for (int l = 0; l < n_levels; ++l) {
+        const int smem = (1 << levels[l].bits) * 4;
+        const auto kernel = levels[l].bits == kMagnitudeBits ? tensor_histogram_kernel<0, kMagnitudeBits>
+                            : levels[l].shift == 0          ? tensor_histogram_kernel<0, kFineBits>
+                                                            : tensor_histogram_kernel<kFineBits, kMagnitudeBits - kFineBits>;
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+                   "cudaFuncSetAttribute (pruning histogram)");
+        int per_sm = 0;
+        check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kHistThreads, smem),
+                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor (pruning histogram)");
+        // At least kHistEntries entries per CTA: each CTA adds its whole histogram to the workspace's at the
+        // end, and those atomics (up to one per bin and CTA) must not outweigh reading a small matrix.
+        const int64_t wanted = (M * K + kHistEntries - 1) / kHistEntries;
+        const int64_t cap = int64_t{sms > 0 ? sms : 1} * (per_sm > 0 ? per_sm : 1);
+        const unsigned int grid = static_cast<unsigned int>(wanted < cap ? wanted : cap);
+        kernel<<<grid, kHistThreads, smem, stream>>>(w, M, K, ld, items, vec, state);
+        check_cuda(cudaGetLastError(), "launch of the pruning histogram kernel");
+        tensor_select_kernel<<<1, kHistThreads, 0, stream>>>(state, levels[l], k, l == n_levels - 1);
+        check_cuda(cudaGetLastError(), "launch of the pruning select kernel");
+    }
+    tensor_apply_kernel<<<grid_for(items, device), kThreads, 0, stream>>>(w, M, K, ld, items, vec, state, status);
+    check_cuda(cudaGetLastError(), "launch of the pruning zeroing kernel");
 }
 
 }  // namespace
 
 size_t prune_workspace_bytes(int64_t M, int64_t K, int scope) {
     if (scope != FSPMM_PRUNE_TENSOR) return 0;
-    const size_t items = static_cast<size_t>(M) * static_cast<size_t>(tiles_per_row(K));  // < 2^51
-    return kCountsOffset + align_up(items * sizeof(uint32_t));
+    const size_t items = static_cast<size_t>(work_items(M, K));  // < 2^51
+    return kStatusOffset + align_up(items * sizeof(unsigned long long));
 }
 
 void launch_prune(uint16_t* dense, int64_t M, int64_t K, int64_t ld, int scope, int64_t k, void* workspace,
@@ -366,12 +593,10 @@ void launch_prune(uint16_t* dense, int64_t M, int64_t K, int64_t ld, int scope, 
                    "cudaMemset2DAsync (pruning every entry)");
         return;
     }
-    if (scope == FSPMM_PRUNE_ROW) {
-        prune_rows_kernel<<<grid_for(M, device), kThreads, 0, stream>>>(dense, M, K, ld, k);
-        check_cuda(cudaGetLastError(), "launch of the row pruning kernel");
-        return;
-    }
-    launch_tensor(dense, M, K, ld, k, workspace, stream, device);
+    if (scope == FSPMM_PRUNE_ROW)
+        launch_rows(dense, M, K, ld, k, stream, device);
+    else
+        launch_tensor(dense, M, K, ld, k, workspace, stream, device);
 }
 
 }  // namespace fspmm
