@@ -38,8 +38,9 @@ constexpr int kUnroll = 4;                             // accesses in flight per
 constexpr int64_t kSpanCols = kVec * kThreads;         // columns of one span (tensor scope)
 constexpr uint32_t kFlushAt = 1u << 30;                // a CTA flushes its 32-bit histogram before it can wrap
 constexpr int kBlocksPerSm = 8;                        // CTAs per SM of the row and zeroing kernels
-constexpr int kRowStageBytes = 46 * 1024;              // largest row staged (K <= 23552): with the static shared
-                                           // memory within the 48 KB a launch needs no opt-in for
+// Largest row staged in shared memory (K <= 23552): with the static shared memory, within the 48 KB a launch
+// may use without opting in (a larger stage, at fewer CTAs per SM, was slower: EXPERIMENTS.md).
+constexpr int kRowStageBytes = 46 * 1024;
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 constexpr size_t kAlign = 16;  // workspace sections start 16-byte aligned
 // Look-back status of a work item: flag in the top two bits, threshold entries (saturated at `ties`) below.
