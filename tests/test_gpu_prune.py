@@ -26,8 +26,9 @@ from flashspmm._native import ffi, lib
 pytestmark = pytest.mark.gpu
 
 # (37, 301) and smaller: the tensor scope's two-level select; (3000, 70): many look-back work items;
-# (5, 20000): rows staged in shared memory; (2, 60000): rows too long for the stage, pruned in place.
-SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (5, 20000), (2, 60000)]
+# (5, 20000): rows staged in shared memory at up to eight CTAs per SM; (2, 60000): staged with an opt-in stage
+# (sm_80 and sm_90); (2, 130000): rows too long for any stage, pruned in place.
+SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (5, 20000), (2, 60000), (2, 130000)]
 SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.999, 1.0]
 SCOPES = ["row", "tensor"]
 SCOPE_CODES = {"row": lib.FSPMM_PRUNE_ROW, "tensor": lib.FSPMM_PRUNE_TENSOR}
@@ -285,13 +286,15 @@ def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     np.testing.assert_array_equal(host_bits(w), bits)
 
 
+@pytest.mark.parametrize("shape", [(1000, 8200), (300, 30000)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_large_matrix_matches_cpu(rng, dtype, scope):
-    """A matrix of 8 M entries: whole 16-byte accesses, hundreds of look-back work items, and (fp16) tens of
-    thousands of entries tied at the threshold magnitude."""
+def test_large_matrix_matches_cpu(rng, dtype, scope, shape):
+    """Matrices of 8-9 M entries: whole 16-byte accesses, hundreds of look-back work items, (fp16) tens of
+    thousands of entries tied at the threshold magnitude, and (300 x 30000) many rows per CTA of the opt-in
+    stage."""
     torch = pytest.importorskip("torch")
-    bits = value_bits(rng, (1000, 8200), dtype, "gaussian")
+    bits = value_bits(rng, shape, dtype, "gaussian")
     w = torch_from_bits(torch, bits, dtype)
     got = flashspmm.prune(w, 0.62, scope=scope)
     np.testing.assert_array_equal(_bits_of(torch, got), cpu_prune_bits(bits, dtype, 0.62, scope))

@@ -44,9 +44,9 @@ struct DeviceDense {
     int dtype;
 };
 
-// Grid of a persistent (grid-stride) kernel on the current device: as many CTAs of `threads` threads as
-// fit at once, at most `work`.
-unsigned int persistent_grid(const void* kernel, int threads, uint64_t work);
+// Grid of a persistent (grid-stride) kernel on the current device: as many CTAs of `threads` threads (and
+// `smem` bytes of dynamic shared memory) as fit at once, at most `work`.
+unsigned int persistent_grid(const void* kernel, int threads, uint64_t work, size_t smem = 0);
 
 // Phase 1: count (checks done by the caller).
 void launch_encode_count(const DeviceDense& d, void* workspace, cudaStream_t stream);

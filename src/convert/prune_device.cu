@@ -4,20 +4,20 @@
 // row-major order for tensor scope). All counts are integers, so the result does not depend on the thread
 // schedule.
 //
-// Row scope: one CTA per row (grid-stride). A row that fits the CTA's shared-memory stage (K <= 23552) is
-// read from memory once, selected and zeroed there, and written back once (1.3x the in-place kernel on the
-// H200, docs/PERFORMANCE.md); a longer one is worked on in place. Its
-// select has two levels (a 256-bin histogram of m >> 7, then a 128-bin one of m & 127 among the entries of
-// the selected bin).
-// Tensor scope, two passes over the matrix instead of four or five: one histogram of all 32768 magnitudes
-// (a CTA per SM, each with the whole histogram in shared memory; two levels of 256 and 128 bins, one pass
-// each, where the device has less shared memory or the matrix fewer entries), a select, and the zeroing
-// pass, in which each work item learns how many threshold entries come before it by a decoupled look-back
-// over the items before it.
+// Row scope: one CTA per row (grid-stride). A row that fits the CTA's shared-memory stage (K <= 23552 at up
+// to eight CTAs per SM, up to about 114000 on sm_90 with fewer CTAs) is read from memory once, selected and
+// zeroed there, and written back once (1.3x the in-place kernel on the H200, docs/PERFORMANCE.md); a longer
+// one is worked on in place. Its select has two levels (a 256-bin histogram of m >> 7, then a 128-bin one of m & 127
+// among the entries of the selected bin). Tensor scope, two passes over the matrix instead of four or five: one
+// histogram of all 32768 magnitudes (a CTA per SM, each with the whole histogram in shared memory; two levels of 256
+// and 128 bins, one pass each, where the device has less shared memory or the matrix fewer entries), a select, and the
+// zeroing pass, in which each work item learns how many threshold entries come before it by a decoupled look-back over
+// the items before it.
 #include "convert/prune_device.h"
 
 #include "common/error.h"
 #include "common/scan.cuh"
+#include "convert/convert_device.h"
 #include "flashspmm.h"
 #include "spmm/launch.h"
 
@@ -248,12 +248,24 @@ __device__ void zero_row(uint16_t* row, int K, uint32_t threshold, unsigned long
     }
 }
 
-// Copy n entries between a matrix row and the shared-memory stage (both 16-byte aligned when vec).
+// Copy n entries between a matrix row and the shared-memory stage (both 16-byte aligned when vec), with
+// kCopyInFlight loads of each thread issued before their stores (the compiler cannot move a load past a
+// store through a pointer that may alias it), so that a CTA has enough bytes in flight for a long row.
+constexpr int kCopyInFlight = 2;
 __device__ __forceinline__ void copy_row(uint16_t* dst, const uint16_t* src, int n, bool vec) {
     if (vec) {
         const int n16 = n / kVec;
-        for (int i = threadIdx.x; i < n16; i += kThreads)
-            reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+        const uint4* s = reinterpret_cast<const uint4*>(src);
+        uint4* d = reinterpret_cast<uint4*>(dst);
+        for (int i = threadIdx.x; i < n16; i += kCopyInFlight * kThreads) {
+            uint4 q[kCopyInFlight];
+#pragma unroll
+            for (int u = 0; u < kCopyInFlight; ++u)
+                if (i + u * kThreads < n16) q[u] = s[i + u * kThreads];
+#pragma unroll
+            for (int u = 0; u < kCopyInFlight; ++u)
+                if (i + u * kThreads < n16) d[i + u * kThreads] = q[u];
+        }
         for (int c = n16 * kVec + threadIdx.x; c < n; c += kThreads) dst[c] = src[c];
     } else {
         for (int c = threadIdx.x; c < n; c += kThreads) dst[c] = src[c];
@@ -350,42 +362,86 @@ __global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const ui
     flush();
 }
 
+// One butterfly step of transpose_sum over the lanes `kWidth` apart: each lane keeps the half of v[0, 2 kWidth)
+// whose index has its lane bit, plus its partner's copy of that half, in v[0, kWidth).
+template <int kWidth, typename T>
+__device__ __forceinline__ void transpose_step(T (&v)[32]) {
+    const bool upper = (threadIdx.x & kWidth) != 0;
+#pragma unroll
+    for (int j = 0; j < kWidth; ++j) {
+        const T send = upper ? v[j] : v[j + kWidth];
+        const T keep = upper ? v[j + kWidth] : v[j];
+        v[j] = keep + __shfl_xor_sync(kFullMask, send, kWidth);
+    }
+}
+
+// Sum over the warp's lanes of v[lane's index]: on return lane l holds the sum of every lane's v[l] (v is
+// consumed). Five butterfly steps, 31 shuffles instead of 32 warp reductions.
+template <typename T>
+__device__ __forceinline__ T transpose_sum(T (&v)[32]) {
+    transpose_step<16>(v);
+    transpose_step<8>(v);
+    transpose_step<4>(v);
+    transpose_step<2>(v);
+    transpose_step<1>(v);
+    return v[0];
+}
+
 // Tensor scope, after each level's histogram (one CTA of kHistThreads): the bin that holds the entry of
-// rank k, appended to the prefix; the entries below it; the histogram cleared for the next level; after the
-// last level the number of threshold entries to zero.
+// rank k, appended to the prefix; the entries below it; after the last level the number of threshold
+// entries to zero, else the histogram cleared for the next level. The bins are read in groups (thread t:
+// group t, its kAllBins / kHistThreads bins for the one-level histogram, one bin otherwise), coalesced: lane
+// l of warp w reads bin l of each of its warp's 32 groups, and transpose_sum gives each lane its group's
+// count. One CTA scan finds the group, one warp scan the bin in it.
 __global__ void __launch_bounds__(kHistThreads) tensor_select_kernel(PruneState* state, Level lv, int64_t k,
                                                                      bool last) {
+    constexpr int kGroupBins = kAllBins / kHistThreads;
+    static_assert(kGroupBins == 32, "a warp's groups are transposed across its 32 lanes");
     __shared__ unsigned long long warp_sums[kHistThreads / 32];
+    __shared__ int found_group;
+    __shared__ unsigned long long found_below;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n_bins = 1 << lv.bits;
-    const int per_thread = n_bins >= kHistThreads ? n_bins / kHistThreads : 1;
-    const int first = threadIdx.x * per_thread;
-    const bool mine = first < n_bins;
+    const int group_bins = n_bins == kAllBins ? kGroupBins : 1;  // the two-level bins fit one per thread
     const unsigned long long target = static_cast<unsigned long long>(k) - state->below;
-    constexpr int kMaxPerThread = kAllBins / kHistThreads;
-    unsigned long long v[kMaxPerThread];  // the thread's bins, loaded at once (not one dependent load per bin)
-    unsigned long long sum = 0;
+    unsigned long long* hist = state->hist;
+    if (tid == 0) found_group = -1;  // stays only if the matrix changed during the call
+    unsigned long long count;  // of group tid
+    if (group_bins == kGroupBins) {
+        unsigned long long v[kGroupBins];  // bin 32 i + lane of the warp's bins, for each of its groups i
 #pragma unroll
-    for (int j = 0; j < kMaxPerThread; ++j) {
-        v[j] = mine && j < per_thread ? state->hist[first + j] : 0;
-        sum += v[j];
+        for (int i = 0; i < kGroupBins; ++i) v[i] = hist[warp * 32 * kGroupBins + i * kGroupBins + lane];
+        count = transpose_sum(v);
+    } else {
+        count = tid < n_bins ? hist[tid] : 0;
     }
     unsigned long long total;
-    unsigned long long below = block_exclusive_sum<unsigned long long, kHistThreads>(sum, warp_sums, &total);
-    if (mine && below <= target && target < below + sum) {  // one thread: its bins hold the target
-        int b = first;
-#pragma unroll
-        for (int j = 0; j < kMaxPerThread; ++j)
-            if (b == first + j && below + v[j] <= target) {
-                below += v[j];
-                ++b;
-            }
-        const unsigned long long all_below = state->below + below;
-        state->prefix = (state->prefix << lv.bits) | static_cast<unsigned int>(b);
-        state->below = all_below;
-        if (last) state->ties = static_cast<unsigned long long>(k) - all_below;
+    const unsigned long long below = block_exclusive_sum<unsigned long long, kHistThreads>(count, warp_sums, &total);
+    if (below <= target && target < below + count) {  // one thread: its group holds the target
+        found_group = tid;
+        found_below = below;
     }
-    if (mine)
-        for (int j = 0; j < per_thread; ++j) state->hist[first + j] = 0;  // each thread clears what it read
+    __syncthreads();
+    const int group = found_group;
+    if (warp == 0 && group >= 0) {  // the bin inside the group
+        const unsigned long long c = lane < group_bins ? hist[group * group_bins + lane] : 0;
+        const unsigned long long end = found_below + warp_inclusive_sum(c);
+        const unsigned int past = __ballot_sync(kFullMask, end > target);
+        if (lane == __ffs(past) - 1) {
+            const unsigned long long all_below = state->below + end - c;
+            state->prefix = (state->prefix << lv.bits) | static_cast<unsigned int>(group * group_bins + lane);
+            state->below = all_below;
+            if (last) state->ties = static_cast<unsigned long long>(k) - all_below;
+        }
+    }
+    if (last) return;  // the call's memset zeroes the histogram for the next call
+    __syncthreads();   // warp 0 has read its bins
+    if (group_bins == kGroupBins) {
+#pragma unroll
+        for (int i = 0; i < kGroupBins; ++i) hist[warp * 32 * kGroupBins + i * kGroupBins + lane] = 0;
+    } else if (tid < n_bins) {
+        hist[tid] = 0;
+    }
 }
 
 // Shared memory of look_back: per warp, its nearest item with a prefix count, and its sum.
@@ -521,14 +577,33 @@ int shared_optin(int device) {
 // True when row starts and 8-column steps of the matrix are 16-byte aligned.
 bool vector_rows(const uint16_t* w, int64_t ld) { return reinterpret_cast<uintptr_t>(w) % 16 == 0 && ld % kVec == 0; }
 
-// The row-scope kernel (0 < k < K), staged when the row fits.
+// The row-scope kernel (0 < k < K), staged when the row fits: within kRowStageBytes at up to kBlocksPerSm
+// CTAs per SM; a longer row up to what a CTA may opt in to, at as many CTAs per SM as fit (one read and one
+// write of the matrix instead of three reads and a write); longer still, in place.
 void launch_rows(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, cudaStream_t stream, int device) {
     const bool vec = vector_rows(w, ld);
     const size_t stage = align_up(static_cast<size_t>(K) * sizeof(uint16_t));
-    if (stage <= kRowStageBytes)
-        prune_rows_kernel<true><<<grid_for(M, device), kThreads, stage, stream>>>(w, M, K, ld, k, vec);
+    const auto staged = prune_rows_kernel<true>;
+    unsigned int grid = grid_for(M, device);
+    bool stage_row = stage <= kRowStageBytes;
+    if (!stage_row) {
+        cudaFuncAttributes attr{};
+        check_cuda(cudaFuncGetAttributes(&attr, staged), "cudaFuncGetAttributes (row pruning kernel)");
+        const size_t most = static_cast<size_t>(shared_optin(device)) - attr.sharedSizeBytes;
+        stage_row = stage <= most;
+        if (stage_row) {
+            // The same value on every call (not this call's stage), so that a concurrent call on another
+            // thread cannot lower it under this launch.
+            check_cuda(
+                cudaFuncSetAttribute(staged, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)),
+                "cudaFuncSetAttribute (row pruning kernel)");
+            grid = persistent_grid(reinterpret_cast<const void*>(staged), kThreads, static_cast<uint64_t>(M), stage);
+        }
+    }
+    if (stage_row)
+        staged<<<grid, kThreads, stage, stream>>>(w, M, K, ld, k, vec);
     else
-        prune_rows_kernel<false><<<grid_for(M, device), kThreads, 0, stream>>>(w, M, K, ld, k, vec);
+        prune_rows_kernel<false><<<grid, kThreads, 0, stream>>>(w, M, K, ld, k, vec);
     check_cuda(cudaGetLastError(), "launch of the row pruning kernel");
 }
 
@@ -549,9 +624,6 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
     const Level two[] = {{kFineBits, kMagnitudeBits - kFineBits}, {0, kFineBits}};
     const Level* levels = one_level ? one : two;
     const int n_levels = one_level ? 1 : 2;
-    int sms = 0;
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-               "cudaDeviceGetAttribute (multiprocessor count)");
     for (int l = 0; l < n_levels; ++l) {
         const int smem = (1 << levels[l].bits) * 4;
         const auto kernel = levels[l].bits == kMagnitudeBits ? tensor_histogram_kernel<0, kMagnitudeBits>
@@ -559,14 +631,10 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
                                                             : tensor_histogram_kernel<kFineBits, kMagnitudeBits - kFineBits>;
         check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                    "cudaFuncSetAttribute (pruning histogram)");
-        int per_sm = 0;
-        check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kHistThreads, smem),
-                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor (pruning histogram)");
         // At least kHistEntries entries per CTA: each CTA adds its whole histogram to the workspace's at the
         // end, and those atomics (up to one per bin and CTA) must not outweigh reading a small matrix.
-        const int64_t wanted = (M * K + kHistEntries - 1) / kHistEntries;
-        const int64_t cap = int64_t{sms > 0 ? sms : 1} * (per_sm > 0 ? per_sm : 1);
-        const unsigned int grid = static_cast<unsigned int>(wanted < cap ? wanted : cap);
+        const uint64_t wanted = static_cast<uint64_t>((M * K + kHistEntries - 1) / kHistEntries);
+        const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kHistThreads, wanted, smem);
         kernel<<<grid, kHistThreads, smem, stream>>>(w, M, K, ld, items, vec, state);
         check_cuda(cudaGetLastError(), "launch of the pruning histogram kernel");
         tensor_select_kernel<<<1, kHistThreads, 0, stream>>>(state, levels[l], k, l == n_levels - 1);
