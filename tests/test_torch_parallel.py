@@ -654,6 +654,7 @@ def test_bench_tp_code_path_on_cpus(tmp_path):
     for r in rows:
         assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["tp"] == "2"
         if r["variant"] != "dense":
-            assert 0 < float(r["check_rel_err"]) <= 2e-2, r
+            # the check ran (a number); on CPUs the CPU reference linear can match the dense fp16 model exactly
+            assert r["check_rel_err"] != "" and 0 <= float(r["check_rel_err"]) <= 2e-2, r
             assert float(r["weight_gb_per_gpu"]) < float(rows[0]["weight_gb_per_gpu"])
     assert "tokens/s" in proc.stdout and "sparse70" in proc.stdout
