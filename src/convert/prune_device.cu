@@ -19,6 +19,7 @@
 #include "common/scan.cuh"
 #include "convert/convert_device.h"
 #include "flashspmm.h"
+#include "ptx/ptx.cuh"
 #include "spmm/launch.h"
 
 namespace fspmm {
@@ -129,10 +130,11 @@ __device__ __forceinline__ void store8(uint16_t* row, int c, int end, bool vec, 
 }
 
 // Thread `tid`'s access in each span of work item `item` (columns c0 + 8 tid .., so that every load
-// instruction of a warp reads 512 contiguous bytes), all issued before any is used; col[u] is its first
-// column and sp[u] the span.
-__device__ __forceinline__ void load_item(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
-                                          bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8 (&v)[kUnroll]) {
+// instruction of a warp reads 512 contiguous bytes): col[u] is its first column in span sp[u]; with kLoad
+// also its entries v[u], all loads issued before any is used.
+template <bool kLoad>
+__device__ __forceinline__ void item_access(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
+                                            bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8* v) {
     const int64_t per_row = spans_per_row(K), spans = M * per_row, q0 = item * kUnroll;
     int64_t row = q0 / per_row, j = q0 - row * per_row;  // of span q0 + u
 #pragma unroll
@@ -142,8 +144,36 @@ __device__ __forceinline__ void load_item(const uint16_t* w, int64_t M, int64_t 
             q0 + u < spans ? Span{row, static_cast<int>(c0), static_cast<int>(min(c0 + kSpanCols, K))} : Span{0, 0, 0};
         if (++j == per_row) j = 0, ++row;
         col[u] = sp[u].c0 + tid * kVec;
-        v[u] = load8(w + sp[u].row * ld, col[u], sp[u].c1, vec);
+        if (kLoad) v[u] = load8(w + sp[u].row * ld, col[u], sp[u].c1, vec);
     }
+}
+
+__device__ __forceinline__ void load_item(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
+                                          bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8 (&v)[kUnroll]) {
+    item_access<true>(w, M, K, ld, item, tid, vec, sp, col, v);
+}
+
+__device__ __forceinline__ void item_spans(int64_t M, int64_t K, int64_t item, int tid, Span (&sp)[kUnroll],
+                                           int (&col)[kUnroll]) {
+    item_access<false>(nullptr, M, K, 0, item, tid, false, sp, col, nullptr);
+}
+
+// The same accesses, copied into this thread's slots of a shared-memory item buffer (slot u: access u, entries
+// past the span zero) with cp.async where whole and 16-byte aligned; closes a cp.async group. The thread alone
+// reads its slots, after waiting for the group.
+__device__ __forceinline__ void stage_item(const uint16_t* w, int64_t ld, const Span (&sp)[kUnroll],
+                                           const int (&col)[kUnroll], bool vec, uint4 (*slots)[kThreads], int tid) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const uint16_t* src = w + sp[u].row * ld + col[u];
+        if (vec && col[u] + kVec <= sp[u].c1) {
+            ptx::cp_async_16(ptx::smem_addr(&slots[u][tid]), src, 16);
+        } else {
+            const Vec8 v = load8(w + sp[u].row * ld, col[u], sp[u].c1, false);
+            memcpy(&slots[u][tid], &v, sizeof v);
+        }
+    }
+    ptx::cp_async_commit();
 }
 
 // Rank of this thread's flag among the set flags of the CTA (thread order); *total gets their number.
@@ -314,12 +344,16 @@ __launch_bounds__(kThreads, kStaged ? kBlocksPerSm : 1) prune_rows_kernel(uint16
 }
 
 // Tensor scope, one pass per level: each CTA counts its work items into a shared histogram of the level's
-// 2^bits bins (dynamic shared memory) and adds it to the workspace's. Zeros are counted per thread.
-template <int kShift, int kBits>
+// 2^bits bins (dynamic shared memory) and adds it to the workspace's. Zeros are counted per thread. With
+// kStaged each thread's accesses of the next step are copied (cp.async) into its slots of a shared-memory
+// item buffer after the bins while it counts the current ones, so that the loads overlap the counting.
+constexpr int kItemsPerStep = kHistThreads / kThreads;  // work items a histogram CTA takes at a time
+constexpr size_t kHistStage = size_t{kItemsPerStep} * kUnroll * kThreads * sizeof(uint4);
+template <int kShift, int kBits, bool kStaged>
 __global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const uint16_t* w, int64_t M, int64_t K,
                                                                         int64_t ld, int64_t items, bool vec,
                                                                         PruneState* state) {
-    extern __shared__ uint32_t bins[];
+    extern __shared__ __align__(16) uint32_t bins[];  // n_bins counts, then (kStaged) the item buffer
     constexpr int n_bins = 1 << kBits;
     const uint32_t prefix = state->prefix;
     clear_bins(bins, n_bins);
@@ -337,25 +371,47 @@ __global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const ui
         zeros = 0;
         __syncthreads();
     };
-    // A CTA of kHistThreads threads takes kHistThreads / kThreads work items at a time, kThreads threads each.
-    constexpr int kItemsPerStep = kHistThreads / kThreads;
+    // A CTA of kHistThreads threads takes kItemsPerStep work items at a time, kThreads threads each.
     const int part = threadIdx.x / kThreads, tid = threadIdx.x % kThreads;
-    for (int64_t base = int64_t{blockIdx.x} * kItemsPerStep; base < items; base += int64_t{gridDim.x} * kItemsPerStep) {
+    const int64_t stride = int64_t{gridDim.x} * kItemsPerStep;
+    uint4(*slots)[kThreads] = reinterpret_cast<uint4(*)[kThreads]>(bins + n_bins) + part * kUnroll;
+    Span sp[kUnroll];
+    int col[kUnroll];
+    int64_t base = int64_t{blockIdx.x} * kItemsPerStep;
+    if (kStaged) {
+        item_spans(M, K, base + part, tid, sp, col);
+        if (base + part < items) stage_item(w, ld, sp, col, vec, slots, tid);
+    }
+    for (; base < items; base += stride) {
         if (pending >= kFlushAt) {
             flush();
             pending = 0;
         }
         const int64_t item = base + part;
-        if (item < items) {
-            Span sp[kUnroll];
-            int col[kUnroll];
-            Vec8 v[kUnroll];
+        Vec8 v[kUnroll];
+        int valid[kUnroll];  // entries of access u inside its span
+        if (kStaged) {
+            ptx::cp_async_wait<0>();
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                memcpy(&v[u], &slots[u][tid], sizeof v[u]);
+                valid[u] = max(0, min(kVec, sp[u].c1 - col[u]));
+            }
+            if (item + stride < items) {  // the next step's copy, into the slots just read
+                item_spans(M, K, item + stride, tid, sp, col);
+                stage_item(w, ld, sp, col, vec, slots, tid);
+            }
+        } else if (item < items) {
             load_item(w, M, K, ld, item, tid, vec, sp, col, v);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) valid[u] = max(0, min(kVec, sp[u].c1 - col[u]));
+        }
+        if (item < items) {
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
                 for (int i = 0; i < kVec; ++i)
-                    if (col[u] + i < sp[u].c1) count_entry<kShift, kBits>(magnitude(v[u].e[i]), prefix, bins, &zeros);
+                    if (i < valid[u]) count_entry<kShift, kBits>(magnitude(v[u].e[i]), prefix, bins, &zeros);
         }
         pending += static_cast<uint32_t>(kItemsPerStep * kUnroll * kSpanCols);
     }
@@ -607,6 +663,12 @@ void launch_rows(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, cudaS
     check_cuda(cudaGetLastError(), "launch of the row pruning kernel");
 }
 
+// The histogram kernel of level (kShift, kBits), staged or not.
+template <int kShift, int kBits>
+auto histogram_kernel(bool staged) {
+    return staged ? tensor_histogram_kernel<kShift, kBits, true> : tensor_histogram_kernel<kShift, kBits, false>;
+}
+
 // The tensor-scope kernel sequence (0 < k < M * K).
 void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, void* workspace, cudaStream_t stream,
                    int device) {
@@ -618,18 +680,22 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
                "cudaMemsetAsync (prune workspace)");
     // One level where the whole histogram fits a CTA's shared memory (sm_80, sm_90), else two; two also for
     // matrices of fewer entries than the one level has bins, whose two small histograms cost less.
-    const bool one_level = M * K >= kAllBins &&
-                           static_cast<size_t>(kAllBins) * 4 <= static_cast<size_t>(shared_optin(device));
+    const size_t optin = static_cast<size_t>(shared_optin(device));
+    const bool one_level = M * K >= kAllBins && static_cast<size_t>(kAllBins) * 4 <= optin;
     const Level one[] = {{0, kMagnitudeBits}};
     const Level two[] = {{kFineBits, kMagnitudeBits - kFineBits}, {0, kFineBits}};
     const Level* levels = one_level ? one : two;
     const int n_levels = one_level ? 1 : 2;
     for (int l = 0; l < n_levels; ++l) {
-        const int smem = (1 << levels[l].bits) * 4;
-        const auto kernel = levels[l].bits == kMagnitudeBits ? tensor_histogram_kernel<0, kMagnitudeBits>
-                            : levels[l].shift == 0          ? tensor_histogram_kernel<0, kFineBits>
-                                                            : tensor_histogram_kernel<kFineBits, kMagnitudeBits - kFineBits>;
-        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+        // The item buffer where it fits beside the bins (sm_90: 192 of 227 KB for one level; sm_80's 163 KB
+        // hold one level's bins only).
+        const size_t bins = (size_t{1} << levels[l].bits) * 4;
+        const bool staged = bins + kHistStage <= optin;
+        const size_t smem = bins + (staged ? kHistStage : 0);
+        const auto kernel = levels[l].bits == kMagnitudeBits ? histogram_kernel<0, kMagnitudeBits>(staged)
+                            : levels[l].shift == 0          ? histogram_kernel<0, kFineBits>(staged)
+                                                   : histogram_kernel<kFineBits, kMagnitudeBits - kFineBits>(staged);
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
                    "cudaFuncSetAttribute (pruning histogram)");
         // At least kHistEntries entries per CTA: each CTA adds its whole histogram to the workspace's at the
         // end, and those atomics (up to one per bin and CTA) must not outweigh reading a small matrix.

@@ -252,6 +252,8 @@ int main(void) {
         }
         convert_case(200, 333, 0.6, formats[f]) ? ++failed : ++passed;
         convert_case(64, 64, 0.0, formats[f]) ? ++failed : ++passed;
+        /* rows longer than pruning's default stage: the opt-in stage */
+        convert_case(3, 30000, 0.5, formats[f]) ? ++failed : ++passed;
     }
     printf("gpu_check: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
