@@ -7,12 +7,13 @@
 // Row scope: one CTA per row (grid-stride). A row that fits the CTA's shared-memory stage (K <= 23552 at up
 // to eight CTAs per SM, up to about 114000 on sm_90 with fewer CTAs) is read from memory once, selected and
 // zeroed there, and written back once (1.3x the in-place kernel on the H200, docs/PERFORMANCE.md); a longer
-// one is worked on in place. Its select has two levels (a 256-bin histogram of m >> 7, then a 128-bin one of m & 127
-// among the entries of the selected bin). Tensor scope, two passes over the matrix instead of four or five: one
-// histogram of all 32768 magnitudes (a CTA per SM, each with the whole histogram in shared memory; two levels of 256
-// and 128 bins, one pass each, where the device has less shared memory or the matrix fewer entries), a select, and the
-// zeroing pass, in which each work item learns how many threshold entries come before it by a decoupled look-back over
-// the items before it.
+// one is worked on in place. Its select has two levels (a 256-bin histogram of m >> 7, then a 128-bin one of
+// m & 127 among the entries of the selected bin).
+// Tensor scope, two passes over the matrix instead of four or five: one histogram of all 32768 magnitudes (a
+// CTA per SM, each with the whole histogram in shared memory and its next loads in flight beside it; two
+// levels of 256 and 128 bins, one pass each, where the device has less shared memory or the matrix fewer
+// entries), a select, and the zeroing pass, in which each work item learns how many threshold entries come
+// before it by a decoupled look-back over the items before it.
 #include "convert/prune_device.h"
 
 #include "common/error.h"
