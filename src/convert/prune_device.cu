@@ -12,8 +12,10 @@
 // Tensor scope, two passes over the matrix instead of four or five: one histogram of all 32768 magnitudes (a
 // CTA per SM, each with the whole histogram in shared memory and its next loads in flight beside it; two
 // levels of 256 and 128 bins, one pass each, where the device has less shared memory or the matrix fewer
-// entries), a select, and the zeroing pass, in which each work item learns how many threshold entries come
-// before it by a decoupled look-back over the items before it.
+// entries), a select, and the zeroing pass, in any order, of the entries below the threshold. The threshold
+// entries to zero (the first ones in row-major order) are left to a tie pass: the zeroing pass notes which
+// 16-byte accesses hold threshold entries and counts them per work item, one CTA scans the counts, and the tie
+// pass reads only the noted accesses of the items before the one where the count reaches `ties`.
 #include "convert/prune_device.h"
 
 #include "common/error.h"
@@ -45,30 +47,25 @@ constexpr int kBlocksPerSm = 8;                        // CTAs per SM of the row
 constexpr int kRowStageBytes = 46 * 1024;
 constexpr uint32_t kFullMask = 0xFFFFFFFFu;
 constexpr size_t kAlign = 16;  // workspace sections start 16-byte aligned
-// Look-back status of a work item: flag in the top two bits, threshold entries (saturated at `ties`) below.
-constexpr unsigned long long kStatusAggregate = 1ull << 62;  // the item's own count
-constexpr unsigned long long kStatusPrefix = 2ull << 62;  // the count of the items up to and with it
-constexpr unsigned long long kStatusValue = (1ull << 62) - 1;
 
 static_assert(kCoarseBins % 32 == 0 && kFineBins % 32 == 0, "select_bin gives every lane whole bins");
 static_assert(kCoarseBins >= kFineBins, "the row histogram holds both levels");
 static_assert(kAllBins % kHistThreads == 0, "the tensor select gives every thread whole bins");
 
-// Tensor-scope state at the start of the workspace (zeroed at the start of each call), then one look-back
-// status word per work item.
+// Tensor-scope state at the start of the workspace (zeroed at the start of each call), then per work item its
+// count of threshold entries (zeroed too) and its kTieWords tie words (written by the zeroing pass).
 struct PruneState {
     unsigned long long hist[kAllBins];  // counts of the current level's bins over the matrix
     unsigned long long below;  // entries with magnitude below the bins selected so far
     unsigned long long ties;  // entries equal to the threshold that are zeroed (the first ones)
-    unsigned long long ticket;  // next work item of the zeroing pass
     unsigned int prefix;  // magnitude bits selected by the levels so far (the threshold at the end)
 };
 
 // `bytes` rounded up to a multiple of kAlign.
 constexpr size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-// Offset of the per-work-item look-back status words in the tensor-scope workspace.
-constexpr size_t kStatusOffset = align_up(sizeof(PruneState));
+// Offset of the per-work-item counts in the tensor-scope workspace.
+constexpr size_t kCountsOffset = align_up(sizeof(PruneState));
 
 // One level of the radix select: bin (m >> shift) & (2^bits - 1) of the entries with m >> (shift + bits)
 // equal to the prefix selected by the levels before.
@@ -501,116 +498,151 @@ __global__ void __launch_bounds__(kHistThreads) tensor_select_kernel(PruneState*
     }
 }
 
-// Shared memory of look_back: per warp, its nearest item with a prefix count, and its sum.
-struct LookBackShared {
-    int nearest[kWarps];
-    unsigned long long sum[kWarps];
-};
-
-// Run by every thread of the CTA for work item `item` whose own threshold count is `count` (saturated at
-// `ties`): publishes it, then adds the counts of the items before it, kThreads at a time (thread j reads
-// item - 1 - j), until an item with the count of all items up to it, or until the sum reaches `ties`;
-// publishes the inclusive count and returns the exclusive one (saturated at `ties`). kThreads items per
-// memory round trip, because about as many items are in flight (the ones a new item looks back over).
-__device__ unsigned long long look_back(unsigned long long* status, int64_t item, unsigned long long count,
-                                        unsigned long long ties, LookBackShared* sh) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    volatile unsigned long long* st = status;
-    if (tid == 0 && item > 0) atomicExch(&status[item], kStatusAggregate | count);
-    unsigned long long before = 0;  // the same in every thread
-    for (int64_t end = item; end > 0 && before < ties; end -= kThreads) {
-        const int64_t p = end - 1 - tid;
-        unsigned long long s = kStatusPrefix;  // past the first item: nothing more
-        if (p >= 0)
-            while (((s = st[p]) & ~kStatusValue) == 0) __nanosleep(64);  // the item has not counted yet
-        const unsigned int prefixes = __ballot_sync(kFullMask, (s & kStatusPrefix) != 0);
-        if (lane == 0) sh->nearest[warp] = prefixes ? warp * 32 + __ffs(prefixes) - 1 : kThreads;
-        __syncthreads();
-        int stop = kThreads;  // nearest thread whose item has a prefix count
-#pragma unroll
-        for (int i = 0; i < kWarps; ++i) stop = min(stop, sh->nearest[i]);
-        unsigned long long v = tid <= stop ? (s & kStatusValue) : 0;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
-        if (lane == 0) sh->sum[warp] = v;
-        __syncthreads();
-        unsigned long long window = 0;
-#pragma unroll
-        for (int i = 0; i < kWarps; ++i) window += sh->sum[i];
-        __syncthreads();  // sh is rewritten by the next window
-        before = min(before + window, ties);
-        if (stop < kThreads) break;
-    }
-    if (tid == 0) atomicExch(&status[item], kStatusPrefix | min(before + count, ties));
-    return before;
-}
-
-// Tensor scope, the last pass: zero the entries below the threshold and the first `ties` entries equal to
-// it in row-major order. Work items are taken in row-major order from a ticket, so that every item an item
-// looks back to has started. Within an item, column order is access u first, then thread: the threads'
-// threshold counts of their kUnroll accesses are scanned at once, in 16-bit fields of one 64-bit value (an
-// span has at most kSpanCols = 2048 entries).
-__global__ void __launch_bounds__(kThreads, 4) tensor_apply_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld,
-                                                                   int64_t items,
-                                                                bool vec, PruneState* state,
-                                                                unsigned long long* status) {
-    static_assert(kUnroll * 16 <= 64 && kThreads * kVec < (1 << 16), "the tie counts fit 16-bit fields");
-    __shared__ unsigned long long warp_sums[kWarps];
-    __shared__ long long item_s;
-    __shared__ LookBackShared look;
+// Tensor scope, the zeroing pass (work items in any order, grid-stride): zero the entries below the threshold.
+// Where threshold entries are to be zeroed too (ties != 0), note which accesses hold them for the tie pass:
+// bit `lane` of tie word u * kWarps + warp of the item (kTieWords per item: in that order the accesses are in
+// row-major order), and add the item's number of them to counts[item] (zeroed by the call's memset). Each
+// thread's accesses of its next kZeroAhead items are copied (cp.async) into its slots of a ring of
+// shared-memory item buffers while it works on the current one.
+constexpr int kTieWords = kUnroll * kWarps;
+static_assert(kTieWords == 32, "the tie pass reads an item's words with one warp");
+constexpr int kZeroAhead = 1;  // two: no faster, and slower on small matrices (EXPERIMENTS.md)
+constexpr size_t kZeroStage = (kZeroAhead + 1) * size_t{kUnroll} * kThreads * sizeof(uint4);  // <= 48 KB
+__global__ void __launch_bounds__(kThreads, 4)
+    tensor_zero_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t items, bool vec, const PruneState* state,
+                       unsigned long long* counts, uint32_t* tie_words) {
+    extern __shared__ uint4 zero_stage[];
+    uint4(*ring)[kUnroll][kThreads] = reinterpret_cast<uint4(*)[kUnroll][kThreads]>(zero_stage);
     const uint32_t threshold = state->prefix;
-    const unsigned long long ties = state->ties;
-    const int tid = threadIdx.x;
-    for (;;) {
-        if (tid == 0) item_s = static_cast<long long>(atomicAdd(&state->ticket, 1ull));
-        __syncthreads();
-        const int64_t item = item_s;
-        if (item >= items) break;
-        Span sp[kUnroll];
-        int col[kUnroll];
-        Vec8 v[kUnroll];
-        load_item(w, M, K, ld, item, tid, vec, sp, col, v);
-        uint32_t tie_bits[kUnroll] = {};  // bit i of access u: entry i equals the threshold
-        unsigned long long before[kUnroll];  // threshold entries in columns before access u (saturated at ties)
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) before[u] = ties;  // no ties to zero: none is zeroed
-        if (ties != 0) {
-            unsigned long long counts = 0;
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-                for (int i = 0; i < kVec; ++i)
-                    tie_bits[u] |= uint32_t(col[u] + i < sp[u].c1 && magnitude(v[u].e[i]) == threshold) << i;
-                counts |= static_cast<unsigned long long>(__popc(tie_bits[u])) << (16 * u);
-            }
-            unsigned long long fields;
-            const unsigned long long rank = block_exclusive_sum<unsigned long long, kThreads>(counts, warp_sums, &fields);
-            unsigned long long total = 0, in_item[kUnroll];
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                in_item[u] = total + (rank >> (16 * u) & 0xFFFFu);
-                total += fields >> (16 * u) & 0xFFFFu;
-            }
-            const unsigned long long b = look_back(status, item, min(total, ties), ties, &look);
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) before[u] = min(b + in_item[u], ties);
+    const bool note_ties = state->ties != 0;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    Span sp[kUnroll];
+    int col[kUnroll];
+    // Copy item `item` (if any) into ring buffer b; always closes a cp.async group.
+    auto issue = [&](int64_t item, int b) {
+        if (item < items) {
+            item_spans(M, K, item, tid, sp, col);
+            stage_item(w, ld, sp, col, vec, ring[b], tid);
+        } else {
+            ptx::cp_async_commit();
         }
+    };
+#pragma unroll
+    for (int d = 0; d < kZeroAhead; ++d) issue(blockIdx.x + int64_t{d} * gridDim.x, d);
+    int b = 0;
+    for (int64_t item = blockIdx.x; item < items; item += gridDim.x, b = b == kZeroAhead ? 0 : b + 1) {
+        issue(item + int64_t{kZeroAhead} * gridDim.x, b == 0 ? kZeroAhead : b - 1);
+        ptx::cp_async_wait<kZeroAhead>();
+        item_spans(M, K, item, tid, sp, col);
+        uint32_t n_ties = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            Vec8 out = v[u];
+            Vec8 v;
+            memcpy(&v, &ring[b][u][tid], sizeof v);
+            Vec8 out = v;
             bool changed = false;
+            uint32_t tie_bits = 0;  // bit i: entry i equals the threshold
 #pragma unroll
             for (int i = 0; i < kVec; ++i) {
-                bool zero = col[u] + i < sp[u].c1 && magnitude(v[u].e[i]) < threshold;
-                if (tie_bits[u] >> i & 1u) zero = before[u]++ < ties;
-                if (zero && v[u].e[i] != 0) {
+                const bool in = col[u] + i < sp[u].c1;
+                const uint32_t m = magnitude(v.e[i]);
+                tie_bits |= uint32_t(in && m == threshold) << i;
+                if (in && m < threshold && v.e[i] != 0) {
                     out.e[i] = 0;
                     changed = true;
                 }
             }
             if (changed) store8(w + sp[u].row * ld, col[u], sp[u].c1, vec, out);
+            if (note_ties) {  // the same in every thread
+                const uint32_t word = __ballot_sync(kFullMask, tie_bits != 0);
+                if (lane == 0) tie_words[item * kTieWords + u * kWarps + warp] = word;
+                n_ties += __popc(tie_bits);
+            }
         }
-        __syncthreads();  // item_s is rewritten for the next item
+        if (note_ties) {
+            n_ties = __reduce_add_sync(kFullMask, n_ties);
+            if (lane == 0 && n_ties != 0) atomicAdd(&counts[item], static_cast<unsigned long long>(n_ties));
+        }
+    }
+    ptx::cp_async_wait<0>();
+}
+
+// Tensor scope, after the zeroing pass (one CTA of kHistThreads): each item's count of threshold entries
+// replaced by the number of them in the items before it, saturated at ties. Thread t takes kScanItems
+// consecutive items of each step.
+constexpr int kScanItems = 8;
+__global__ void __launch_bounds__(kHistThreads)
+    tensor_tie_scan_kernel(const PruneState* state, unsigned long long* counts, int64_t items) {
+    __shared__ unsigned long long warp_sums[kHistThreads / 32];
+    const unsigned long long ties = state->ties;
+    if (ties == 0) return;
+    unsigned long long before = 0;  // the same in every thread
+    for (int64_t base = 0; base < items; base += int64_t{kHistThreads} * kScanItems) {
+        const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
+        unsigned long long c[kScanItems], sum = 0;
+#pragma unroll
+        for (int j = 0; j < kScanItems; ++j) {
+            c[j] = first + j < items ? counts[first + j] : 0;
+            sum += c[j];
+        }
+        unsigned long long total;
+        unsigned long long run = before + block_exclusive_sum<unsigned long long, kHistThreads>(sum, warp_sums, &total);
+#pragma unroll
+        for (int j = 0; j < kScanItems; ++j) {
+            if (first + j < items) counts[first + j] = min(run, ties);
+            run += c[j];
+        }
+        before += total;
+    }
+}
+
+// Tensor scope, the tie pass: zero the first `ties` threshold entries in row-major order. A warp per item
+// whose count of threshold entries before it (the scan's) is below ties: lane i reads the item's tie word i,
+// then for each nonzero word in order the lanes of its set bits load their access, rank its threshold entries
+// by a warp scan and zero those of rank below ties. Few accesses hold threshold entries (one magnitude of
+// 32768), so this pass reads little of the matrix.
+__global__ void __launch_bounds__(kThreads)
+    tensor_ties_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t items, bool vec, const PruneState* state,
+                       const unsigned long long* counts, const uint32_t* tie_words) {
+    const uint32_t threshold = state->prefix;
+    const unsigned long long ties = state->ties;
+    if (ties == 0) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = int64_t{gridDim.x} * kWarps;
+    for (int64_t item = int64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); item < items; item += warps) {
+        unsigned long long before = counts[item];  // the same in every lane; never falls for later items
+        if (before >= ties) break;
+        const uint32_t my_word = tie_words[item * kTieWords + lane];
+        uint32_t words = __ballot_sync(kFullMask, my_word != 0);
+        Span sp[kUnroll];
+        int col[kUnroll];
+        item_spans(M, K, item, 0, sp, col);
+        while (words != 0 && before < ties) {
+            const int i = __ffs(words) - 1;
+            words &= words - 1;
+            const int u = i / kWarps, c = col[u] + ((i % kWarps) * 32 + lane) * kVec;
+            uint16_t* row = w + sp[u].row * ld;
+            Vec8 v{};
+            uint32_t tie_bits = 0;
+            if (__shfl_sync(kFullMask, my_word, i) >> lane & 1u) {
+                v = load8(row, c, sp[u].c1, vec);
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) tie_bits |= uint32_t(c + e < sp[u].c1 && magnitude(v.e[e]) == threshold) << e;
+            }
+            const uint32_t n = __popc(tie_bits), inclusive = warp_inclusive_sum(n);
+            unsigned long long rank = before + inclusive - n;
+            Vec8 out = v;
+            bool changed = false;
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) {
+                if ((tie_bits >> e & 1u) && rank++ < ties && v.e[e] != 0) {
+                    out.e[e] = 0;
+                    changed = true;
+                }
+            }
+            if (changed) store8(row, c, sp[u].c1, vec, out);
+            before += __shfl_sync(kFullMask, inclusive, 31);
+        }
     }
 }
 
@@ -674,10 +706,13 @@ auto histogram_kernel(bool staged) {
 void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, void* workspace, cudaStream_t stream,
                    int device) {
     auto* state = static_cast<PruneState*>(workspace);
-    auto* status = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kStatusOffset);
+    auto* counts = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kCountsOffset);
     const int64_t items = work_items(M, K);
     const bool vec = vector_rows(w, ld);
-    check_cuda(cudaMemsetAsync(workspace, 0, kStatusOffset + static_cast<size_t>(items) * 8, stream),
+    auto* tie_words = reinterpret_cast<uint32_t*>(static_cast<char*>(workspace) + kCountsOffset +
+                                                  align_up(static_cast<size_t>(items) * sizeof(unsigned long long)));
+    check_cuda(cudaMemsetAsync(workspace, 0, kCountsOffset + static_cast<size_t>(items) * sizeof(unsigned long long),
+                               stream),
                "cudaMemsetAsync (prune workspace)");
     // One level where the whole histogram fits a CTA's shared memory (sm_80, sm_90), else two; two also for
     // matrices of fewer entries than the one level has bins, whose two small histograms cost less.
@@ -707,8 +742,16 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
         tensor_select_kernel<<<1, kHistThreads, 0, stream>>>(state, levels[l], k, l == n_levels - 1);
         check_cuda(cudaGetLastError(), "launch of the pruning select kernel");
     }
-    tensor_apply_kernel<<<grid_for(items, device), kThreads, 0, stream>>>(w, M, K, ld, items, vec, state, status);
+    const auto zero = tensor_zero_kernel;
+    const unsigned int zero_grid = persistent_grid(reinterpret_cast<const void*>(zero), kThreads,
+                                                   static_cast<uint64_t>(items), kZeroStage);
+    zero<<<zero_grid, kThreads, kZeroStage, stream>>>(w, M, K, ld, items, vec, state, counts, tie_words);
     check_cuda(cudaGetLastError(), "launch of the pruning zeroing kernel");
+    tensor_tie_scan_kernel<<<1, kHistThreads, 0, stream>>>(state, counts, items);
+    check_cuda(cudaGetLastError(), "launch of the pruning tie scan kernel");
+    tensor_ties_kernel<<<grid_for((items + kWarps - 1) / kWarps, device), kThreads, 0, stream>>>(
+        w, M, K, ld, items, vec, state, counts, tie_words);
+    check_cuda(cudaGetLastError(), "launch of the pruning tie kernel");
 }
 
 }  // namespace
@@ -716,7 +759,7 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
 size_t prune_workspace_bytes(int64_t M, int64_t K, int scope) {
     if (scope != FSPMM_PRUNE_TENSOR) return 0;
     const size_t items = static_cast<size_t>(work_items(M, K));  // < 2^51
-    return kStatusOffset + align_up(items * sizeof(unsigned long long));
+    return kCountsOffset + align_up(items * sizeof(unsigned long long)) + align_up(items * kTieWords * sizeof(uint32_t));
 }
 
 void launch_prune(uint16_t* dense, int64_t M, int64_t K, int64_t ld, int scope, int64_t k, void* workspace,
