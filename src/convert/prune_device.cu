@@ -14,8 +14,9 @@
 // levels of 256 and 128 bins, one pass each, where the device has less shared memory or the matrix fewer
 // entries), a select, and the zeroing pass, in any order, of the entries below the threshold. The threshold
 // entries to zero (the first ones in row-major order) are left to a tie pass: the zeroing pass notes which
-// 16-byte accesses hold threshold entries and counts them per work item, one CTA scans the counts, and the tie
-// pass reads only the noted accesses of the items before the one where the count reaches `ties`.
+// 16-byte accesses hold threshold entries and counts them per work item and per group of 256 items, one CTA
+// scans the group counts, and the tie pass reads only the noted accesses of the items before the one where
+// the count reaches `ties`.
 #include "convert/prune_device.h"
 
 #include "common/error.h"
@@ -52,8 +53,8 @@ static_assert(kCoarseBins % 32 == 0 && kFineBins % 32 == 0, "select_bin gives ev
 static_assert(kCoarseBins >= kFineBins, "the row histogram holds both levels");
 static_assert(kAllBins % kHistThreads == 0, "the tensor select gives every thread whole bins");
 
-// Tensor-scope state at the start of the workspace (zeroed at the start of each call), then per work item its
-// count of threshold entries (zeroed too) and its kTieWords tie words (written by the zeroing pass).
+// Tensor-scope state at the start of the workspace (zeroed at the start of each call), then the tie counts and
+// words (TieLayout).
 struct PruneState {
     unsigned long long hist[kAllBins];  // counts of the current level's bins over the matrix
     unsigned long long below;  // entries with magnitude below the bins selected so far
@@ -64,8 +65,26 @@ struct PruneState {
 // `bytes` rounded up to a multiple of kAlign.
 constexpr size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
-// Offset of the per-work-item counts in the tensor-scope workspace.
-constexpr size_t kCountsOffset = align_up(sizeof(PruneState));
+constexpr int kTieWords = 32;     // tie words per work item (bits of its 16-byte accesses: tensor_zero_kernel)
+constexpr int64_t kTieGroup = 256;  // work items per group count of threshold entries
+
+// The tensor-scope workspace after PruneState, in bytes from its start: per group of kTieGroup work items and
+// per item its count of threshold entries (zeroed at the start of each call with the state), then per item
+// its kTieWords tie words (written by the zeroing pass before they are read).
+struct TieLayout {
+    size_t groups, counts, words, zeroed, total;
+};
+TieLayout tie_layout(int64_t items) {
+    const size_t n = static_cast<size_t>(items);  // < 2^51
+    const size_t groups_bytes = (n + kTieGroup - 1) / kTieGroup * sizeof(unsigned long long);
+    TieLayout t{};
+    t.groups = align_up(sizeof(PruneState));
+    t.counts = t.groups + align_up(groups_bytes);
+    t.zeroed = t.counts + n * sizeof(unsigned long long);
+    t.words = t.counts + align_up(n * sizeof(unsigned long long));
+    t.total = t.words + align_up(n * kTieWords * sizeof(uint32_t));
+    return t;
+}
 
 // One level of the radix select: bin (m >> shift) & (2^bits - 1) of the entries with m >> (shift + bits)
 // equal to the prefix selected by the levels before.
@@ -501,16 +520,15 @@ __global__ void __launch_bounds__(kHistThreads) tensor_select_kernel(PruneState*
 // Tensor scope, the zeroing pass (work items in any order, grid-stride): zero the entries below the threshold.
 // Where threshold entries are to be zeroed too (ties != 0), note which accesses hold them for the tie pass:
 // bit `lane` of tie word u * kWarps + warp of the item (kTieWords per item: in that order the accesses are in
-// row-major order), and add the item's number of them to counts[item] (zeroed by the call's memset). Each
+// row-major order), and add the item's number of them to counts[item] and to its group's count. Each
 // thread's accesses of its next kZeroAhead items are copied (cp.async) into its slots of a ring of
 // shared-memory item buffers while it works on the current one.
-constexpr int kTieWords = kUnroll * kWarps;
-static_assert(kTieWords == 32, "the tie pass reads an item's words with one warp");
+static_assert(kTieWords == kUnroll * kWarps && kTieWords == 32, "the tie pass reads an item's words with one warp");
 constexpr int kZeroAhead = 1;  // two: no faster, and slower on small matrices (EXPERIMENTS.md)
 constexpr size_t kZeroStage = (kZeroAhead + 1) * size_t{kUnroll} * kThreads * sizeof(uint4);  // <= 48 KB
 __global__ void __launch_bounds__(kThreads, 4)
     tensor_zero_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t items, bool vec, const PruneState* state,
-                       unsigned long long* counts, uint32_t* tie_words) {
+                       unsigned long long* groups, unsigned long long* counts, uint32_t* tie_words) {
     extern __shared__ uint4 zero_stage[];
     uint4(*ring)[kUnroll][kThreads] = reinterpret_cast<uint4(*)[kUnroll][kThreads]>(zero_stage);
     const uint32_t threshold = state->prefix;
@@ -561,35 +579,38 @@ __global__ void __launch_bounds__(kThreads, 4)
         }
         if (note_ties) {
             n_ties = __reduce_add_sync(kFullMask, n_ties);
-            if (lane == 0 && n_ties != 0) atomicAdd(&counts[item], static_cast<unsigned long long>(n_ties));
+            if (lane == 0 && n_ties != 0) {
+                atomicAdd(&counts[item], static_cast<unsigned long long>(n_ties));
+                atomicAdd(&groups[item / kTieGroup], static_cast<unsigned long long>(n_ties));
+            }
         }
     }
     ptx::cp_async_wait<0>();
 }
 
-// Tensor scope, after the zeroing pass (one CTA of kHistThreads): each item's count of threshold entries
-// replaced by the number of them in the items before it, saturated at ties. Thread t takes kScanItems
-// consecutive items of each step.
-constexpr int kScanItems = 8;
+// Tensor scope, after the zeroing pass (one CTA of kHistThreads): each group's count of threshold entries
+// replaced by the number of them in the groups before it, saturated at ties. Thread t takes kScanGroups
+// consecutive groups of each step.
+constexpr int kScanGroups = 8;
 __global__ void __launch_bounds__(kHistThreads)
-    tensor_tie_scan_kernel(const PruneState* state, unsigned long long* counts, int64_t items) {
+    tensor_tie_scan_kernel(const PruneState* state, unsigned long long* counts, int64_t n) {
     __shared__ unsigned long long warp_sums[kHistThreads / 32];
     const unsigned long long ties = state->ties;
     if (ties == 0) return;
     unsigned long long before = 0;  // the same in every thread
-    for (int64_t base = 0; base < items; base += int64_t{kHistThreads} * kScanItems) {
-        const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
-        unsigned long long c[kScanItems], sum = 0;
+    for (int64_t base = 0; base < n; base += int64_t{kHistThreads} * kScanGroups) {
+        const int64_t first = base + int64_t{threadIdx.x} * kScanGroups;
+        unsigned long long c[kScanGroups], sum = 0;
 #pragma unroll
-        for (int j = 0; j < kScanItems; ++j) {
-            c[j] = first + j < items ? counts[first + j] : 0;
+        for (int j = 0; j < kScanGroups; ++j) {
+            c[j] = first + j < n ? counts[first + j] : 0;
             sum += c[j];
         }
         unsigned long long total;
         unsigned long long run = before + block_exclusive_sum<unsigned long long, kHistThreads>(sum, warp_sums, &total);
 #pragma unroll
-        for (int j = 0; j < kScanItems; ++j) {
-            if (first + j < items) counts[first + j] = min(run, ties);
+        for (int j = 0; j < kScanGroups; ++j) {
+            if (first + j < n) counts[first + j] = min(run, ties);
             run += c[j];
         }
         before += total;
@@ -597,51 +618,60 @@ __global__ void __launch_bounds__(kHistThreads)
 }
 
 // Tensor scope, the tie pass: zero the first `ties` threshold entries in row-major order. A warp per item
-// whose count of threshold entries before it (the scan's) is below ties: lane i reads the item's tie word i,
-// then for each nonzero word in order the lanes of its set bits load their access, rank its threshold entries
-// by a warp scan and zero those of rank below ties. Few accesses hold threshold entries (one magnitude of
-// 32768), so this pass reads little of the matrix.
+// whose count of threshold entries before it (its group's, from the scan, plus the items' before it in the
+// group) is below ties: lane i takes the accesses of the item's tie word i (the set bits, in order), counts
+// their threshold entries, and after a warp scan zeroes those of rank below ties. Few accesses hold threshold
+// entries (one magnitude of 32768), so this pass reads little of the matrix.
 __global__ void __launch_bounds__(kThreads)
     tensor_ties_kernel(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t items, bool vec, const PruneState* state,
-                       const unsigned long long* counts, const uint32_t* tie_words) {
+                       const unsigned long long* groups, const unsigned long long* counts, const uint32_t* tie_words) {
     const uint32_t threshold = state->prefix;
     const unsigned long long ties = state->ties;
     if (ties == 0) return;
     const int lane = threadIdx.x & 31;
     const int64_t warps = int64_t{gridDim.x} * kWarps;
     for (int64_t item = int64_t{blockIdx.x} * kWarps + (threadIdx.x >> 5); item < items; item += warps) {
-        unsigned long long before = counts[item];  // the same in every lane; never falls for later items
-        if (before >= ties) break;
         const uint32_t my_word = tie_words[item * kTieWords + lane];
-        uint32_t words = __ballot_sync(kFullMask, my_word != 0);
+        const int64_t group_first = item / kTieGroup * kTieGroup;
+        unsigned long long in_group = 0;
+        for (int64_t j = group_first + lane; j < item; j += 32) in_group += counts[j];
+        for (int o = 16; o > 0; o >>= 1) in_group += __shfl_xor_sync(kFullMask, in_group, o);
+        const unsigned long long before = groups[item / kTieGroup] + in_group;  // the same in every lane
+        if (before >= ties) break;  // and for the warp's later items
         Span sp[kUnroll];
         int col[kUnroll];
         item_spans(M, K, item, 0, sp, col);
-        while (words != 0 && before < ties) {
-            const int i = __ffs(words) - 1;
-            words &= words - 1;
-            const int u = i / kWarps, c = col[u] + ((i % kWarps) * 32 + lane) * kVec;
-            uint16_t* row = w + sp[u].row * ld;
-            Vec8 v{};
-            uint32_t tie_bits = 0;
-            if (__shfl_sync(kFullMask, my_word, i) >> lane & 1u) {
-                v = load8(row, c, sp[u].c1, vec);
+        const int u = lane / kWarps, first = (lane % kWarps) * 32;  // word `lane`: access u of threads first..
+        uint16_t* row = w + sp[u].row * ld;
+        // The threshold entries of access (u, thread t), as bits.
+        auto tie_bits = [&](int t, Vec8* v) {
+            const int c = col[u] + t * kVec;
+            *v = load8(row, c, sp[u].c1, vec);
+            uint32_t bits = 0;
 #pragma unroll
-                for (int e = 0; e < kVec; ++e) tie_bits |= uint32_t(c + e < sp[u].c1 && magnitude(v.e[e]) == threshold) << e;
-            }
-            const uint32_t n = __popc(tie_bits), inclusive = warp_inclusive_sum(n);
-            unsigned long long rank = before + inclusive - n;
+            for (int e = 0; e < kVec; ++e) bits |= uint32_t(c + e < sp[u].c1 && magnitude(v->e[e]) == threshold) << e;
+            return bits;
+        };
+        uint32_t mine = 0;
+        for (uint32_t b = my_word; b != 0; b &= b - 1) {
+            Vec8 v;
+            mine += __popc(tie_bits(first + __ffs(b) - 1, &v));
+        }
+        unsigned long long rank = before + warp_inclusive_sum(mine) - mine;
+        for (uint32_t b = my_word; b != 0 && rank < ties; b &= b - 1) {
+            const int t = first + __ffs(b) - 1;
+            Vec8 v;
+            const uint32_t bits = tie_bits(t, &v);
             Vec8 out = v;
             bool changed = false;
 #pragma unroll
             for (int e = 0; e < kVec; ++e) {
-                if ((tie_bits >> e & 1u) && rank++ < ties && v.e[e] != 0) {
+                if ((bits >> e & 1u) && rank++ < ties && v.e[e] != 0) {
                     out.e[e] = 0;
                     changed = true;
                 }
             }
-            if (changed) store8(row, c, sp[u].c1, vec, out);
-            before += __shfl_sync(kFullMask, inclusive, 31);
+            if (changed) store8(row, col[u] + t * kVec, sp[u].c1, vec, out);
         }
     }
 }
@@ -705,15 +735,15 @@ auto histogram_kernel(bool staged) {
 // The tensor-scope kernel sequence (0 < k < M * K).
 void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, void* workspace, cudaStream_t stream,
                    int device) {
-    auto* state = static_cast<PruneState*>(workspace);
-    auto* counts = reinterpret_cast<unsigned long long*>(static_cast<char*>(workspace) + kCountsOffset);
     const int64_t items = work_items(M, K);
     const bool vec = vector_rows(w, ld);
-    auto* tie_words = reinterpret_cast<uint32_t*>(static_cast<char*>(workspace) + kCountsOffset +
-                                                  align_up(static_cast<size_t>(items) * sizeof(unsigned long long)));
-    check_cuda(cudaMemsetAsync(workspace, 0, kCountsOffset + static_cast<size_t>(items) * sizeof(unsigned long long),
-                               stream),
-               "cudaMemsetAsync (prune workspace)");
+    const TieLayout layout = tie_layout(items);
+    char* base = static_cast<char*>(workspace);
+    auto* state = reinterpret_cast<PruneState*>(base);
+    auto* groups = reinterpret_cast<unsigned long long*>(base + layout.groups);
+    auto* counts = reinterpret_cast<unsigned long long*>(base + layout.counts);
+    auto* tie_words = reinterpret_cast<uint32_t*>(base + layout.words);
+    check_cuda(cudaMemsetAsync(workspace, 0, layout.zeroed, stream), "cudaMemsetAsync (prune workspace)");
     // One level where the whole histogram fits a CTA's shared memory (sm_80, sm_90), else two; two also for
     // matrices of fewer entries than the one level has bins, whose two small histograms cost less.
     const size_t optin = static_cast<size_t>(shared_optin(device));
@@ -745,12 +775,12 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
     const auto zero = tensor_zero_kernel;
     const unsigned int zero_grid = persistent_grid(reinterpret_cast<const void*>(zero), kThreads,
                                                    static_cast<uint64_t>(items), kZeroStage);
-    zero<<<zero_grid, kThreads, kZeroStage, stream>>>(w, M, K, ld, items, vec, state, counts, tie_words);
+    zero<<<zero_grid, kThreads, kZeroStage, stream>>>(w, M, K, ld, items, vec, state, groups, counts, tie_words);
     check_cuda(cudaGetLastError(), "launch of the pruning zeroing kernel");
-    tensor_tie_scan_kernel<<<1, kHistThreads, 0, stream>>>(state, counts, items);
+    tensor_tie_scan_kernel<<<1, kHistThreads, 0, stream>>>(state, groups, (items + kTieGroup - 1) / kTieGroup);
     check_cuda(cudaGetLastError(), "launch of the pruning tie scan kernel");
     tensor_ties_kernel<<<grid_for((items + kWarps - 1) / kWarps, device), kThreads, 0, stream>>>(
-        w, M, K, ld, items, vec, state, counts, tie_words);
+        w, M, K, ld, items, vec, state, groups, counts, tie_words);
     check_cuda(cudaGetLastError(), "launch of the pruning tie kernel");
 }
 
@@ -758,8 +788,7 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
 
 size_t prune_workspace_bytes(int64_t M, int64_t K, int scope) {
     if (scope != FSPMM_PRUNE_TENSOR) return 0;
-    const size_t items = static_cast<size_t>(work_items(M, K));  // < 2^51
-    return kCountsOffset + align_up(items * sizeof(unsigned long long)) + align_up(items * kTieWords * sizeof(uint32_t));
+    return tie_layout(work_items(M, K)).total;
 }
 
 void launch_prune(uint16_t* dense, int64_t M, int64_t K, int64_t ld, int scope, int64_t k, void* workspace,
