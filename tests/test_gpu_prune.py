@@ -290,9 +290,9 @@ def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_large_matrix_matches_cpu(rng, dtype, scope, shape):
-    """Matrices of 8-9 M entries: whole 16-byte accesses, over a thousand work items (groups of the tie pass), (fp16) tens of
-    thousands of entries tied at the threshold magnitude, and (300 x 30000) many rows per CTA of the opt-in
-    stage."""
+    """Matrices of 8-9 M entries: whole 16-byte accesses, over a thousand work items (several groups of the
+    tie pass), (fp16) tens of thousands of entries tied at the threshold magnitude, and (300 x 30000) many rows
+    per CTA of the opt-in stage."""
     torch = pytest.importorskip("torch")
     bits = value_bits(rng, shape, dtype, "gaussian")
     w = torch_from_bits(torch, bits, dtype)
