@@ -28,7 +28,8 @@ pytestmark = pytest.mark.gpu
 # (37, 301) and smaller: the tensor scope's two-level select; (3000, 70): many look-back work items;
 # (5, 20000): rows staged in shared memory at up to eight CTAs per SM; (2, 60000): staged with an opt-in stage
 # (sm_80 and sm_90); (2, 130000): rows too long for any stage, pruned in place.
-SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (5, 20000), (2, 60000), (2, 130000)]
+# (64, 64), (256, 3000): contiguous, M * K a multiple of 2048 (the tensor scope works on rows of 2048 entries)
+SHAPES = [(1, 1), (1, 300), (300, 1), (64, 64), (37, 301), (3000, 70), (256, 3000), (5, 20000), (2, 60000), (2, 130000)]
 SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.999, 1.0]
 SCOPES = ["row", "tensor"]
 SCOPE_CODES = {"row": lib.FSPMM_PRUNE_ROW, "tensor": lib.FSPMM_PRUNE_TENSOR}
@@ -286,13 +287,14 @@ def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     np.testing.assert_array_equal(host_bits(w), bits)
 
 
-@pytest.mark.parametrize("shape", [(1000, 8200), (300, 30000)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("shape", [(1000, 8200), (300, 30000), (2000, 9216)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("scope", SCOPES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_large_matrix_matches_cpu(rng, dtype, scope, shape):
     """Matrices of 8-9 M entries: whole 16-byte accesses, over a thousand work items (several groups of the
-    tie pass), (fp16) tens of thousands of entries tied at the threshold magnitude, and (300 x 30000) many rows
-    per CTA of the opt-in stage."""
+    tie pass), (fp16) tens of thousands of entries tied at the threshold magnitude, (300 x 30000) many rows
+    per CTA of the opt-in stage, and (2000 x 9216) a contiguous matrix the tensor scope works on as rows of 2048
+    entries."""
     torch = pytest.importorskip("torch")
     bits = value_bits(rng, shape, dtype, "gaussian")
     w = torch_from_bits(torch, bits, dtype)

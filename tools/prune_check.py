@@ -15,6 +15,8 @@ CASES = [
     ((300, 30000), "gaussian"),
     ((300, 30000), "ties"),
     ((1000, 1000), "ties"),
+    ((256, 3000), "ties"),  # worked on as rows of 2048 entries (tensor scope)
+    ((1000, 9216), "gaussian"),  # the same, with K = 9216 (every fifth span of a row half empty otherwise)
     ((64, 8200), "gaussian"),
     ((3, 70), "ties"),
 ]

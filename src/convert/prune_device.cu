@@ -146,33 +146,53 @@ __device__ __forceinline__ void store8(uint16_t* row, int c, int end, bool vec, 
         if (c + i < end) row[c + i] = v.e[i];
 }
 
-// Thread `tid`'s access in each span of work item `item` (columns c0 + 8 tid .., so that every load
-// instruction of a warp reads 512 contiguous bytes): col[u] is its first column in span sp[u]; with kLoad
-// also its entries v[u], all loads issued before any is used.
+// Where a work item's first span lies: its row and its span j in the row. A kernel that visits every n-th item
+// steps its cursor by the SpanStep of n (no division per item).
+struct SpanCursor {
+    int64_t row, j;
+};
+struct SpanStep {
+    int64_t rows, j;
+};
+__device__ __forceinline__ SpanCursor cursor_of(int64_t K, int64_t item) {
+    const int64_t per_row = spans_per_row(K), q0 = item * kUnroll, row = q0 / per_row;
+    return {row, q0 - row * per_row};
+}
+__device__ __forceinline__ SpanStep span_step(int64_t K, int64_t n) {
+    const int64_t per_row = spans_per_row(K), q = n * kUnroll;
+    return {q / per_row, q % per_row};
+}
+__device__ __forceinline__ SpanCursor advance(SpanCursor c, SpanStep s, int64_t K) {
+    c.row += s.rows;
+    c.j += s.j;
+    if (c.j >= spans_per_row(K)) c.j -= spans_per_row(K), ++c.row;
+    return c;
+}
+
+// Thread `tid`'s access in each span of the work item at cursor c (columns c0 + 8 tid .., so that every load
+// instruction of a warp reads 512 contiguous bytes): col[u] is its first column in span sp[u] (empty past the
+// last row); with kLoad also its entries v[u], all loads issued before any is used.
 template <bool kLoad>
-__device__ __forceinline__ void item_access(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
+__device__ __forceinline__ void item_access(const uint16_t* w, int64_t M, int64_t K, int64_t ld, SpanCursor c, int tid,
                                             bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8* v) {
-    const int64_t per_row = spans_per_row(K), spans = M * per_row, q0 = item * kUnroll;
-    int64_t row = q0 / per_row, j = q0 - row * per_row;  // of span q0 + u
+    const int64_t per_row = spans_per_row(K);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-        const int64_t c0 = j * kSpanCols;
-        sp[u] =
-            q0 + u < spans ? Span{row, static_cast<int>(c0), static_cast<int>(min(c0 + kSpanCols, K))} : Span{0, 0, 0};
-        if (++j == per_row) j = 0, ++row;
+        const int64_t c0 = c.j * kSpanCols;
+        sp[u] = c.row < M ? Span{c.row, static_cast<int>(c0), static_cast<int>(min(c0 + kSpanCols, K))} : Span{0, 0, 0};
+        if (++c.j == per_row) c.j = 0, ++c.row;
         col[u] = sp[u].c0 + tid * kVec;
         if (kLoad) v[u] = load8(w + sp[u].row * ld, col[u], sp[u].c1, vec);
     }
 }
 
-__device__ __forceinline__ void load_item(const uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t item, int tid,
-                                          bool vec, Span (&sp)[kUnroll], int (&col)[kUnroll], Vec8 (&v)[kUnroll]) {
-    item_access<true>(w, M, K, ld, item, tid, vec, sp, col, v);
+__device__ __forceinline__ void item_spans(int64_t M, int64_t K, SpanCursor c, int tid, Span (&sp)[kUnroll],
+                                           int (&col)[kUnroll]) {
+    item_access<false>(nullptr, M, K, 0, c, tid, false, sp, col, nullptr);
 }
-
 __device__ __forceinline__ void item_spans(int64_t M, int64_t K, int64_t item, int tid, Span (&sp)[kUnroll],
                                            int (&col)[kUnroll]) {
-    item_access<false>(nullptr, M, K, 0, item, tid, false, sp, col, nullptr);
+    item_spans(M, K, cursor_of(K, item), tid, sp, col);
 }
 
 // The same accesses, copied into this thread's slots of a shared-memory item buffer (slot u: access u, entries
@@ -395,8 +415,11 @@ __global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const ui
     Span sp[kUnroll];
     int col[kUnroll];
     int64_t base = int64_t{blockIdx.x} * kItemsPerStep;
+    const SpanStep step = span_step(K, stride);
+    SpanCursor cursor = cursor_of(K, base + part);  // of the item whose accesses come next
     if (kStaged) {
-        item_spans(M, K, base + part, tid, sp, col);
+        item_spans(M, K, cursor, tid, sp, col);
+        cursor = advance(cursor, step, K);
         if (base + part < items) stage_item(w, ld, sp, col, vec, slots, tid);
     }
     for (; base < items; base += stride) {
@@ -415,11 +438,13 @@ __global__ void __launch_bounds__(kHistThreads) tensor_histogram_kernel(const ui
                 valid[u] = max(0, min(kVec, sp[u].c1 - col[u]));
             }
             if (item + stride < items) {  // the next step's copy, into the slots just read
-                item_spans(M, K, item + stride, tid, sp, col);
+                item_spans(M, K, cursor, tid, sp, col);
                 stage_item(w, ld, sp, col, vec, slots, tid);
             }
+            cursor = advance(cursor, step, K);
         } else if (item < items) {
-            load_item(w, M, K, ld, item, tid, vec, sp, col, v);
+            item_access<true>(w, M, K, ld, cursor, tid, vec, sp, col, v);
+            cursor = advance(cursor, step, K);
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) valid[u] = max(0, min(kVec, sp[u].c1 - col[u]));
         }
@@ -517,6 +542,16 @@ __global__ void __launch_bounds__(kHistThreads) tensor_select_kernel(PruneState*
     }
 }
 
+// Two entries of a 32-bit word at once against the threshold magnitude T (t2 = T | T << 16, T < 2^15):
+// bits 15 and 31 mark the entries whose magnitude is below T (below_bits) or equal to it (equal_bits). Each
+// half computes (m | 0x8000) - T >= 1, or (x | 0x8000) - 1 >= 0x7FFF, so no borrow crosses the halves.
+__device__ __forceinline__ uint32_t below_bits(uint32_t w, uint32_t t2) {
+    return ~(((w & 0x7FFF7FFFu) | 0x80008000u) - t2) & 0x80008000u;
+}
+__device__ __forceinline__ uint32_t equal_bits(uint32_t w, uint32_t t2) {
+    return ~((((w & 0x7FFF7FFFu) ^ t2) | 0x80008000u) - 0x00010001u) & 0x80008000u;
+}
+
 // Tensor scope, the zeroing pass (work items in any order, grid-stride): zero the entries below the threshold.
 // Where threshold entries are to be zeroed too (ties != 0), note which accesses hold them for the tie pass:
 // bit `lane` of tie word u * kWarps + warp of the item (kTieWords per item: in that order the accesses are in
@@ -532,18 +567,23 @@ __global__ void __launch_bounds__(kThreads, 4)
     extern __shared__ uint4 zero_stage[];
     uint4(*ring)[kUnroll][kThreads] = reinterpret_cast<uint4(*)[kUnroll][kThreads]>(zero_stage);
     const uint32_t threshold = state->prefix;
+    const uint32_t t2 = threshold | threshold << 16;
     const bool note_ties = state->ties != 0;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     Span sp[kUnroll];
     int col[kUnroll];
-    // Copy item `item` (if any) into ring buffer b; always closes a cp.async group.
+    // The cursors of this CTA's current item and of the next one to copy, stepped by gridDim.x items.
+    const SpanStep step = span_step(K, gridDim.x);
+    SpanCursor current = cursor_of(K, blockIdx.x), ahead = current;
+    // Copy the item at `ahead` (if it exists) into ring buffer b, then step `ahead`; closes a cp.async group.
     auto issue = [&](int64_t item, int b) {
         if (item < items) {
-            item_spans(M, K, item, tid, sp, col);
+            item_spans(M, K, ahead, tid, sp, col);
             stage_item(w, ld, sp, col, vec, ring[b], tid);
         } else {
             ptx::cp_async_commit();
         }
+        ahead = advance(ahead, step, K);
     };
 #pragma unroll
     for (int d = 0; d < kZeroAhead; ++d) issue(blockIdx.x + int64_t{d} * gridDim.x, d);
@@ -551,30 +591,45 @@ __global__ void __launch_bounds__(kThreads, 4)
     for (int64_t item = blockIdx.x; item < items; item += gridDim.x, b = b == kZeroAhead ? 0 : b + 1) {
         issue(item + int64_t{kZeroAhead} * gridDim.x, b == 0 ? kZeroAhead : b - 1);
         ptx::cp_async_wait<kZeroAhead>();
-        item_spans(M, K, item, tid, sp, col);
+        item_spans(M, K, current, tid, sp, col);
+        current = advance(current, step, K);
         uint32_t n_ties = 0;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            Vec8 v;
-            memcpy(&v, &ring[b][u][tid], sizeof v);
-            Vec8 out = v;
-            bool changed = false;
-            uint32_t tie_bits = 0;  // bit i: entry i equals the threshold
+            uint32_t ties_here = 0;  // threshold entries of this access
+            if (vec && col[u] + kVec <= sp[u].c1) {  // a whole access: two entries per 32-bit word
+                uint4 q = ring[b][u][tid];
+                uint32_t* words = &q.x;
+                uint32_t diff = 0;
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) {
-                const bool in = col[u] + i < sp[u].c1;
-                const uint32_t m = magnitude(v.e[i]);
-                tie_bits |= uint32_t(in && m == threshold) << i;
-                if (in && m < threshold && v.e[i] != 0) {
-                    out.e[i] = 0;
-                    changed = true;
+                for (int k = 0; k < 4; ++k) {
+                    const uint32_t out = words[k] & ~((below_bits(words[k], t2) >> 15) * 0xFFFFu);
+                    ties_here += __popc(equal_bits(words[k], t2));
+                    diff |= out ^ words[k];
+                    words[k] = out;
                 }
+                if (diff != 0) *reinterpret_cast<uint4*>(w + sp[u].row * ld + col[u]) = q;
+            } else {
+                Vec8 v;
+                memcpy(&v, &ring[b][u][tid], sizeof v);
+                Vec8 out = v;
+                bool changed = false;
+#pragma unroll
+                for (int i = 0; i < kVec; ++i) {
+                    const bool in = col[u] + i < sp[u].c1;
+                    const uint32_t m = magnitude(v.e[i]);
+                    ties_here += in && m == threshold;
+                    if (in && m < threshold && v.e[i] != 0) {
+                        out.e[i] = 0;
+                        changed = true;
+                    }
+                }
+                if (changed) store8(w + sp[u].row * ld, col[u], sp[u].c1, vec, out);
             }
-            if (changed) store8(w + sp[u].row * ld, col[u], sp[u].c1, vec, out);
             if (note_ties) {  // the same in every thread
-                const uint32_t word = __ballot_sync(kFullMask, tie_bits != 0);
+                const uint32_t word = __ballot_sync(kFullMask, ties_here != 0);
                 if (lane == 0) tie_words[item * kTieWords + u * kWarps + warp] = word;
-                n_ties += __popc(tie_bits);
+                n_ties += ties_here;
             }
         }
         if (note_ties) {
@@ -735,6 +790,13 @@ auto histogram_kernel(bool staged) {
 // The tensor-scope kernel sequence (0 < k < M * K).
 void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, void* workspace, cudaStream_t stream,
                    int device) {
+    // A contiguous matrix is worked on as rows of one span (the same entries in the same row-major order), so
+    // that no span is cut short at the end of a row (K = 9216: every fifth span half empty). It has at most as
+    // many work items as the matrix's own shape, for which the workspace was sized.
+    if (ld == K && M * K % kSpanCols == 0) {
+        M = M * K / kSpanCols;
+        K = ld = kSpanCols;
+    }
     const int64_t items = work_items(M, K);
     const bool vec = vector_rows(w, ld);
     const TieLayout layout = tie_layout(items);
