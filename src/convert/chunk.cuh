@@ -80,24 +80,24 @@ __device__ __forceinline__ bool tile_is_full(const DenseArgs& d, int64_t row0, i
     return d.vec && row0 + kTileM <= d.M && col0 + kTileK <= d.K;
 }
 
-// The lane's 16 chunks of the tile at (row0, col0), chunk k being tile chunk lane + 32 * k: all loads are
-// issued before any is used.
-template <int kFormat>
+// kCount of the lane's 16 chunks of the tile at (row0, col0) from its chunk k0 on, ch[k] being tile chunk
+// lane + 32 * (k0 + k): all loads are issued before any is used.
+template <int kFormat, int kCount>
 __device__ __forceinline__ void load_lane_chunks(const DenseArgs& d, int64_t row0, int64_t col0, int lane,
-                                                 Chunk (&ch)[kLaneChunks]) {
+                                                 Chunk (&ch)[kCount], int k0 = 0) {
     if (tile_is_full(d, row0, col0)) {
 #pragma unroll
-        for (int k = 0; k < kLaneChunks; ++k) {
+        for (int k = 0; k < kCount; ++k) {
             int r, c;
-            chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+            chunk_origin<kFormat>(lane + 32 * (k0 + k), &r, &c);
             const uint4 v = __ldcs(reinterpret_cast<const uint4*>(d.data + (row0 + r) * d.ld + col0 + c));
             ch[k] = Chunk{{v.x, v.y, v.z, v.w}};
         }
     } else {
 #pragma unroll
-        for (int k = 0; k < kLaneChunks; ++k) {
+        for (int k = 0; k < kCount; ++k) {
             int r, c;
-            chunk_origin<kFormat>(lane + 32 * k, &r, &c);
+            chunk_origin<kFormat>(lane + 32 * (k0 + k), &r, &c);
             ch[k] = load_chunk(d, row0 + r, col0 + c);
         }
     }
@@ -116,13 +116,15 @@ __device__ __forceinline__ void store_lane_chunk(const DenseArgs& d, int64_t row
         store_chunk(d, row0 + r, col0 + c, ch);
 }
 
-// Exclusive prefix sums, in tile chunk order (chunk lane + 32 * k), of the lane's 16 chunk counts (each
-// <= 8); returns the tile total. Two chunk rows share one warp scan in 16-bit fields.
-__device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kLaneChunks],
-                                                    uint32_t (&first)[kLaneChunks]) {
-    uint32_t base = 0;
+// Exclusive prefix sums from `base` on, in tile chunk order (chunk lane + 32 * k), of the lane's kCount chunk
+// counts (each <= 8); returns base plus their total over the warp. Two chunk rows share one warp scan in
+// 16-bit fields.
+template <int kCount>
+__device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kCount], uint32_t (&first)[kCount],
+                                                    uint32_t base = 0) {
+    static_assert(kCount % 2 == 0, "chunk rows are scanned in pairs");
 #pragma unroll
-    for (int k = 0; k < kLaneChunks; k += 2) {
+    for (int k = 0; k < kCount; k += 2) {
         const uint32_t v = count[k] | count[k + 1] << 16;
         const uint32_t x = warp_inclusive_sum(v);
         const uint32_t total = __shfl_sync(kFullMask, x, 31);
