@@ -262,6 +262,41 @@ def test_c_api_in_place_with_ld(rng, scope):
         np.testing.assert_array_equal(_bits_of(torch, w), want)
 
 
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("shape", [(64, 96), (40, 4096)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_c_api_misaligned_rows(rng, scope, shape):
+    """fspmm_prune in place on a contiguous matrix (ld = K) that starts 2 bytes past a 16-byte boundary: no
+    16-byte accesses anywhere; the tensor scope works on both as rows of 2048 entries. Nothing is written
+    around the matrix."""
+    torch = pytest.importorskip("torch")
+    m, k = shape
+    bits = value_bits(rng, (m, k), "float16", "ties")
+    want = cpu_prune_bits(bits, "float16", 0.6, scope)
+    guard = np.array([0x1234], np.uint16), np.array([0x4321, 0x5678], np.uint16)
+    buf = torch_from_bits(torch, np.concatenate([guard[0], bits.ravel(), guard[1]]), "float16")
+    assert buf.data_ptr() % 16 == 0
+    nbytes = _workspace_size(m, k, scope)
+    ws = torch.empty(max(nbytes, 1), dtype=torch.uint8, device="cuda")
+    status = lib.fspmm_prune(
+        ffi.cast("void *", buf.data_ptr() + 2),
+        m,
+        k,
+        k,
+        lib.FSPMM_DTYPE_FLOAT16,
+        0.6,
+        SCOPE_CODES[scope],
+        ffi.cast("void *", ws.data_ptr()),
+        nbytes,
+        ffi.cast("void *", torch.cuda.current_stream().cuda_stream),
+    )
+    assert status == lib.FSPMM_OK, ffi.string(lib.fspmm_last_error()).decode()
+    torch.cuda.synchronize()
+    got = _bits_of(torch, buf)
+    np.testing.assert_array_equal(got[1 : 1 + m * k].reshape(m, k), want)
+    np.testing.assert_array_equal(got[0:1], guard[0])
+    np.testing.assert_array_equal(got[1 + m * k :], guard[1])
+
+
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 def test_c_api_rejects_a_small_workspace_and_writes_nothing(rng, framework):
     bits = value_bits(rng, (20, 30), "float16", "gaussian")
