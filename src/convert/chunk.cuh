@@ -32,19 +32,34 @@ __device__ __forceinline__ uint32_t chunk_elem(const Chunk& c, int e) {
     return (c.w[e >> 1] >> (16 * (e & 1))) & 0xFFFFu;
 }
 
-// Elements [col, col + 8) of `row` (zeros outside the matrix), read with streaming loads.
-__device__ __forceinline__ Chunk load_chunk(const DenseArgs& d, int64_t row, int64_t col) {
-    Chunk c = {{0u, 0u, 0u, 0u}};
-    if (row >= d.M || col >= d.K) return c;
+// Elements [col, col + kElems) of `row` (zeros outside the matrix) into w, element e being half e % 2 of word
+// e / 2, read with streaming loads (one 16- or 8-byte access when the matrix allows it).
+template <int kElems>
+__device__ __forceinline__ void load_elems(const DenseArgs& d, int64_t row, int64_t col, uint32_t (&w)[kElems / 2]) {
+    static_assert(kElems == 4 || kElems == 8, "whole or half chunks");
+#pragma unroll
+    for (int i = 0; i < kElems / 2; ++i) w[i] = 0u;
+    if (row >= d.M || col >= d.K) return;
     const uint16_t* p = d.data + row * d.ld + col;
-    if (d.vec && col + kChunkElems <= d.K) {
-        const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
-        c.w[0] = v.x, c.w[1] = v.y, c.w[2] = v.z, c.w[3] = v.w;
-        return c;
+    if (d.vec && col + kElems <= d.K) {  // vec: col is a multiple of kElems, so the access is aligned
+        if constexpr (kElems == 8) {
+            const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+            w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+        } else {
+            const uint2 v = __ldcs(reinterpret_cast<const uint2*>(p));
+            w[0] = v.x, w[1] = v.y;
+        }
+        return;
     }
 #pragma unroll
-    for (int e = 0; e < kChunkElems; ++e)
-        if (col + e < d.K) c.w[e >> 1] |= static_cast<uint32_t>(__ldcs(p + e)) << (16 * (e & 1));
+    for (int e = 0; e < kElems; ++e)
+        if (col + e < d.K) w[e >> 1] |= static_cast<uint32_t>(__ldcs(p + e)) << (16 * (e & 1));
+}
+
+// Elements [col, col + 8) of `row` (zeros outside the matrix).
+__device__ __forceinline__ Chunk load_chunk(const DenseArgs& d, int64_t row, int64_t col) {
+    Chunk c;
+    load_elems<kChunkElems>(d, row, col, c.w);
     return c;
 }
 
@@ -137,16 +152,19 @@ __device__ __forceinline__ uint32_t warp_chunk_scan(const uint32_t (&count)[kCou
     return base;
 }
 
-// Bit e set iff element e is stored (not +-0.0): (h & 0x7FFF) + 0x7FFF carries into bit 15 iff nonzero.
-__device__ __forceinline__ uint32_t stored_mask(const Chunk& c) {
+// Bit e set iff element e of the words w is stored (not +-0.0): (h & 0x7FFF) + 0x7FFF carries into bit 15 iff
+// nonzero.
+template <int kWords>
+__device__ __forceinline__ uint32_t stored_mask(const uint32_t (&w)[kWords]) {
     uint32_t m = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const uint32_t s = ((c.w[i] & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u;
+    for (int i = 0; i < kWords; ++i) {
+        const uint32_t s = ((w[i] & 0x7FFF7FFFu) + 0x7FFF7FFFu) & 0x80008000u;
         m |= ((s >> 15) & 1u) << (2 * i) | ((s >> 31) & 1u) << (2 * i + 1);
     }
     return m;
 }
+__device__ __forceinline__ uint32_t stored_mask(const Chunk& c) { return stored_mask(c.w); }
 
 // Sum of `v` over the warp, valid in every lane.
 template <typename T>

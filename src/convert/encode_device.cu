@@ -6,9 +6,10 @@
 //   scan_reduce  per block of tiles: sum and maximum of the tile sizes;
 //   scan_blocks  one CTA: exclusive scan of the block sums, the table's last entry and padding;
 //   scan_write   the tile offset table (exclusive scan of tile sizes);
-//   write_tiles  one warp per tile at a time, in two halves: each lane loads 8 chunks of 8 elements (all
-//                loads in flight at once), a warp scan places every chunk's values, then the next 8; the
-//                tile is assembled in the warp's shared stage and stored with 16-byte stores;
+//   write_tiles  one warp per tile at a time, in two halves: each lane loads its share of 8 chunks of 8
+//                elements (all loads in flight at once; bitmap: two lanes per chunk), warp scans place the
+//                values, then the next half; the tile is assembled in the warp's shared stage and stored with
+//                16-byte stores;
 //   finalize     the header (written last, so a refused or failed write never leaves a valid blob).
 // Checksums are sums of independent per-word terms (layout.h), accumulated with 64-bit atomics.
 #include <cuda_runtime.h>
@@ -227,9 +228,103 @@ constexpr int kHeldChunks = kLaneChunks / 2;
 // Warps per CTA of write_tiles: each warp assembles one tile at a time in its own shared stage.
 template <int kFormat>
 constexpr int write_warps() { return kFormat == FSPMM_FORMAT_BITMAP ? 4 : 3; }
+// CTAs per SM write_tiles is compiled for (0: no bound): bitmap within 128 registers, so that four CTAs (16
+// warps) fit.
+template <int kFormat>
+constexpr int write_min_blocks() { return kFormat == FSPMM_FORMAT_BITMAP ? 4 : 0; }
+
+// Steps of place_bitmap_half: two per chunk row of the warp (32 chunks), each of 16 chunks.
+constexpr int kPairSteps = 2 * kHeldChunks;
+
+// Bitmap: the masks and values of the lane's chunks k0 .. k0 + kHeldChunks - 1 into the stage, the values from
+// `base` on; returns base plus their number. Two lanes share a chunk: in step s lane l holds elements
+// [4 * (l % 2), 4 * (l % 2) + 4) of tile chunk 32 * (k0 + s / 2) + 16 * (s % 2) + l / 2, so the lanes' order is the
+// values' order and one 16-bit store instruction covers 16 chunks' values (about 128 bytes, one bank row, at 50 %
+// density; with a lane per chunk it covered 32, two bank rows, with 1.8-way conflicts: 4 % slower on the H200).
+// The counts (<= 4) of four steps share one warp scan in 8-bit fields (a field's sum over the warp is <= 128).
+__device__ __forceinline__ uint32_t place_bitmap_half(const DenseArgs& d, int64_t row0, int64_t col0, int lane,
+                                                      int k0, uint8_t* stage, uint32_t base) {
+    const int half = lane & 1;
+    // Step s's chunk is row (lane / 2) % 8 of block 4 * (k0 + s / 2) + 2 * (s % 2) + lane / 16 (chunk_origin): with
+    // k0 a multiple of 8, tile row 4 * k0 + 16 * (s / 8) + 8 * ((lane / 16) % 2) + (lane / 2) % 8 and tile column
+    // 8 * (2 * ((s / 2) % 4) + s % 2) + 4 * (lane % 2).
+    static_assert(kHeldChunks % 8 == 0, "the step offsets below assume halves of whole 8-chunk-row groups");
+    const int lane_row = 4 * k0 + 8 * ((lane >> 4) & 1) + ((lane >> 1) & 7);
+    const int lane_col = 4 * half;
+    const bool full = tile_is_full(d, row0, col0);
+    // 8-byte loads, all issued before any is used (whole chunks per lane pair, the halves swapped by shuffles,
+    // were 12 % slower on the H200).
+    uint32_t w[kPairSteps][2];
+    if (full) {
+        const uint16_t* p = d.data + (row0 + lane_row) * d.ld + col0 + lane_col;
+#pragma unroll
+        for (int s = 0; s < kPairSteps; ++s) {
+            const uint2 v = __ldcs(reinterpret_cast<const uint2*>(p + 16 * (s / 8) * d.ld + 8 * (2 * ((s / 2) % 4) + s % 2)));
+            w[s][0] = v.x, w[s][1] = v.y;
+        }
+    } else {
+#pragma unroll
+        for (int s = 0; s < kPairSteps; ++s)
+            load_elems<4>(d, row0 + lane_row + 16 * (s / 8), col0 + lane_col + 8 * (2 * ((s / 2) % 4) + s % 2), w[s]);
+    }
+    uint32_t first[kPairSteps];
+#pragma unroll
+    for (int s = 0; s < kPairSteps; s += 4) {
+        const uint32_t v = __popc(stored_mask(w[s])) | __popc(stored_mask(w[s + 1])) << 8 |
+                           __popc(stored_mask(w[s + 2])) << 16 | __popc(stored_mask(w[s + 3])) << 24;
+        const uint32_t x = warp_inclusive_sum(v);
+        const uint32_t total = __shfl_sync(kFullMask, x, 31);
+        const uint32_t excl = x - v;  // no field borrows: each field of x is at least v's
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            first[s + j] = base + (excl >> (8 * j) & 0xFFu);
+            base += total >> (8 * j) & 0xFFu;
+        }
+    }
+    uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
+#pragma unroll
+    for (int s = 0; s < kPairSteps; ++s) {
+        const uint32_t mask = stored_mask(w[s]);  // recomputed: 16 registers fewer than keeping it
+        const uint32_t upper = __shfl_xor_sync(kFullMask, mask, 1);  // the other half's mask
+        if (half == 0) stage[32 * (k0 + s / 2) + 16 * (s % 2) + lane / 2] = static_cast<uint8_t>(mask | upper << 4);
+        uint32_t pos = first[s];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (mask >> e & 1u) values[pos++] = static_cast<uint16_t>(w[s][e >> 1] >> (16 * (e & 1)));
+    }
+    return base;
+}
+
+// Tiled-CSL: the entries of the lane's chunks k0 .. k0 + kHeldChunks - 1 into the stage from entry `base` on;
+// returns base plus their number.
+__device__ __forceinline__ uint32_t place_csl_half(const DenseArgs& d, int64_t row0, int64_t col0, int lane, int k0,
+                                                   uint8_t* stage, uint32_t base) {
+    Chunk ch[kHeldChunks];
+    load_lane_chunks<FSPMM_FORMAT_TILED_CSL>(d, row0, col0, lane, ch, k0);
+    uint32_t mask[kHeldChunks], count[kHeldChunks], first[kHeldChunks];
+#pragma unroll
+    for (int k = 0; k < kHeldChunks; ++k) {
+        mask[k] = stored_mask(ch[k]);
+        count[k] = __popc(mask[k]);
+    }
+    base = warp_chunk_scan(count, first, base);
+    uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+    for (int k = 0; k < kHeldChunks; ++k) {
+        int r, c;
+        chunk_origin<FSPMM_FORMAT_TILED_CSL>(lane + 32 * (k0 + k), &r, &c);
+        uint32_t pos = first[k];
+#pragma unroll
+        for (int e = 0; e < kChunkElems; ++e)
+            if (mask[k] >> e & 1u)
+                entries[pos++] = chunk_elem(ch[k], e) << 16 |
+                                 swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
+    }
+    return base;
+}
 
 template <int kFormat>
-__global__ void __launch_bounds__(32 * write_warps<kFormat>())
+__global__ void __launch_bounds__(32 * write_warps<kFormat>(), write_min_blocks<kFormat>())
 write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* st, uint8_t* out) {
     constexpr int kWarps = write_warps<kFormat>();
     constexpr int kStageBytes = kFormat == FSPMM_FORMAT_BITMAP ? kBitmapMaxTileBytes : kCslMaxTileBytes;
@@ -252,36 +347,10 @@ write_tiles_kernel(DenseArgs d, Tiles g, const uint16_t* tile_nnz, EncodeState* 
         uint32_t nnz = 0;
 #pragma unroll 1
         for (int k0 = 0; k0 < kLaneChunks; k0 += kHeldChunks) {
-            Chunk ch[kHeldChunks];
-            load_lane_chunks<kFormat>(d, row0, col0, lane, ch, k0);
-            uint32_t mask[kHeldChunks], count[kHeldChunks], first[kHeldChunks];
-#pragma unroll
-            for (int k = 0; k < kHeldChunks; ++k) {
-                mask[k] = stored_mask(ch[k]);
-                count[k] = __popc(mask[k]);
-            }
-            nnz = warp_chunk_scan(count, first, nnz);
-#pragma unroll
-            for (int k = 0; k < kHeldChunks; ++k) {
-                const int i = lane + 32 * (k0 + k);  // the chunk of the tile
-                uint32_t pos = first[k];
-                if (kFormat == FSPMM_FORMAT_BITMAP) {
-                    uint16_t* values = reinterpret_cast<uint16_t*>(stage + kBitmapMaskBytes);
-                    stage[i] = static_cast<uint8_t>(mask[k]);
-#pragma unroll
-                    for (int e = 0; e < kChunkElems; ++e)
-                        if (mask[k] >> e & 1u) values[pos++] = static_cast<uint16_t>(chunk_elem(ch[k], e));
-                } else {
-                    uint32_t* entries = reinterpret_cast<uint32_t*>(stage);
-                    int r, c;
-                    chunk_origin<kFormat>(i, &r, &c);
-#pragma unroll
-                    for (int e = 0; e < kChunkElems; ++e)
-                        if (mask[k] >> e & 1u)
-                            entries[pos++] = chunk_elem(ch[k], e) << 16 |
-                                             swizzle(static_cast<uint32_t>(r), static_cast<uint32_t>(c + e));
-                }
-            }
+            if constexpr (kFormat == FSPMM_FORMAT_BITMAP)
+                nnz = place_bitmap_half(d, row0, col0, lane, k0, stage, nnz);
+            else
+                nnz = place_csl_half(d, row0, col0, lane, k0, stage, nnz);
         }
         if (nnz != expected) {  // the matrix changed since the count phase: leave the slot alone
             if (lane == 0) st->refused = kRefuseChanged;
