@@ -45,7 +45,7 @@ struct DeviceDense {
 };
 
 // Grid of a persistent (grid-stride) kernel on the current device: as many CTAs of `threads` threads (and
-// `smem` bytes of dynamic shared memory) as fit at once, at most `work`.
+// `smem` bytes of dynamic shared memory) as fit at once, at most `work` (the occupancy cached: resident_ctas).
 unsigned int persistent_grid(const void* kernel, int threads, uint64_t work, size_t smem = 0);
 
 // Phase 1: count (checks done by the caller).

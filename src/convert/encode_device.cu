@@ -433,12 +433,7 @@ DenseArgs dense_args(const DeviceDense& d) {
 size_t encode_workspace_bytes(int64_t M, int64_t K) { return convert::workspace_layout(M, K).bytes; }
 
 unsigned int persistent_grid(const void* kernel, int threads, uint64_t work, size_t smem) {
-    int sms = 0, per_sm = 0;
-    check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, current_device()),
-               "cudaDeviceGetAttribute");
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    const uint64_t cap = static_cast<uint64_t>(sms) * static_cast<uint64_t>(per_sm > 0 ? per_sm : 1);
+    const uint64_t cap = static_cast<uint64_t>(resident_ctas(current_device(), kernel, threads, smem));
     return static_cast<unsigned int>(work < cap ? work : cap);
 }
 

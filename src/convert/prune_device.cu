@@ -823,11 +823,10 @@ void launch_tensor(uint16_t* w, int64_t M, int64_t K, int64_t ld, int64_t k, voi
         const auto kernel = levels[l].bits == kMagnitudeBits ? histogram_kernel<0, kMagnitudeBits>(staged)
                             : levels[l].shift == 0          ? histogram_kernel<0, kFineBits>(staged)
                                                    : histogram_kernel<kFineBits, kMagnitudeBits - kFineBits>(staged);
-        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                   "cudaFuncSetAttribute (pruning histogram)");
         // At least kHistEntries entries per CTA: each CTA adds its whole histogram to the workspace's at the
         // end, and those atomics (up to one per bin and CTA) must not outweigh reading a small matrix.
         const uint64_t wanted = static_cast<uint64_t>((M * K + kHistEntries - 1) / kHistEntries);
+        // (persistent_grid's first query raises the kernel's dynamic shared-memory limit to the device's)
         const unsigned int grid = persistent_grid(reinterpret_cast<const void*>(kernel), kHistThreads, wanted, smem);
         kernel<<<grid, kHistThreads, smem, stream>>>(w, M, K, ld, items, vec, state);
         check_cuda(cudaGetLastError(), "launch of the pruning histogram kernel");

@@ -120,16 +120,20 @@ int kernel_id(const fspmm_header_t& h, int decoder) {
     return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
 }
 
+}  // namespace
+
 // What a kernel needs to be planned on a device, queried once per (device, kernel): its attributes, the
 // dynamic shared memory it may use there (its limit is raised to that maximum the first time, so any later
 // plan fits) and the SM count. Raises if the device is older than sm_80. The CUDA queries cost more than a
 // launch, and every call plans twice (workspace query, then launch).
+namespace {
 struct KernelInfo {
     cudaFuncAttributes attr;
     int max_smem;
     int sms;
 };
-const KernelInfo& kernel_info(int device, const void* func) {
+}  // namespace
+static const KernelInfo& kernel_info(int device, const void* func) {
     static std::mutex mutex;
     static std::map<std::pair<int, const void*>, KernelInfo> cache;  // entries are never changed or erased
     std::lock_guard<std::mutex> lock(mutex);
@@ -139,7 +143,7 @@ const KernelInfo& kernel_info(int device, const void* func) {
     int major = 0;
     check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
     if (major < 8)
-        raise(FSPMM_ERR_NOT_SUPPORTED, "fspmm_linear needs a GPU of compute capability 8.0 or newer (Ampere+)");
+        raise(FSPMM_ERR_NOT_SUPPORTED, "flashspmm's kernels need a GPU of compute capability 8.0 or newer (Ampere+)");
     check_cuda(cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                "cudaDeviceGetAttribute");
     check_cuda(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -172,6 +176,8 @@ int64_t resident_ctas(int device, const void* func, int threads, size_t smem) {
     cache.emplace(key, slots);
     return slots;
 }
+
+namespace {
 
 // Whether `func` runs on `device` as code compiled for compute capability 9.0 or newer (its PTX version): the
 // kernels' shared-memory layout depends on it (params.h, stages_for).

@@ -41,6 +41,12 @@ void check_cuda(cudaError_t err, const char* what);
 // The current device, or FSPMM_ERR_NO_DEVICE with a message.
 int current_device();
 
+// CTAs of the kernel `func` (threads per CTA, smem bytes of dynamic shared memory) that run at once on all the
+// SMs of `device`, queried once per (device, kernel, smem) and cached: the occupancy query costs several
+// microseconds of host time. The first query also raises the kernel's dynamic shared-memory limit to what the
+// device allows. Raises if the kernel does not fit.
+int64_t resident_ctas(int device, const void* func, int threads, size_t smem);
+
 // Makes `device` current for its lifetime (only if it is not already) and restores the previous one.
 class DeviceScope {
 public:
