@@ -120,20 +120,16 @@ int kernel_id(const fspmm_header_t& h, int decoder) {
     return density > kDirectDensity ? kBitmapDirect : FSPMM_FORMAT_BITMAP;
 }
 
-}  // namespace
-
 // What a kernel needs to be planned on a device, queried once per (device, kernel): its attributes, the
 // dynamic shared memory it may use there (its limit is raised to that maximum the first time, so any later
 // plan fits) and the SM count. Raises if the device is older than sm_80. The CUDA queries cost more than a
 // launch, and every call plans twice (workspace query, then launch).
-namespace {
 struct KernelInfo {
     cudaFuncAttributes attr;
     int max_smem;
     int sms;
 };
-}  // namespace
-static const KernelInfo& kernel_info(int device, const void* func) {
+const KernelInfo& kernel_info(int device, const void* func) {
     static std::mutex mutex;
     static std::map<std::pair<int, const void*>, KernelInfo> cache;  // entries are never changed or erased
     std::lock_guard<std::mutex> lock(mutex);
@@ -154,8 +150,9 @@ static const KernelInfo& kernel_info(int device, const void* func) {
     return cache.emplace(std::make_pair(device, func), info).first->second;
 }
 
-// CTAs of `func` (threads per CTA, smem bytes of dynamic shared memory) that run at once on all the SMs of
-// `device`. Raises if the kernel does not fit. Cached per (device, kernel, smem).
+}  // namespace
+
+// Described in launch.h; the conversions' persistent grids use it too.
 int64_t resident_ctas(int device, const void* func, int threads, size_t smem) {
     const KernelInfo& info = kernel_info(device, func);
     if (smem > size_t(info.max_smem))
