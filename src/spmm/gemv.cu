@@ -13,7 +13,7 @@
 //              in the 8 blocks of each row (64-bit masks, mma block order), finds each block's first value
 //              with one shuffle (a warp scan of block popcounts) and walks the set bits of its row byte.
 //   Tiled-CSL: each lane takes an equal share of the tile's entries (sorted by row) and sums the rows' runs
-//              in it; runs that cross shares are added in lane order (csl_tile).
+//              in it; runs that cross shares are joined by a segmented warp scan (csl_tile).
 #include "common/scan.cuh"
 #include "format/layout.h"
 #include "ptx/ptx.cuh"
@@ -65,13 +65,12 @@ __device__ __forceinline__ void bitmap_tile(const uint8_t* tile, uint32_t bytes,
 // consecutive entries from L c (c odd: the lanes' loads fall in distinct banks), every lane as busy as the next
 // whatever the row lengths, and sums each row's run of them in entry order. A run inside the share is its
 // row's whole part of this tile: it goes to the warp's row totals `rows` ([kN][64] floats, zero between tiles)
-// at once. The share's first and last runs may continue in the neighbouring shares: they go through `seg`
-// (rows: first runs in 0..31, last runs in 32..63, -1 for none; sums: [kN][64] likewise), and the lane holding
-// a row's first boundary run writes the sum of that row's runs in lane order. Each row total is written once,
-// and acc adds them in tile order: the result does not depend on scheduling.
+// at once. The share's first and last runs may continue in the neighbouring shares: a segmented scan over the
+// lanes (shuffles, in a fixed order) joins them, and the lane holding a row's last piece writes its total.
+// Each row total is written once, and acc adds them in tile order: the result does not depend on scheduling.
 template <class Dtype, int kN>
 __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, const uint16_t* x, int lane, float* rows,
-                                         int* seg_row, float* seg_sum, float (&acc)[2][kN]) {
+                                         float (&acc)[2][kN]) {
     const uint32_t* entries = reinterpret_cast<const uint32_t*>(tile);
     uint32_t n = bytes / 4;
     // Up to three padding entries close the tile (position 4096 + k): leave them out.
@@ -112,51 +111,56 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
         e0 = e1;
         e1 = e2;
     }
-    // Rows only increase: the share has more than one run iff it ends in another row than it began. Its
-    // first run is then in rows[first_row], its last in (row, sum).
-    const bool runs = row != first_row;
-    if (!runs) row = -1;
-    seg_row[lane] = first_row;
-    seg_row[32 + lane] = row;
+    // Rows only increase: the share has more than one run iff it ends in another row than it began; its
+    // first run (head) is then in rows[first_row], its last (tail) in (row, sum). A share of one run is both.
+    // Rows that cross shares are joined by a segmented scan over the lanes (shuffles in a fixed order): `out`
+    // is what a share passes on to the next, its tail plus, if the share is a single run continuing the tail
+    // before it, the previous share's out. A head that continues the tail before adds that share's out, and
+    // the lane holding a row's last piece writes the row's total.
+    const int tail_row = first_row >= 0 ? row : -1;
+    const int prev_tail = __shfl_up_sync(kFull, tail_row, 1);
+    const bool joins = lane > 0 && first_row >= 0 && prev_tail == first_row;  // head continues the tail before
+    const bool single = first_row >= 0 && row == first_row;
+    const bool continued = ((__ballot_sync(kFull, joins) >> 1) >> lane) & 1u;  // the next share continues the tail
+    float out[kN];
 #pragma unroll
-    for (int t = 0; t < kN; ++t) {
-        seg_sum[t * 64 + lane] = runs ? rows[t * kTileM + first_row] : sum[t];
-        seg_sum[t * 64 + 32 + lane] = sum[t];
-    }
-    __syncwarp();
-    // Row r0's total, starting from the boundary run in seg slot `from`: plus the first runs of the following
-    // shares that continue it (a share whose first run is also its last passes the row on).
-    auto write_total = [&](int r0, int from) {
-        float total[kN];
+    for (int t = 0; t < kN; ++t) out[t] = sum[t];
+    bool open = single && joins;  // out still takes in the share before
 #pragma unroll
-        for (int t = 0; t < kN; ++t) total[t] = seg_sum[t * 64 + from];
-        for (int j = lane + 1; j < 32 && seg_row[j] == r0; ++j) {
+    for (int d = 1; d < 32; d <<= 1) {
+        const bool open_up = __shfl_up_sync(kFull, open, d);
 #pragma unroll
-            for (int t = 0; t < kN; ++t) total[t] += seg_sum[t * 64 + j];
-            if (seg_row[32 + j] >= 0) break;
+        for (int t = 0; t < kN; ++t) {
+            const float up = __shfl_up_sync(kFull, out[t], d);
+            if (open && lane >= d) out[t] += up;
         }
+        if (open && lane >= d) open = open_up;
+    }
+    float in[kN];  // what the share before passes on
 #pragma unroll
-        for (int t = 0; t < kN; ++t) rows[t * kTileM + r0] = total[t];
-    };
-    if (first_row >= 0) {
-        const int prev = lane == 0 ? -1 : seg_row[32 + lane - 1] >= 0 ? seg_row[32 + lane - 1] : seg_row[lane - 1];
-        if (first_row != prev) {  // the row starts in this share
-            if (row >= 0) {       // and ends in it
+    for (int t = 0; t < kN; ++t) in[t] = __shfl_up_sync(kFull, out[t], 1);
+    if (single) {
+        if (!continued) {
 #pragma unroll
-                for (int t = 0; t < kN; ++t) rows[t * kTileM + first_row] = seg_sum[t * 64 + lane];
-            } else {
-                write_total(first_row, lane);
-            }
+            for (int t = 0; t < kN; ++t) rows[t * kTileM + first_row] = out[t];
+        }
+    } else if (first_row >= 0) {
+        if (joins) {
+#pragma unroll
+            for (int t = 0; t < kN; ++t) rows[t * kTileM + first_row] += in[t];
+        }
+        if (!continued) {
+#pragma unroll
+            for (int t = 0; t < kN; ++t) rows[t * kTileM + row] = sum[t];
         }
     }
-    if (row >= 0) write_total(row, 32 + lane);
     __syncwarp();
 #pragma unroll
     for (int t = 0; t < kN; ++t) {
         acc[0][t] += rows[t * kTileM + lane];
         acc[1][t] += rows[t * kTileM + lane + 32];
         rows[t * kTileM + lane] = 0.f;
-        rows[t * kTileM + lane + 32] = 0.f;  // (seg and rows are written again after the caller's __syncwarp)
+        rows[t * kTileM + lane + 32] = 0.f;  // (rows are written again after the caller's __syncwarp)
     }
 }
 
@@ -172,8 +176,6 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     extern __shared__ __align__(16) uint8_t smem[];    // per warp: two buffers (buffer_bytes each)
     __shared__ uint64_t s_off[kGemvMaxKTiles + 1];     // this CTA's tile offsets
     __shared__ float s_sum[kGemvWarps][kN * kTileM];  // the warps' row sums (Tiled-CSL: until then, a tile's row totals)
-    __shared__ int s_seg_row[kGemvWarps][2 * 32];      // Tiled-CSL: the lanes' boundary runs (csl_tile)
-    __shared__ float s_seg_sum[kGemvWarps][kN * 64];
     __shared__ int s_is_last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t mt = blockIdx.x;
@@ -231,7 +233,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         if constexpr (kFormat == FSPMM_FORMAT_BITMAP)
             bitmap_tile<Dtype>(tile, bytes, xs, lane, acc);
         else
-            csl_tile<Dtype, kN>(tile, bytes, xs, lane, s_sum[warp], s_seg_row[warp], s_seg_sum[warp], acc);
+            csl_tile<Dtype, kN>(tile, bytes, xs, lane, s_sum[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
     ptx::cp_async_wait<0>();
