@@ -126,15 +126,18 @@ __device__ __forceinline__ void csl_tile(const uint8_t* tile, uint32_t bytes, co
 #pragma unroll
     for (int t = 0; t < kN; ++t) out[t] = sum[t];
     bool open = single && joins;  // out still takes in the share before
+    // (Rare unless rows are longer than a share: skipped where no share is a single run that continues.)
+    if (__any_sync(kFull, open)) {
 #pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const bool open_up = __shfl_up_sync(kFull, open, d);
+        for (int d = 1; d < 32; d <<= 1) {
+            const bool open_up = __shfl_up_sync(kFull, open, d);
 #pragma unroll
-        for (int t = 0; t < kN; ++t) {
-            const float up = __shfl_up_sync(kFull, out[t], d);
-            if (open && lane >= d) out[t] += up;
+            for (int t = 0; t < kN; ++t) {
+                const float up = __shfl_up_sync(kFull, out[t], d);
+                if (open && lane >= d) out[t] += up;
+            }
+            if (open && lane >= d) open = open_up;
         }
-        if (open && lane >= d) open = open_up;
     }
     float in[kN];  // what the share before passes on
 #pragma unroll
@@ -192,27 +195,67 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         for (int c = lane; c < 2 * kN * kTileK; c += 32)
             if ((c / kTileK) % kN >= N)
                 reinterpret_cast<uint16_t*>(bufs + (c / (kN * kTileK)) * buf_bytes + p.slot_bytes)[c % (kN * kTileK)] = 0;
+#if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+    // sm_90: lane 0 copies tile i (and its x rows) into buffer b with bulk copies completing on the buffer's
+    // mbarrier (a few instructions per tile instead of a 16-byte cp.async per lane and 512 bytes).
+    constexpr bool kBulk = true;
+    __shared__ __align__(8) uint64_t s_full[kGemvWarps][2];
+    if (threadIdx.x == 0)  // (one thread, unrolled: compute-sanitizer's synccheck counts the init instructions)
+#pragma unroll
+        for (int w = 0; w < kGemvWarps; ++w) {
+            ptx::mbarrier_init(ptx::smem_addr(&s_full[w][0]), 1);
+            ptx::mbarrier_init(ptx::smem_addr(&s_full[w][1]), 1);
+        }
+#else
+    constexpr bool kBulk = false;  // sm_80 (and the barrier build for racecheck): cp.async groups
+#endif
     __syncthreads();
-    // Copy tile i of the slice (and its x values) into buffer b with cp.async; always closes a group.
+    // Copy tile i of the slice (and its x values) into buffer b; with cp.async, always closes a group.
     auto issue = [&](int i, int b) {
         if (i < nk) {
             const uint64_t off = s_off[i];
             const uint32_t bytes = uint32_t(s_off[i + 1] - off < p.slot_bytes ? s_off[i + 1] - off : p.slot_bytes);
             const uint32_t dst = ptx::smem_addr(bufs + b * buf_bytes);
-            for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, p.data + off + c, 16);
             const int64_t k0 = (kt_begin + i) * kTileK;
             uint16_t* xs = reinterpret_cast<uint16_t*>(bufs + b * buf_bytes + p.slot_bytes);
-            if (p.x_vec && k0 + kTileK <= p.K) {  // token t = lane / 8, 16-byte chunk lane % 8 of its row
-                const int t = lane / 8, ck = lane % 8;
-                if (t < N) ptx::cp_async_16(ptx::smem_addr(xs + t * kTileK + 8 * ck), p.x + t * p.ldx + k0 + 8 * ck, 16);
-            } else {  // unaligned x or the last, partial K tile: plain loads, zeros past K
+            const bool x_vec = p.x_vec && k0 + kTileK <= p.K;  // whole 16-byte chunks of x
+            if constexpr (kBulk) {
+#if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+                if (lane == 0) {
+                    const uint32_t full = ptx::smem_addr(&s_full[warp][b]);
+                    ptx::mbarrier_arrive_expect_tx(full, bytes + (x_vec ? uint32_t(N) * kTileK * 2 : 0u));
+                    if (bytes) ptx::bulk_copy_g2s(dst, p.data + off, bytes, full);
+                    if (x_vec)
+                        for (int t = 0; t < N; ++t)
+                            ptx::bulk_copy_g2s(ptx::smem_addr(xs + t * kTileK), p.x + t * p.ldx + k0, kTileK * 2, full);
+                }
+#endif
+            } else {
+                for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, p.data + off + c, 16);
+                if (x_vec) {  // token t = lane / 8, 16-byte chunk lane % 8 of its row
+                    const int t = lane / 8, ck = lane % 8;
+                    if (t < N) ptx::cp_async_16(ptx::smem_addr(xs + t * kTileK + 8 * ck), p.x + t * p.ldx + k0 + 8 * ck, 16);
+                }
+            }
+            if (!x_vec) {  // unaligned x or the last, partial K tile: plain loads, zeros past K
                 for (int c = lane; c < N * kTileK; c += 32) {
                     const int t = c / kTileK, col = c % kTileK;
                     xs[c] = k0 + col < p.K ? p.x[t * p.ldx + k0 + col] : uint16_t(0);
                 }
             }
         }
-        ptx::cp_async_commit();
+        if constexpr (!kBulk) ptx::cp_async_commit();
+    };
+    // Wait for the warp's j-th tile (in buffer j % 2).
+    auto wait_tile = [&](int j) {
+        if constexpr (kBulk) {
+#if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
+            ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[warp][j & 1]), (j >> 1) & 1);
+#endif
+        } else {
+            ptx::cp_async_wait<1>();
+        }
+        __syncwarp();  // (cp.async: every lane's copies, and the plain x stores, before the reads)
     };
     float acc[2][kN];  // rows lane and lane + 32, per token
 #pragma unroll
@@ -222,11 +265,10 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
         s_sum[warp][t * kTileM + lane + 32] = 0.f;
     }
     issue(warp, 0);
-    int b = 0;
-    for (int i = warp; i < nk; i += kGemvWarps, b ^= 1) {
+    int b = 0, j = 0;
+    for (int i = warp; i < nk; i += kGemvWarps, b ^= 1, ++j) {
         issue(i + kGemvWarps, b ^ 1);  // the warp's next tile is in flight while this one is multiplied
-        ptx::cp_async_wait<1>();
-        __syncwarp();
+        wait_tile(j);
         const uint8_t* tile = bufs + b * buf_bytes;
         const uint32_t bytes = uint32_t(s_off[i + 1] - s_off[i] < p.slot_bytes ? s_off[i + 1] - s_off[i] : p.slot_bytes);
         const uint16_t* xs = reinterpret_cast<const uint16_t*>(tile + p.slot_bytes);
@@ -236,7 +278,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
             csl_tile<Dtype, kN>(tile, bytes, xs, lane, s_sum[warp], acc);
         __syncwarp();  // the buffer is refilled two tiles later
     }
-    ptx::cp_async_wait<0>();
+    if constexpr (!kBulk) ptx::cp_async_wait<0>();
 #pragma unroll
     for (int t = 0; t < kN; ++t) {
         s_sum[warp][t * kTileM + lane] = acc[0][t];
