@@ -6,9 +6,9 @@
 //
 // A CTA owns one 64-row stripe and a slice of the K tiles (split-K); each of its warps takes every
 // kGemvWarps-th K tile of the slice (copied, with its 64 x values, into one of the warp's two shared-memory
-// buffers by cp.async while the previous tile is multiplied) and sums its 64 rows in fp32 in a fixed order,
-// so the result does not depend on scheduling. The warps' sums are added in warp order, the slices (if any)
-// by the last CTA to arrive, in slice order, as in the MMA kernels.
+// buffers, by bulk copies on sm_90 and cp.async on sm_80, while the previous tile is multiplied) and sums its
+// 64 rows in fp32 in a fixed order, so the result does not depend on scheduling. The warps' sums are added in
+// warp order, the slices (if any) by the last CTA to arrive, in slice order, as in the MMA kernels.
 //   bitmap:    lane L accumulates rows L and L + 32 in increasing column order: it reads the masks of its rows
 //              in the 8 blocks of each row (64-bit masks, mma block order), finds each block's first value
 //              with one shuffle (a warp scan of block popcounts) and walks the set bits of its row byte.
