@@ -105,7 +105,7 @@ struct BitmapTileDecoder {
         if constexpr (kRows) {
             // Row rr of this half is tile row 8*br + 4*half + rr, whose swizzle key is 4*half + rr.
             const uint16_t* v = values + first;
-            const uint32_t row0 = dense + (bitmap_block_row(j) * 8 + half * 4) * 128;
+            const uint32_t row0 = dense + (bitmap_block_row(j) * 8 + half * 4) * kDenseRowBytes;
 #pragma unroll
             for (int rr = 0; rr < 4; ++rr) {
                 uint32_t out[4];
@@ -116,12 +116,12 @@ struct BitmapTileDecoder {
                     v += bit;
                     out[k >> 1] = (k & 1) ? out[k >> 1] | (x << 16) : x;
                 }
-                ptx::st_shared_v4(row0 + rr * 128 + ((bc ^ uint32_t(4 * half + rr)) << 4), out);
+                ptx::st_shared_v4(row0 + rr * kDenseRowBytes + ((bc ^ uint32_t(4 * half + rr)) << 4), out);
             }
         } else {
             // Walk the set bits from the top; the value of bit b is at first + (set bits below b).
             int v = int(first + count) - 1;
-            const uint32_t row_base = bitmap_block_row(j) * 8 * 64;
+            const uint32_t row_base = bitmap_block_row(j) * 8 * kTileK;
             const uint32_t bc8 = bc << 3;
             const uint32_t e_hi = uint32_t(half) << 5;
             while (bits) {
@@ -170,7 +170,7 @@ struct BitmapDirectDecoder {
     // a warp, the block's mask word that the half needs, and the shared-memory address of the half's first
     // value (lanes 0..15: the block's first value; lanes 16..31: the value after the block's low mask word).
     // Layout: [half][mask words | addresses][block].
-    static constexpr int kTableWords = 2 * 2 * 64;
+    static constexpr int kTableWords = 2 * 2 * kBlocksPerTile;
     // Written by the 16 lanes of a half-warp (q = lane % 16; both halves run the shuffles, only those with
     // write set store): lane q reads the masks of blocks 4q..4q+3 and finds their first values by a 16-lane
     // scan. For a tile that is not there (valid = false: a stripe past M) the table describes an all-zero
@@ -214,7 +214,7 @@ struct BitmapDirectDecoder {
     static __device__ __forceinline__ ptx::FragA fragment(const uint32_t* table, const Lane& ln, int r, int kc) {
         const uint32_t* t = table + (threadIdx.x & 16) * 8 + 16 * r + 4 * kc;  // this half's entries
         const uint4 w = *reinterpret_cast<const uint4*>(t);        // mask words of the four blocks
-        const uint4 p = *reinterpret_cast<const uint4*>(t + 64);   // addresses of their first values
+        const uint4 p = *reinterpret_cast<const uint4*>(t + kBlocksPerTile);  // addresses of their first values
         // The four blocks' two-bit fields side by side (one per byte), turned into four selector indices at
         // once: byte k of idx holds (2 t_k, 2 t_k + 1) for block k's bits t_k.
         const uint32_t bytes = ptx::prmt(ptx::prmt(w.x, w.y, ln.gather), ptx::prmt(w.z, w.w, ln.gather), 0x5410u);

@@ -198,7 +198,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
             const uint16_t* src = x_src + k0;
 #pragma unroll 4
             for (int j = 0; j < kNTile / 4; ++j, src += x_step)
-                if (x_row + 4 * j < x_rows) ptx::cp_async_16(xs + 512 * j + (x_dst ^ (64 * (j & 1))), src, 16);
+                if (x_row + 4 * j < x_rows) ptx::cp_async_16(xs + 4 * kXRowBytes * j + (x_dst ^ (64 * (j & 1))), src, 16);
         }
         ptx::cp_async_mbarrier_arrive_noinc(full);  // each lane's copies arrive on the barrier when complete
     };
@@ -349,7 +349,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
             ptx::wgmma_wait<0>();
 #pragma unroll
             for (int c = 0; c < 4 * kStripes; ++c)
-                ptx::st_shared_zero16(dense0 + (c / 4) * kDenseBytes + warp * 2048 + (lane + 32 * (c % 4)) * 16);
+                ptx::st_shared_zero16(dense0 + (c / 4) * kDenseBytes + warp * kDenseGroupBytes + (lane + 32 * (c % 4)) * 16);
         } else {
 #pragma unroll
             for (int kc = 0; kc < 4; ++kc) {
@@ -365,7 +365,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 __syncwarp();
 #pragma unroll
                 for (int c = 0; c < 4 * kGroups; ++c)
-                    ptx::st_shared_zero16(my_dense + wr * 2048 + (lane + 32 * c) * 16);
+                    ptx::st_shared_zero16(my_dense + wr * kDenseGroupBytes + (lane + 32 * c) * 16);
             }
         }
     };
