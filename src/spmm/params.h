@@ -49,7 +49,7 @@ constexpr int stages_for(int n_tile, bool dense, bool sm90) {
 constexpr int kMaxKTilesPerSplit = 128;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseBytes = kTileElems * kElemBytes + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
                                                              // write to; 1024-aligned tiles (wgmma_desc_sw128)
-constexpr int kDenseRowBytes = kTileK * kElemBytes;   // a row of a dense tile: 128 bytes
+constexpr int kDenseRowBytes = kTileK * kElemBytes;  // a row of a dense tile: 128 bytes
 constexpr int kDenseGroupBytes = 16 * kDenseRowBytes;  // a 16-row group of a dense tile (one mma A operand's rows)
 constexpr int kCStride = kCtaRows + 4;  // fp32 epilogue staging row stride (bank-conflict free)
 constexpr int kXRowBytes = kTileK * kElemBytes;  // an x row of one K tile in shared memory: 128 bytes, its 16-byte
