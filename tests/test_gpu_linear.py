@@ -337,10 +337,12 @@ def test_one_token(rng, framework, gemv, dtype, fmt, M, K, sparsity):
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gemv", ["1", ""])
-def test_one_token_uneven_rows(rng, framework, dtype, gemv):
+@pytest.mark.parametrize("N", [1, 2, 4])
+def test_uneven_rows_on_cuda_cores(rng, framework, dtype, gemv, N):
     """Tiled-CSL on CUDA cores shares each tile's entries equally among the lanes, so a row's entries may lie in
-    one lane or in many: tiles with full rows next to empty ones, single rows, lone entries, and 1-3 padding
-    entries, with and without split-K, against float64; a repeated launch gives the same bits."""
+    one lane or in many (the runs that cross shares are joined by a warp scan, per token): tiles with full rows
+    next to empty ones, single rows, lone entries, and 1-3 padding entries, one to four tokens, with and without
+    split-K, against float64; a repeated launch gives the same bits."""
     M, K = 300, 640
     keep = rng.random((M, K)) < 0.05
     keep[rng.choice(M, 12, replace=False), :] = True  # full rows: runs across many lanes' shares
@@ -352,10 +354,10 @@ def test_one_token_uneven_rows(rng, framework, dtype, gemv):
     w_bits[~keep] = 0
     w64 = to_f64(w_bits, dtype)
     W = flashspmm.compress(on_device(framework, w_bits, dtype), format="tiled_csl")
-    x_host, x64 = values(rng, (1, K), dtype)
+    x_host, x64 = values(rng, (N, K), dtype)
     x = on_device(framework, bits_of(x_host), dtype)
     for split_k in (0, 1, 4):
-        y = poisoned_device(framework, (1, M), dtype)
+        y = poisoned_device(framework, (N, M), dtype)
         linear_with_gemv(gemv, x, W, out=y, split_k=split_k)
         synchronize()
         assert_close(host_bits(y), reference_linear(x64, w64), dtype)
