@@ -11,8 +11,12 @@ does not hide the weights' cost (``--mode eager`` times the same step without gr
 
 Reported per (model, variant, batch): ms per decode step (= per token of a sequence), tokens/s (batch x steps /
 time), speedup over dense, weight bytes, peak GPU memory, the logits check (relative error against the dense
-model with the same pruned weights, must be <= 2e-2), and with graphs the geometric-mean speedup of the model's
-projections measured alone in the same run (``kernel_speedup``: the module should add nothing to it).
+model with the same pruned weights, must be <= 2e-2), and with graphs the speedup of the model's projections
+measured alone in the same run (``kernel_speedup``: the geometric mean over the projection roles;
+``kernel_speedup_tw``, the "kernels" column: time-weighted, dense time over sparse time of one layer's
+projections) and the dense projections' share of the dense step (``proj_share``, the "proj" column: the rest of
+the step, attention, norms, the LM head, is the same in both models, so ``1 / (1 - proj_share)`` bounds the
+model's speedup).
 CSV (``--csv``) and, with matplotlib, a PNG (``--png``).
 """
 
@@ -24,7 +28,7 @@ import inspect
 import math
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ._cli_sparsify import FORMAT_CHOICES
 
@@ -86,6 +90,8 @@ FIELDS = [
     "tokens_per_s",
     "speedup",
     "kernel_speedup",
+    "kernel_speedup_tw",
+    "proj_share",
     "weight_gb",
     "peak_gb",
     "check_rel_err",
@@ -419,12 +425,16 @@ def check_logits(model, device) -> Dict[str, object]:
     return out
 
 
-def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10) -> Optional[float]:
-    """Geometric-mean speedup of the model's sparse projections over dense F.linear at N = batch, each alone.
+def kernel_speedup(
+    model, batch: int, device, *, layers: int = 4, reps: int = 10
+) -> Optional[Tuple[float, float, float]]:
+    """The model's sparse projections against dense F.linear at N = batch, each alone: (geometric-mean speedup
+    over the projection roles, dense seconds per decoder layer, sparse seconds per decoder layer).
 
     Per projection role (qkv_proj, o_proj, gate_up_proj, down_proj), the matrices of the first ``layers`` decoder
     layers are called in turn inside one CUDA graph, so the weights do not stay in L2 between calls; the dense
-    counterparts are the same matrices decompressed (the pruned weights, exactly), freed afterwards.
+    counterparts are the same matrices decompressed (the pruned weights, exactly), freed afterwards. The two
+    per-layer times sum the roles (their ratio is the time-weighted speedup).
     """
     import torch
     import torch.nn.functional as F
@@ -442,6 +452,7 @@ def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10
     if not roles:
         return None
     ratios = []
+    per_layer = [0.0, 0.0]  # dense, sparse seconds per decoder layer, summed over the roles
     for mods in roles.values():
         dense_weights = [m.to_dense() for m in mods]
         x = torch.randn(batch, mods[0].in_features, device=device, dtype=torch.float16)
@@ -471,8 +482,10 @@ def kernel_speedup(model, batch: int, device, *, layers: int = 4, reps: int = 10
                 times.append(time.perf_counter() - t0)
             del g
         ratios.append(times[1] / times[0])
+        per_layer[0] += times[1] / (reps * len(mods))
+        per_layer[1] += times[0] / (reps * len(mods))
         dense_weights.clear()  # freed before the next role is decompressed
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)), per_layer[0], per_layer[1]
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
@@ -565,6 +578,8 @@ def run(args: argparse.Namespace) -> int:
                 tokens_per_s="",
                 speedup="",
                 kernel_speedup="",
+                kernel_speedup_tw="",
+                proj_share="",
                 weight_gb="",
                 peak_gb="",
                 check_rel_err="",
@@ -650,7 +665,7 @@ def _bench_variant(
             emit(batch=batch, weight_gb=wbytes / 1e9, check_rel_err=check, status="KV cache does not fit")
             continue
         timed_kernels = sparsity is not None and device.type == "cuda" and "graph" in modes
-        ksp = kernel_speedup(model, batch, device) if timed_kernels else ""
+        kt = kernel_speedup(model, batch, device) if timed_kernels else None
         for mode in modes:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -666,13 +681,19 @@ def _bench_variant(
             if sparsity is None:
                 dense_ms[key] = ms
             peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else ""
+            graph_kernels = kt is not None and mode == "graph"
             emit(
                 batch=batch,
                 mode=mode,
                 ms_per_step=ms,
                 tokens_per_s=batch * steps / seconds,
                 speedup=dense_ms[key] / ms if key in dense_ms else "",
-                kernel_speedup=ksp if mode == "graph" else "",
+                kernel_speedup=kt[0] if graph_kernels else "",
+                kernel_speedup_tw=kt[1] / kt[2] if graph_kernels else "",
+                # the dense projections' share of the dense step (what a faster sparse kernel can take off it)
+                proj_share=kt[1] * config.num_hidden_layers * 1e3 / dense_ms[key]
+                if graph_kernels and key in dense_ms
+                else "",
                 weight_gb=wbytes / 1e9,
                 peak_gb=peak,
                 check_rel_err=check,
@@ -691,12 +712,13 @@ def _row_text(row: Optional[dict]) -> str:
     if row is None:
         return (
             f"{'model':>11} {'lay':>4} {'variant':>9} {'batch':>5} {'mode':<5} {'ms/step':>9} {'tokens/s':>10} "
-            f"{'speedup':>7} {'kernels':>7} {'weights':>9} {'peak':>9} {'check':>8}  status"
+            f"{'speedup':>7} {'kernels':>7} {'proj':>5} {'weights':>9} {'peak':>9} {'check':>8}  status"
         )
     return (
         f"{row['model']:>11} {row['layers']:>4} {row['variant']:>9} {str(row['batch']):>5} {row['mode']:<5} "
         f"{_num(row['ms_per_step'], '9.3f')} {_num(row['tokens_per_s'], '10.1f')} "
-        f"{_num(row['speedup'], '6.2f', 'x'):>7} {_num(row['kernel_speedup'], '6.2f', 'x'):>7} "
+        f"{_num(row['speedup'], '6.2f', 'x'):>7} {_num(row['kernel_speedup_tw'], '6.2f', 'x'):>7} "
+        f"{_num(row['proj_share'] * 100 if row['proj_share'] != '' else '', '4.0f', '%'):>5} "
         f"{_num(row['weight_gb'], '6.2f', ' GB'):>9} {_num(row['peak_gb'], '6.2f', ' GB'):>9} "
         f"{_num(row['check_rel_err'], '8.1e')}  {row['status']}"
     )
