@@ -204,18 +204,6 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 #endif
 }
 
-// Acquire (and release) at GPU scope: after an atomic that saw other CTAs' releases, their earlier writes are
-// visible. Lighter than __threadfence (fence.sc.gpu), which also orders against every other SC fence.
-__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
-
-// *p += v at GPU scope with release semantics (cumulative: after a CTA barrier it publishes the whole CTA's
-// earlier writes); returns the old value.
-__device__ __forceinline__ unsigned long long atomic_add_release_gpu(unsigned long long* p, unsigned long long v) {
-    unsigned long long old;
-    asm volatile("atom.release.gpu.global.add.u64 %0, [%1], %2;\n" : "=l"(old) : "l"(p), "l"(v) : "memory");
-    return old;
-}
-
 // Make this thread's view of shared memory written through the generic proxy (stores, cp.async) visible
 // to the async proxy (wgmma operand reads, bulk copies) that it uses next.
 __device__ __forceinline__ void fence_proxy_async_shared() {

@@ -1,59 +1,54 @@
 // Split-K arrival, shared by the SpMM kernels: every CTA of an output tile writes its fp32 partial sums, then
 // the last one to arrive adds all slices in slice order (so the result does not depend on scheduling).
 //
-// An output tile's arrival counter is 64 bits: a fixed marker (kSplitKIdle) in the high half and the arrivals in
-// the low half. Every CTA adds its arrival with one atomic add (one memory round trip) and learns from the old
-// value how many came before it; the last CTA sets the counter back to the marker with no arrivals, so the
-// next launch using the workspace (or a CUDA-graph replay) finds it ready. A counter without the marker (memory
-// that held other data) counts as zero: the CTAs that find it so install the marker with a compare-and-swap
-// (whose retries end once one of them succeeds; the rest then add). So a workspace needs no clearing before a
-// launch, whatever it held (no memset in the stream: consecutive kernels stay adjacent for programmatic
-// dependent launch), and arrivals do not contend.
+// An output tile's arrival counter is 64 bits: the launch's tag (split_k_tag of LinearParams::epoch) in the high
+// half and the arrivals in the low half. A counter whose high half is another tag counts as zero, and the first
+// CTA to find it so installs this launch's tag with its arrival (one compare-and-swap); every other CTA adds its
+// arrival with one atomic add. So a workspace needs no clearing before a launch, whatever it held (no memset in
+// the stream: consecutive kernels stay adjacent for programmatic dependent launch), and arrivals do not
+// contend: only the CTAs that read the counter before the tag was installed retry, once. The last CTA sets the
+// count back to zero under the same tag, ready for a replay of the launch in a CUDA graph.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "format/layout.h"
-#include "ptx/ptx.cuh"
 
 namespace fspmm {
 
-// The high half of an arrival counter (a value unlikely in other data: small integers and floats are not it).
-constexpr unsigned long long kSplitKIdle = 0x5350'4C49ull << 32;
-constexpr unsigned long long kSplitKMarkerMask = ~0xFFFFFFFFull;
+// The 32-bit tag of launch `epoch`: a mix of it (the splitmix64 finalizer of layout.h), so that counters left
+// in a workspace by other data (small integers, floats) do not look like a launch's.
+__device__ __forceinline__ uint32_t split_k_tag(uint32_t epoch) {
+    return uint32_t(checksum_term(epoch, 0x53504C49544Bull) >> 32) | 1u;
+}
 
 // Called by every thread of the CTA once it has written its partial sums. Returns true in the last CTA of the
 // output tile to arrive (it may then read every slice's sums). `s_flag` is a shared int of the CTA. Fences by one
 // thread suffice, being cumulative over the CTA barriers around them: this CTA's sums are visible GPU-wide
-// before its arrival (release), and the last CTA sees all the others' after it (acquire; the other CTAs read
-// nothing and skip it).
-__device__ __forceinline__ bool split_k_arrive_last(unsigned long long* counter, int splits, int* s_flag) {
+// before its arrival, those of the others after it.
+__device__ __forceinline__ bool split_k_arrive_last(unsigned long long* counter, uint32_t epoch, int splits,
+                                                    int* s_flag) {
     __syncthreads();  // every thread's partial sums are written
     if (threadIdx.x == 0) {
-        unsigned long long seen = ptx::atomic_add_release_gpu(counter, 1ull);
-        uint32_t arrived = static_cast<uint32_t>(seen) + 1u;
-        if ((seen & kSplitKMarkerMask) != kSplitKIdle) {  // not a counter yet: install the marker (or find it)
-            ptx::fence_acq_rel_gpu();  // (the release above went to the overwritten value)
-            seen += 1ull;
-            for (;;) {
-                const unsigned long long old = atomicCAS(counter, seen, kSplitKIdle + 1ull);
-                if (old == seen) {
-                    arrived = 1u;
-                    break;
-                }
-                if ((old & kSplitKMarkerMask) == kSplitKIdle) {
-                    arrived = static_cast<uint32_t>(atomicAdd(counter, 1ull)) + 1u;
-                    break;
-                }
-                seen = old;  // another CTA's add came in between
+        __threadfence();
+        const unsigned long long tag = static_cast<unsigned long long>(split_k_tag(epoch)) << 32;
+        unsigned long long seen = *reinterpret_cast<volatile unsigned long long*>(counter);
+        uint32_t arrived;
+        for (;;) {
+            if ((seen & ~0xFFFFFFFFull) == tag) {  // this launch's counter: add the arrival
+                arrived = static_cast<uint32_t>(atomicAdd(counter, 1ull)) + 1u;
+                break;
             }
+            const unsigned long long old = atomicCAS(counter, seen, tag + 1);  // install the tag, arrival 1
+            if (old == seen) {
+                arrived = 1u;
+                break;
+            }
+            seen = old;  // another CTA installed it first (or the stale value changed)
         }
-        const bool last = arrived == static_cast<uint32_t>(splits);
-        if (last) {
-            ptx::fence_acq_rel_gpu();  // acquire: the other slices' sums
-            *counter = kSplitKIdle;    // every slice has arrived: no arrivals again
-        }
-        *s_flag = last;
+        __threadfence();
+        *s_flag = arrived == static_cast<uint32_t>(splits);
+        if (*s_flag) *counter = tag;  // every slice has arrived: count 0 again
     }
     __syncthreads();
     return *s_flag != 0;

@@ -91,7 +91,7 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
     CHECK(fspmm_device_malloc(&d_bias, sizeof(uint16_t) * M));
     CHECK(fspmm_device_malloc(&d_y, sizeof(uint16_t) * N * M));
     CHECK(fspmm_device_malloc(&d_ws, ws));
-    if (ws != 0) { /* whatever a workspace holds will do (split-K counters carry a marker): fill it */
+    if (ws != 0) { /* whatever a workspace holds will do (split-K counters are tagged per launch): fill it */
         uint8_t* junk = malloc(ws);
         for (size_t i = 0; i < ws; ++i) junk[i] = (uint8_t)(0xA5 ^ (i * 131));
         CHECK(fspmm_memcpy(d_ws, junk, ws, FSPMM_COPY_HOST_TO_DEVICE, NULL));
