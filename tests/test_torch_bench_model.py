@@ -110,3 +110,15 @@ def test_options():
     model, _ = bm.build_model(config, torch.device("cpu"), seed=0, progress=False)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     assert bm._dense_bytes(config) == params
+
+
+def test_result_line_shows_the_kernel_columns():
+    # (filled only with CUDA graphs; the CPU runs above leave them empty)
+    row = {f: "" for f in bm.FIELDS}
+    row.update(model="llama2-7b", layers=32, variant="sparse90", batch=1, mode="graph", ms_per_step=4.39)
+    row.update(tokens_per_s=227.8, speedup=1.57, kernel_speedup=2.13, kernel_speedup_tw=2.07, proj_share=0.44)
+    text = bm._row_text(row)
+    assert "2.07x" in text and "44%" in text and "2.13x" not in text  # the time-weighted speedup is shown
+    row.update(kernel_speedup="", kernel_speedup_tw="", proj_share="")
+    assert "2.07x" not in bm._row_text(row) and "%" not in bm._row_text(row)
+    assert len(bm._row_text(None).split()) == len(bm._row_text(row).split()) + 1  # "-" per empty column
