@@ -96,8 +96,8 @@ typedef struct fspmm_plan_s* fspmm_plan_t;
 
 /* Flags of a linear plan (fspmm_linear_options_t.flags). */
 typedef enum {
-    /* No effect: a launch needs no particular workspace contents (its split-K arrival counters are tagged with
-     * the launch and set back to zero by it), so no launch queues a memset. Accepted for compatibility. */
+    /* No effect: a launch needs no particular workspace contents (its split-K arrival counters check
+     * themselves and are set back to zero by it), so no launch queues a memset. Accepted for compatibility. */
     FSPMM_LINEAR_ZEROED_WORKSPACE = 1
 } fspmm_linear_flags_t;
 

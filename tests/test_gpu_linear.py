@@ -557,3 +557,76 @@ def test_streaming_under_cuda_graph_capture_with_split_k(rng):
         g.replay()
         torch.cuda.synchronize()
         assert_close(y, x64 @ w64.T, "float16")
+
+
+# (format, M, K, N, sparsity, kernel): the three kernels with split-K
+SPLIT_K_KERNELS = [
+    ("bitmap", 1024, 4096, 2, 0.5, "streaming"),
+    ("tiled_csl", 2048, 4096, 1, 0.9, "cuda_core"),
+    ("bitmap", 1024, 2048, 24, 0.7, "tensor_core"),
+]
+
+
+@pytest.mark.parametrize("fmt,M,K,N,sparsity,kernel", SPLIT_K_KERNELS)
+def test_split_k_workspace_reused_by_other_data_between_graph_replays(rng, fmt, M, K, N, sparsity, kernel):
+    """A launch captured in a CUDA graph, replayed on a workspace whose memory other buffers used in between (as
+    XLA and torch's graph pools do with a dead workspace): the low or the high 4 bytes of every 8-byte word
+    overwritten (a 4-byte scalar over half a split-K counter), random bytes, zeros. Every replay, its output
+    poisoned first, gives the reference and the first replay's bits."""
+    torch = require("torch")
+    from flashspmm import _matrix, _native
+
+    W, w64, _ = device_weight(rng, "torch", M, K, sparsity, "float16", fmt)
+    entry = W._entry(N, 4, _matrix.KERNELS[kernel], _matrix.DECODERS["auto"])
+    assert _matrix.KERNEL_NAMES[int(entry.info.kernel)] == kernel and int(entry.info.split_k) == 4
+    ws = torch.empty(entry.workspace, dtype=torch.uint8, device="cuda")
+    words = ws.view(torch.int32)
+    x, x64 = device_values(rng, "torch", (N, K), "float16")
+    y = torch.empty(N, M, device="cuda", dtype=torch.float16)
+
+    def launch():
+        stream = torch.cuda.current_stream().cuda_stream
+        status = _native.lib_addr.fspmm_linear(
+            entry.address,
+            x.data_ptr(),
+            N,
+            K,
+            K,
+            0,
+            y.data_ptr(),
+            M,
+            M,
+            1.0,
+            0.0,
+            ws.data_ptr(),
+            entry.workspace,
+            stream,
+        )
+        _native.check(status)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        launch()  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        launch()
+    scalar = 0x41F82000  # the bits of 31.015625f
+    first = None
+    for fill in ("none", "low", "none", "high", "random", "zeros", "low", "none"):
+        if fill == "low":
+            words[0::2] = scalar
+        elif fill == "high":
+            words[1::2] = scalar
+        elif fill == "random":
+            ws.copy_(torch.from_numpy(rng.integers(0, 256, ws.numel(), dtype=np.uint8)).cuda())
+        elif fill == "zeros":
+            ws.zero_()
+        y.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_close(y, x64 @ w64.T, "float16")
+        if first is None:
+            first = y.clone()
+        assert torch.equal(y.view(torch.int16), first.view(torch.int16)), f"the replay after a {fill!r} fill differs"

@@ -1,54 +1,66 @@
 // Split-K arrival, shared by the SpMM kernels: every CTA of an output tile writes its fp32 partial sums, then
 // the last one to arrive adds all slices in slice order (so the result does not depend on scheduling).
 //
-// An output tile's arrival counter is 64 bits: the launch's tag (split_k_tag of LinearParams::epoch) in the high
-// half and the arrivals in the low half. A counter whose high half is another tag counts as zero, and the first
-// CTA to find it so installs this launch's tag with its arrival (one compare-and-swap); every other CTA adds its
-// arrival with one atomic add. So a workspace needs no clearing before a launch, whatever it held (no memset in
-// the stream: consecutive kernels stay adjacent for programmatic dependent launch), and arrivals do not
-// contend: only the CTAs that read the counter before the tag was installed retry, once. The last CTA sets the
-// count back to zero under the same tag, ready for a replay of the launch in a CUDA graph.
+// An output tile's arrival counter is one 64-bit word holding the arrivals c twice: (kSplitKMark + c) in the
+// high half, c in the low half. Each arrival adds (1 << 32) + 1, which keeps the difference of the halves at
+// the mark, and the last CTA writes c = 0 back, so the next launch on the workspace finds every counter ready
+// and each of its CTAs arrives with one atomic add (no memset in the stream: consecutive kernels stay adjacent
+// for programmatic dependent launch). A word whose halves differ by anything else, or that counts `splits` or
+// more, is not a counter: whatever a workspace held before (other data, a 4-byte scalar over one half, a
+// launch of another plan), a CTA whose add finds such a word installs c = 1 with a compare-and-swap instead,
+// and the others add to that. The check lives in the word itself, not in a tag of the launch, so it also holds
+// for a launch replayed by a CUDA graph while the workspace's memory serves other buffers between replays.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "format/layout.h"
-
 namespace fspmm {
 
-// The 32-bit tag of launch `epoch`: a mix of it (the splitmix64 finalizer of layout.h), so that counters left
-// in a workspace by other data (small integers, floats) do not look like a launch's.
-__device__ __forceinline__ uint32_t split_k_tag(uint32_t epoch) {
-    return uint32_t(checksum_term(epoch, 0x53504C49544Bull) >> 32) | 1u;
+constexpr uint32_t kSplitKMark = 0x53504C49u;  // "SPLI"
+constexpr unsigned long long kSplitKArrival = (1ull << 32) | 1ull;
+
+// Whether `word` is a counter (halves mark + c and c) of fewer than `splits` arrivals.
+__device__ __forceinline__ bool split_k_counts(unsigned long long word, int splits) {
+    const uint32_t c = static_cast<uint32_t>(word);
+    return static_cast<uint32_t>(word >> 32) - c == kSplitKMark && c < static_cast<uint32_t>(splits);
 }
 
 // Called by every thread of the CTA once it has written its partial sums. Returns true in the last CTA of the
-// output tile to arrive (it may then read every slice's sums). `s_flag` is a shared int of the CTA. Fences by one
-// thread suffice, being cumulative over the CTA barriers around them: this CTA's sums are visible GPU-wide
-// before its arrival, those of the others after it.
-__device__ __forceinline__ bool split_k_arrive_last(unsigned long long* counter, uint32_t epoch, int splits,
-                                                    int* s_flag) {
+// output tile to arrive (it may then read every slice's sums). `s_flag` is a shared int of the CTA. Thread 0's
+// release add publishes the sums the CTA barrier ordered before it; the last CTA's acquire fence makes the
+// other CTAs' sums visible to it after the barrier that follows.
+__device__ __forceinline__ bool split_k_arrive_last(unsigned long long* counter, int splits, int* s_flag) {
     __syncthreads();  // every thread's partial sums are written
     if (threadIdx.x == 0) {
-        __threadfence();
-        const unsigned long long tag = static_cast<unsigned long long>(split_k_tag(epoch)) << 32;
-        unsigned long long seen = *reinterpret_cast<volatile unsigned long long*>(counter);
-        uint32_t arrived;
-        for (;;) {
-            if ((seen & ~0xFFFFFFFFull) == tag) {  // this launch's counter: add the arrival
-                arrived = static_cast<uint32_t>(atomicAdd(counter, 1ull)) + 1u;
-                break;
+        unsigned long long seen;
+        asm volatile("atom.add.release.gpu.u64 %0, [%1], %2;"
+                     : "=l"(seen)
+                     : "l"(counter), "l"(kSplitKArrival)
+                     : "memory");
+        uint32_t arrived = static_cast<uint32_t>(seen) + 1u;
+        if (!split_k_counts(seen, splits)) {  // the add went to a word that is not a counter (yet)
+            __threadfence();
+            seen += kSplitKArrival;
+            for (;;) {
+                if (split_k_counts(seen, splits)) {  // another CTA installed it: add the arrival
+                    arrived = static_cast<uint32_t>(atomicAdd(counter, kSplitKArrival)) + 1u;
+                    break;
+                }
+                const unsigned long long old =
+                    atomicCAS(counter, seen, (static_cast<unsigned long long>(kSplitKMark) << 32) + kSplitKArrival);
+                if (old == seen) {
+                    arrived = 1u;
+                    break;
+                }
+                seen = old;  // another CTA added or installed first
             }
-            const unsigned long long old = atomicCAS(counter, seen, tag + 1);  // install the tag, arrival 1
-            if (old == seen) {
-                arrived = 1u;
-                break;
-            }
-            seen = old;  // another CTA installed it first (or the stale value changed)
         }
-        __threadfence();
-        *s_flag = arrived == static_cast<uint32_t>(splits);
-        if (*s_flag) *counter = tag;  // every slice has arrived: count 0 again
+        const bool last = arrived == static_cast<uint32_t>(splits);
+        if (last) {
+            asm volatile("fence.acq_rel.gpu;" ::: "memory");
+            *counter = static_cast<unsigned long long>(kSplitKMark) << 32;  // every slice has arrived: c = 0
+        }
+        *s_flag = last;
     }
     __syncthreads();
     return *s_flag != 0;

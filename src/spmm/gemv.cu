@@ -307,7 +307,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
             const int t = t0 + u * (kGemvThreads / kTileM);
             if (row_ok && t < N) p.partial[(int64_t(split) * N + t) * p.M + m0 + r] = sum[u];
         }
-        if (!split_k_arrive_last(p.counters + mt, p.epoch, p.splits, &s_is_last)) return;
+        if (!split_k_arrive_last(p.counters + mt, p.splits, &s_is_last)) return;
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u) {
             const int t = t0 + u * (kGemvThreads / kTileM);

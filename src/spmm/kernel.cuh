@@ -518,7 +518,7 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 if (n < cols && r < rows) mine[int64_t(n) * p.M + r] = cs[n * kCStride + r];
             }
         }
-        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.epoch, p.splits, &s_is_last))
+        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.splits, &s_is_last))
             return;
     }
     // y element (n, r) of this tile from its sum over K: alpha, bias, beta * y.

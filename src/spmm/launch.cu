@@ -3,7 +3,6 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
-#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -401,13 +400,10 @@ void run_linear(const fspmm_header_t& h, const LinearPlan& plan, const void* blo
     p.splits = plan.splits;
     p.k_tiles_per_split = plan.k_tiles_per_split;
     if (plan.splits > 1) {
-        // Counters first, at a fixed place for every N of a plan; tagged with this launch (epilogue.cuh), so
-        // whatever the workspace holds needs no memset: the first CTA to arrive at a counter installs the tag.
-        static std::atomic<uint32_t> launches{0};
-        const uint32_t epoch = launches.fetch_add(1, std::memory_order_relaxed) + 1;
+        // Counters first, at a fixed place for every N of a plan; they check themselves (epilogue.cuh), so
+        // whatever the workspace holds needs no memset.
         p.counters = static_cast<unsigned long long*>(workspace);
         p.partial = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + plan.counters_bytes);
-        p.epoch = epoch;
     }
     const dim3 grid(unsigned(plan.m_blocks), unsigned(plan.splits), unsigned(plan.n_blocks));
     const cudaError_t err = plan.kernel == kGemv ? launch_gemv(h.format, h.dtype, plan.n_tile, p, grid, stream)

@@ -28,7 +28,6 @@ struct LinearParams {
     int k_tiles_per_split;
     float* partial;            // [splits, N, M] fp32 partial sums (splits > 1)
     unsigned long long* counters;  // one arrival counter per output tile (splits > 1): epilogue.cuh
-    uint32_t epoch;                // this launch's number, tagging its split-K counters (epilogue.cuh)
 };
 
 // Launch configuration shared by every kernel instantiation. A CTA owns kStripes 64-row tiles (128 rows of W)

@@ -208,7 +208,7 @@ __launch_bounds__(kStreamThreads, stream_min_ctas(kNTile))
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u)
             if (inside(u)) mine[at(u)] = sum[u];
-        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.epoch, p.splits, &s_is_last))
+        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + blockIdx.x, p.splits, &s_is_last))
             return;
         const int64_t slice = p.N * p.M;
 #pragma unroll

@@ -91,7 +91,7 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
     CHECK(fspmm_device_malloc(&d_bias, sizeof(uint16_t) * M));
     CHECK(fspmm_device_malloc(&d_y, sizeof(uint16_t) * N * M));
     CHECK(fspmm_device_malloc(&d_ws, ws));
-    if (ws != 0) { /* whatever a workspace holds will do (split-K counters are tagged per launch): fill it */
+    if (ws != 0) { /* whatever a workspace holds will do (split-K counters check themselves): fill it */
         uint8_t* junk = malloc(ws);
         for (size_t i = 0; i < ws; ++i) junk[i] = (uint8_t)(0xA5 ^ (i * 131));
         CHECK(fspmm_memcpy(d_ws, junk, ws, FSPMM_COPY_HOST_TO_DEVICE, NULL));
@@ -106,10 +106,21 @@ static int run_case(int64_t M, int64_t K, int64_t N, double sparsity, fspmm_form
     if (ws != 0 && beta == 0.0f) {
         /* the workspace of the launch above, reused without clearing: three more launches give the same bits */
         uint16_t* y2 = malloc(sizeof(uint16_t) * N * M);
+        CHECK(fspmm_memcpy(d_y, y0, sizeof(uint16_t) * N * M, FSPMM_COPY_HOST_TO_DEVICE, NULL)); /* NaN again */
         for (int rep = 0; rep < 3; ++rep)
             CHECK(fspmm_linear(plan, d_x, N, K, K, d_bias, d_y, M, M, alpha, beta, d_ws, ws, NULL));
         CHECK(fspmm_memcpy(y2, d_y, sizeof(uint16_t) * N * M, FSPMM_COPY_DEVICE_TO_HOST, NULL));
         same_zeroed = memcmp(y2, y_gpu, sizeof(uint16_t) * N * M) == 0;
+        /* and once more after a 4-byte value (31.015625f) over the low half of every 8-byte word */
+        uint32_t* half = malloc(ws);
+        CHECK(fspmm_memcpy(half, d_ws, ws, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+        for (size_t i = 0; i + 1 < ws / 4; i += 2) half[i] = 0x41F82000u;
+        CHECK(fspmm_memcpy(d_ws, half, ws, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+        free(half);
+        CHECK(fspmm_memcpy(d_y, y0, sizeof(uint16_t) * N * M, FSPMM_COPY_HOST_TO_DEVICE, NULL));
+        CHECK(fspmm_linear(plan, d_x, N, K, K, d_bias, d_y, M, M, alpha, beta, d_ws, ws, NULL));
+        CHECK(fspmm_memcpy(y2, d_y, sizeof(uint16_t) * N * M, FSPMM_COPY_DEVICE_TO_HOST, NULL));
+        same_zeroed = same_zeroed && memcmp(y2, y_gpu, sizeof(uint16_t) * N * M) == 0;
         free(y2);
     }
 
