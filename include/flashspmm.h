@@ -70,7 +70,7 @@ typedef enum {
 typedef enum {
     FSPMM_KERNEL_AUTO = 0,        /* chosen from the format, density and N (the measured rule in launch.cu)   */
     FSPMM_KERNEL_TENSOR_CORE = 1, /* tiles expanded on chip and multiplied on Tensor Cores                    */
-    FSPMM_KERNEL_CUDA_CORE = 2,   /* fp32 FMA per stored value: N = 1 (Tiled-CSL: N <= 4); larger N uses TC   */
+    FSPMM_KERNEL_CUDA_CORE = 2,   /* fp32 FMA per stored value: N = 1 (Tiled-CSL: N <= 16); larger N uses TC  */
     FSPMM_KERNEL_STREAMING = 3    /* bitmap, up to 16 tokens: Tensor Cores, one 64-row tile stream per warp;  */
                                   /* larger N uses the pipelined Tensor Core kernel                           */
 } fspmm_kernel_t;

@@ -69,7 +69,7 @@ def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
         info = W.plan_info(n, split_k=kwargs.get("split_k", 0), kernel=kernel, decoder=decoder)
         if decoder != "auto" and info["kernel"] != "cuda_core":
             assert info["decoder"] == decoder, info
-        cuda_core = n == 1 or (W.format == "tiled_csl" and n <= 4)  # the CUDA-core kernel's token counts
+        cuda_core = n == 1 or (W.format == "tiled_csl" and n <= 16)  # the CUDA-core kernel's token counts
         serves = {"cuda_core": cuda_core, "streaming": n <= 16, "tensor_core": True}
         if kernel != "auto":
             assert info["kernel"] == (kernel if serves[kernel] else "tensor_core"), info
@@ -80,7 +80,7 @@ def linear_with_decoder(decoder, x, W, bias=None, *, kernel="auto", **kwargs):
 
 def linear_with_gemv(gemv, x, W, bias=None, *, decoder="", **kwargs):
     """flashspmm.linear with the CUDA-core kernel forced: "1" the CUDA-core kernel (one token; Tiled-CSL up to
-    four), "0" the Tensor Core kernel, "" the library's rule; `decoder` as for linear_with_decoder."""
+    16), "0" the Tensor Core kernel, "" the library's rule; `decoder` as for linear_with_decoder."""
     kernel = {"1": "cuda_core", "0": "tensor_core", "": "auto"}[gemv]
     return linear_with_decoder(decoder, x, W, bias, kernel=kernel, **kwargs)
 
@@ -370,18 +370,19 @@ def test_uneven_rows_on_cuda_cores(rng, framework, dtype, gemv, N):
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("gemv", ["1", ""])
-@pytest.mark.parametrize("N", [2, 3, 4, 5])
+@pytest.mark.parametrize("N", [2, 3, 4, 5, 8, 13, 16, 17])
 @pytest.mark.parametrize("M,K,sparsity", [(65, 63, 0.5), (300, 4100, 0.9), (130, 700, 0.99), (1000, 999, 0.8)])
 def test_few_tokens_on_cuda_cores(rng, framework, gemv, dtype, N, M, K, sparsity):
-    """Tiled-CSL with 2-4 tokens on the CUDA-core kernel (5: the Tensor Core kernel), x rows with a stride and
-    only 2-byte aligned, bias, alpha, beta, split-K; a repeated launch gives the same bits."""
+    """Tiled-CSL with 2-16 tokens on the CUDA-core kernel (5-16 in token blocks of four, the last one partial;
+    17: the Tensor Core kernel), x rows with a stride and only 2-byte aligned, bias, alpha, beta, split-K; a
+    repeated launch gives the same bits."""
     W, w64, _ = device_weight(rng, framework, M, K, sparsity, dtype, "tiled_csl")
     base_host, base64 = values(rng, (N, K + 3), dtype)
     x = sliced(on_device(framework, bits_of(base_host), dtype), (slice(None), slice(1, K + 1)))
     x64 = base64[:, 1 : K + 1]
     b, b64 = device_values(rng, framework, (M,), dtype)
     y0_host, y064 = values(rng, (N, M), dtype)
-    want = "cuda_core" if gemv == "1" and N <= 4 else None
+    want = "cuda_core" if gemv == "1" and N <= 16 else None
     for split_k in (0, 1, 3):
         if want:
             assert W.plan_info(N, split_k=split_k, kernel="cuda_core")["kernel"] == want
@@ -394,6 +395,19 @@ def test_few_tokens_on_cuda_cores(rng, framework, gemv, dtype, N, M, K, sparsity
         linear_with_gemv(gemv, x, W, b, out=y, alpha=0.75, beta=-0.5, split_k=split_k)
         synchronize()
         assert_bits_equal(host_bits(y), first, "a repeated launch")
+
+
+def test_auto_runs_few_tokens_on_cuda_cores_where_measured_faster(rng):
+    """The automatic rule for 5-16 tokens of a Tiled-CSL matrix (launch.cu, gemv_density_limit): the CUDA-core
+    kernel for matrices of up to 1024 rows at up to 20 % density, and up to 4096 x 4096 elements at up to 10 %
+    for up to 8 tokens; the Tensor Core kernel elsewhere."""
+    small, _, _ = device_weight(rng, "torch", 1024, 512, 0.9, "float16", "tiled_csl")
+    assert [small.plan_info(n)["kernel"] for n in (5, 8, 16, 17)] == ["cuda_core"] * 3 + ["tensor_core"]
+    assert small.plan_info(8)["grid"][2] == 2  # two blocks of four tokens
+    mid, _, _ = device_weight(rng, "torch", 4096, 4096, 0.95, "float16", "tiled_csl")
+    assert [mid.plan_info(n)["kernel"] for n in (8, 9)] == ["cuda_core", "tensor_core"]
+    tall, _, _ = device_weight(rng, "torch", 8192, 4096, 0.95, "float16", "tiled_csl")
+    assert [tall.plan_info(n)["kernel"] for n in (4, 5, 8)] == ["cuda_core", "tensor_core", "tensor_core"]
 
 
 # ---- NaN and Inf on the GPU (README "Numerics") -----------------------------------------------------------------

@@ -183,8 +183,8 @@ def run(args):
                         fmt = f"{fmt}/k{split_k}"
                     real = autos.get(base, base)
                     blobs = mats[real]
-                    if options.get("kernel") == "cuda_core" and (4 if real == "tiled_csl" else 1) < N:
-                        continue  # the CUDA-core kernel serves one token (Tiled-CSL: up to four)
+                    if options.get("kernel") == "cuda_core" and (16 if real == "tiled_csl" else 1) < N:
+                        continue  # the CUDA-core kernel serves one token (Tiled-CSL: up to 16)
                     if options.get("kernel") == "streaming" and N > 16:
                         continue  # the streaming kernel serves up to 16 tokens
                     t = time_rotation(
@@ -333,7 +333,7 @@ def main(argv=None):
         default=None,
         help="bitmap, tiled_csl, auto (auto_n8, auto_n1: for N <= 8, one token); bitmap:direct / bitmap:scatter / bitmap:rows force a bitmap decoder, "
         "FORMAT:cuda_core / FORMAT:tensor_core / FORMAT:streaming a kernel (CUDA cores: N = 1, Tiled-CSL "
-        "N <= 4; streaming: bitmap, N <= 16)",
+        "N <= 16; streaming: bitmap, N <= 16)",
     )
     ap.add_argument(
         "--split-k",

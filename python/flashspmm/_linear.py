@@ -178,7 +178,7 @@ def linear(
         alpha, beta: scalars (fp32 accumulation).
         split_k: GPU only: 0 = automatic, else the number of K slices (1 = none).
         kernel: GPU only: "auto", "tensor_core" (the pipelined Tensor Core kernel), "cuda_core" (serves N = 1;
-            Tiled-CSL matrices N <= 4) or "streaming" (Tensor Cores, a tile stream per warp: bitmap matrices, serves N <= 16).
+            Tiled-CSL matrices N <= 16) or "streaming" (Tensor Cores, a tile stream per warp: bitmap matrices, serves N <= 16).
         decoder: GPU, bitmap matrices only: "auto", "direct", "scatter" or "rows".
         stream: GPU only: a cudaStream_t as an int, or an object with ``.cuda_stream`` (torch) or ``.ptr``
             (cupy); default: x's framework's current stream.

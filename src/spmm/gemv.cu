@@ -4,7 +4,8 @@
 // Tiled-CSL at <= 30 % density (launch.cu); slower than the MMA kernels for denser matrices and for the
 // bitmap format, where it runs only when asked for (FSPMM_KERNEL_CUDA_CORE).
 //
-// A CTA owns one 64-row stripe and a slice of the K tiles (split-K); each of its warps takes every
+// A CTA owns one 64-row stripe, a slice of the K tiles (split-K) and a block of tokens (up to the kernel's
+// token tile: more tokens run as more blocks, grid.z, each reading the whole slice); each of its warps takes every
 // kGemvWarps-th K tile of the slice (copied, with its 64 x values, into one of the warp's two shared-memory
 // buffers, by bulk copies on sm_90 and cp.async on sm_80, while the previous tile is multiplied) and sums its
 // 64 rows in fp32 in a fixed order, so the result does not depend on scheduling. The warps' sums are added in
@@ -186,7 +187,10 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     const int64_t kt_begin = int64_t(split) * p.k_tiles_per_split;
     const int nk = int((kt_begin + p.k_tiles_per_split < p.tiles_k ? kt_begin + p.k_tiles_per_split : p.tiles_k) -
                        kt_begin);
-    const int N = int(p.N);  // 1..kN tokens; x rows past N stay zero
+    // Tokens n0 .. n0 + N - 1 (a block of at most kN: grid.z blocks cover p.N); x rows past N stay zero.
+    const int64_t n0 = int64_t(blockIdx.z) * kN;
+    const int N = int(p.N - n0 < kN ? p.N - n0 : kN);
+    const uint16_t* const x = p.x + n0 * p.ldx;
     for (int e = threadIdx.x; e <= nk; e += kGemvThreads) s_off[e] = __ldg(p.offsets + mt * p.tiles_k + kt_begin + e);
 
     const uint32_t buf_bytes = buffer_bytes(p.slot_bytes, kN);
@@ -227,20 +231,20 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
                     if (bytes) ptx::bulk_copy_g2s(dst, p.data + off, bytes, full);
                     if (x_vec)
                         for (int t = 0; t < N; ++t)
-                            ptx::bulk_copy_g2s(ptx::smem_addr(xs + t * kTileK), p.x + t * p.ldx + k0, kTileK * 2, full);
+                            ptx::bulk_copy_g2s(ptx::smem_addr(xs + t * kTileK), x + t * p.ldx + k0, kTileK * 2, full);
                 }
 #endif
             } else {
                 for (uint32_t c = 16 * lane; c < bytes; c += 16 * 32) ptx::cp_async_16(dst + c, p.data + off + c, 16);
                 if (x_vec) {  // token t = lane / 8, 16-byte chunk lane % 8 of its row
                     const int t = lane / 8, ck = lane % 8;
-                    if (t < N) ptx::cp_async_16(ptx::smem_addr(xs + t * kTileK + 8 * ck), p.x + t * p.ldx + k0 + 8 * ck, 16);
+                    if (t < N) ptx::cp_async_16(ptx::smem_addr(xs + t * kTileK + 8 * ck), x + t * p.ldx + k0 + 8 * ck, 16);
                 }
             }
             if (!x_vec) {  // unaligned x or the last, partial K tile: plain loads, zeros past K
                 for (int c = lane; c < N * kTileK; c += 32) {
                     const int t = c / kTileK, col = c % kTileK;
-                    xs[c] = k0 + col < p.K ? p.x[t * p.ldx + k0 + col] : uint16_t(0);
+                    xs[c] = k0 + col < p.K ? x[t * p.ldx + k0 + col] : uint16_t(0);
                 }
             }
         }
@@ -300,20 +304,21 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
             for (int w = 0; w < kGemvWarps; ++w) sum[u] += s_sum[w][t * kTileM + r];
     }
     if (p.splits > 1) {
-        // Publish this slice's sums ([split][N][M]); the last CTA of the stripe to arrive adds all slices in
-        // slice order.
+        // Publish this slice's sums ([split][p.N][M]); the last CTA of the stripe and token block to arrive adds
+        // all slices in slice order.
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u) {
             const int t = t0 + u * (kGemvThreads / kTileM);
-            if (row_ok && t < N) p.partial[(int64_t(split) * N + t) * p.M + m0 + r] = sum[u];
+            if (row_ok && t < N) p.partial[(int64_t(split) * p.N + n0 + t) * p.M + m0 + r] = sum[u];
         }
-        if (!split_k_arrive_last(p.counters + mt, p.splits, &s_is_last)) return;
+        if (!split_k_arrive_last(p.counters + blockIdx.z * gridDim.x + mt, p.splits, &s_is_last)) return;
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u) {
             const int t = t0 + u * (kGemvThreads / kTileM);
             if (row_ok && t < N) {
                 sum[u] = 0.f;
-                for (int s = 0; s < p.splits; ++s) sum[u] += __ldcg(p.partial + (int64_t(s) * N + t) * p.M + m0 + r);
+                for (int s = 0; s < p.splits; ++s)
+                    sum[u] += __ldcg(p.partial + (int64_t(s) * p.N + n0 + t) * p.M + m0 + r);
             }
         }
     }
@@ -323,7 +328,7 @@ __launch_bounds__(kGemvThreads) gemv_kernel(const LinearParams p) {
     for (int u = 0; u < kPerThread; ++u) {
         const int t = t0 + u * (kGemvThreads / kTileM);
         if (t >= N) continue;
-        uint16_t* y = p.y + t * p.ldy + m;
+        uint16_t* y = p.y + (n0 + t) * p.ldy + m;
         float out = p.alpha * sum[u];
         if (p.bias) out += Dtype::to_float(p.bias[m]);
         if (p.beta != 0.f) out += p.beta * Dtype::to_float(*y);

@@ -202,27 +202,34 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
 // value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md, eight shapes). One
 // token: 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %. Two
 // tokens (a tile of two): 1.06-1.19x at 20 %, 0.95-1.01x at 25 %. Three and four (a tile of four): 0.97-1.12x
-// at 10 % density, 1.08-1.38x at 5 %, 0.87-0.95x at 15 %.
-double gemv_density_limit(int64_t N) { return N == 1 ? 0.30 : N == 2 ? 0.20 : 0.10; }
+// at 10 % density, 1.08-1.38x at 5 %, 0.87-0.95x at 15 %. Five to 16 tokens (blocks of four, each reading the
+// whole matrix: 0.3-0.8x on the large shapes) only where the Tensor Core kernel is bound by latency (H200,
+// 2026-12-04): 1024-row matrices 1.1-2.6x at 5-20 % density, 4096x4096 1.03-1.22x at 5-10 % up to 8 tokens
+// (0.7-0.8x beyond).
+double gemv_density_limit(const fspmm_header_t& h, int64_t N) {
+    if (N <= kGemvMaxN) return N == 1 ? 0.30 : N == 2 ? 0.20 : 0.10;
+    if (h.M <= 1024) return 0.20;
+    return N <= 8 && h.M * h.K <= int64_t{4096} * 4096 ? 0.10 : 0.0;
+}
 
-// Whether this call runs the CUDA-core kernel: one token in either format, 2..kGemvMaxN tokens for Tiled-CSL.
+// Whether this call runs the CUDA-core kernel: one token in either format, 2..kGemvMaxTokens for Tiled-CSL.
 // FSPMM_KERNEL_CUDA_CORE asks for it where it exists (other N run on the Tensor Cores), FSPMM_KERNEL_TENSOR_CORE
 // never uses it.
 bool use_gemv(const fspmm_header_t& h, int64_t N, int kernel) {
     if (kernel != FSPMM_KERNEL_AUTO && kernel != FSPMM_KERNEL_CUDA_CORE) return false;
-    const bool exists = N == 1 || (h.format == FSPMM_FORMAT_TILED_CSL && N <= kGemvMaxN);
+    const bool exists = N == 1 || (h.format == FSPMM_FORMAT_TILED_CSL && N <= kGemvMaxTokens);
     if (!exists || kernel == FSPMM_KERNEL_CUDA_CORE) return exists;
     const double density = double(h.nnz) / (double(h.M) * double(h.K));
-    return h.format == FSPMM_FORMAT_TILED_CSL && density <= gemv_density_limit(N);
+    return h.format == FSPMM_FORMAT_TILED_CSL && density <= gemv_density_limit(h, N);
 }
 
-// Plan of the CUDA-core kernel: a CTA per 64-row stripe and K slice.
+// Plan of the CUDA-core kernel: a CTA per 64-row stripe, K slice and block of n_tile tokens.
 LinearPlan plan_gemv(const fspmm_header_t& h, int64_t N, int split_k, int device) {
     LinearPlan plan{};
     plan.kernel = kGemv;
     plan.n_tile = gemv_token_tile(h.format, N);
     plan.m_blocks = h.tiles_m;
-    plan.n_blocks = 1;
+    plan.n_blocks = int64_t(ceil_div(uint64_t(N), uint64_t(plan.n_tile)));
     FSPMM_REQUIRE(plan.m_blocks <= 0x7FFFFFFF, "M is too large");
     plan.slot_bytes = slot_bytes_of(h);
     plan.smem = gemv_smem_bytes(plan.slot_bytes, plan.n_tile);
