@@ -11,11 +11,6 @@
 
 namespace fspmm {
 
-template <typename T>
-__device__ __forceinline__ T imin(T a, T b) {
-    return a < b ? a : b;
-}
-
 // Shared-memory address of 16-byte chunk ck (K elements 8 ck..8 ck + 7) of token row n of the x tile at xs:
 // rows of 128 bytes, chunk ck stored at ck ^ (n % 8) (the sm_90 128-byte swizzle, wgmma_desc_sw128), so
 // that ldmatrix's eight row addresses of one chunk column fall in eight different bank groups.

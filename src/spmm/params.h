@@ -30,6 +30,14 @@ struct LinearParams {
     unsigned long long* counters;  // one arrival counter per output tile (splits > 1): epilogue.cuh
 };
 
+#ifdef __CUDACC__
+// The smaller of two values, in device code.
+template <typename T>
+__device__ __forceinline__ T imin(T a, T b) {
+    return a < b ? a : b;
+}
+#endif
+
 // Launch configuration shared by every kernel instantiation. A CTA owns kStripes 64-row tiles (128 rows of W)
 // and has one producer warp (it issues the copies on sm_90) plus consumer warps that each multiply `groups`
 // 16-row groups of one stripe: 2 for the direct bitmap and the Tiled-CSL decoders (4 consumer warps; a warp's
