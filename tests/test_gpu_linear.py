@@ -421,7 +421,7 @@ def _nonzero_column(rng, m, dtype):
 @pytest.mark.parametrize("framework", GPU_ARRAY_LIBS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("N,gemv", [(1, "1"), (1, "0"), (17, "")])
+@pytest.mark.parametrize("N,gemv", [(1, "1"), (1, "0"), (7, "1"), (17, "")])
 def test_stored_nan_and_inf_propagate(rng, framework, dtype, fmt, N, gemv):
     """A stored NaN makes its output feature NaN for every token; a stored -Inf makes it -sign(x)·Inf; every
     other output is as without them (every kernel, split-K included)."""
@@ -577,6 +577,7 @@ def test_streaming_under_cuda_graph_capture_with_split_k(rng):
 SPLIT_K_KERNELS = [
     ("bitmap", 1024, 4096, 2, 0.5, "streaming"),
     ("tiled_csl", 2048, 4096, 1, 0.9, "cuda_core"),
+    ("tiled_csl", 1024, 4096, 7, 0.9, "cuda_core"),  # two token blocks (4 + 3)
     ("bitmap", 1024, 2048, 24, 0.7, "tensor_core"),
 ]
 
