@@ -81,6 +81,152 @@ constexpr int min_ctas(int groups, int n_tile) {
     return groups == 2 && n_tile <= 16 ? kDirectSmall : n_tile <= 32 ? 4 : 3;
 }
 
+// ---- the consumer warps' steps ------------------------------------------------------------------------
+
+// What a consumer warp does with K tile i of the kernel below once it has landed: decode it (the direct decoder
+// straight into A fragments, the others into this stripe's dense tile) and multiply it with the x tile into the
+// accumulators. The fields are the kernel's: its parameters, its shared-memory layout and this thread's place.
+template <class Decoder, class Dtype, int kNTile, int kStages, bool kWgmma, bool kWgmmaDense>
+struct ConsumerSteps {
+    static constexpr int kGroups = Decoder::kGroups;
+    static constexpr int kWarps = consumer_warps(kGroups);
+    static constexpr uint32_t kXTileBytes = kNTile * kXRowBytes;
+    const LinearParams& p;
+    ptx::FragC (&acc)[kGroups][kNTile / 8];
+    const uint32_t (&s_tile_bytes)[kStages][kStripes];
+    uint8_t* w0;      // the compressed-tile slots of every stage
+    uint32_t x0;      // the x tiles of every stage
+    uint32_t dense0;  // the dense tiles (decoders that scatter)
+    uint32_t my_dense;  // this stripe's dense tile
+    uint32_t x_lane;    // this lane's ldmatrix row address in an x tile (see the kernel)
+    int tid, lane, warp, stripe, wr;
+
+    __device__ __forceinline__ uint8_t* w_slot(int stage, int s) const {
+        return w0 + size_t(stage * kStripes + s) * p.slot_bytes;
+    }
+    __device__ __forceinline__ uint32_t x_slot(int stage) const { return x0 + uint32_t(stage) * kXTileBytes; }
+
+    // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
+    // (one per group).
+    __device__ __forceinline__ void mma_chunk(const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) const {
+        const uint32_t xk = (xs + x_lane) ^ (kc << 5);
+        if constexpr (kNTile == 8) {
+            ptx::FragB b;
+            ptx::ldmatrix_x2(b.x, xk);
+#pragma unroll
+            for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
+        } else {
+#pragma unroll
+            for (int j = 0; j < kNTile / 8; j += 2) {
+                uint32_t r[4];
+                ptx::ldmatrix_x4(r, xk + j * 8 * kXRowBytes);
+                const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) {
+                    Dtype::mma(acc[g][j], a[g], b0);
+                    Dtype::mma(acc[g][j + 1], a[g], b1);
+                }
+            }
+        }
+    }
+    // The same on the warpgroup MMA (x read from shared memory by the Tensor Cores): issued, not waited for.
+    __device__ __forceinline__ void wgmma_chunk(const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) const {
+        if constexpr (kWgmma) {
+            ptx::wgmma_fence();  // the A fragments (and the accumulators) were written by ordinary instructions
+#pragma unroll
+            for (int g = 0; g < kGroups; ++g) wgmma<Dtype>(acc[g], a[g], ptx::wgmma_desc_sw128(xs + kc * 32));
+            ptx::wgmma_commit();
+        }
+    }
+    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile, through
+    // the tile's table (called for warps whose stripe lies within M, and for every warp on the warpgroup MMA,
+    // where a warp whose stripe lies past M decodes the all-zero table prepared for it).
+    __device__ __forceinline__ void multiply_direct(int i, const uint32_t* table) const {
+        if constexpr (Decoder::kDirect) {
+            const uint32_t xs = x_slot(i % kStages);
+            if constexpr (kWgmma) ptx::fence_proxy_async_shared();  // x came through the generic proxy
+            const typename Decoder::Lane ln = Decoder::lane_constants(lane);
+            auto decode = [&](ptx::FragA(&a)[kGroups], int kc) {
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, wr + g, kc);
+            };
+            if constexpr (kWgmma) {
+                // Fragments of chunk kc + 1 are decoded while the MMA of chunk kc runs (two register sets).
+                ptx::FragA a[2][kGroups];
+                decode(a[0], 0);
+#pragma unroll
+                for (int kc = 0; kc < 4; ++kc) {
+                    wgmma_chunk(a[kc & 1], kc, xs);
+                    if (kc < 3) decode(a[(kc + 1) & 1], kc + 1);
+                    ptx::wgmma_wait<0>();  // chunk kc done: its registers and (after kc = 3) the stage are free
+                }
+            } else {
+#pragma unroll
+                for (int kc = 0; kc < 4; ++kc) {
+                    ptx::FragA a[kGroups];
+                    decode(a, kc);
+                    mma_chunk(a, kc, xs);  // one set of x fragments for all the warp's rows
+                }
+            }
+        }
+    }
+    // Shared-tile decoders, step 1 (consumer threads): scatter this stripe's tile i into its dense tile.
+    __device__ __forceinline__ void scatter_tile(int i) const {
+        if constexpr (!Decoder::kDirect) {
+            const int stage = i % kStages;
+            constexpr int kStripeThreads = 32 * kWarps / kStripes;
+            if constexpr (Decoder::kWarpLocal) {
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g)  // a warp's 32 threads decode one 16-row group
+                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense, (wr + g) * 32 + lane,
+                                     32);
+            } else {
+                Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense, tid % kStripeThreads,
+                                 kStripeThreads);
+            }
+        }
+    }
+    // Step 2 (consumer warps, once the dense tile is complete): multiply the warp's rows of it, then re-zero
+    // them for a later scatter into the same dense tile.
+    __device__ __forceinline__ void multiply_dense(int i) const {
+        const uint32_t xs = x_slot(i % kStages);
+        if constexpr (kWgmmaDense) {
+            // The warpgroup multiplies both 64-row dense tiles (the whole CTA), then each warp re-zeroes its
+            // 16 rows of each once the MMAs are complete.
+            ptx::wgmma_fence();
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+                for (int s = 0; s < kStripes; ++s)
+                    wgmma_ss<Dtype>(acc[s], ptx::wgmma_desc_sw128(dense0 + s * kDenseBytes + kc * 32),
+                                    ptx::wgmma_desc_sw128(xs + kc * 32));
+            ptx::wgmma_commit();
+            ptx::wgmma_wait<0>();
+#pragma unroll
+            for (int c = 0; c < 4 * kStripes; ++c)
+                ptx::st_shared_zero16(dense0 + (c / 4) * kDenseBytes + warp * kDenseGroupBytes +
+                                      (lane + 32 * (c % 4)) * 16);
+        } else {
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                ptx::FragA a[kGroups];
+#pragma unroll
+                for (int g = 0; g < kGroups; ++g) {
+                    const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
+                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * kTileK + ((chunk ^ (row & 7)) << 3)) * kElemBytes);
+                }
+                mma_chunk(a, kc, xs);
+            }
+            if constexpr (Decoder::kNeedsZero) {
+                __syncwarp();
+#pragma unroll
+                for (int c = 0; c < 4 * kGroups; ++c)
+                    ptx::st_shared_zero16(my_dense + wr * kDenseGroupBytes + (lane + 32 * c) * 16);
+            }
+        }
+    }
+};
+
 template <class Decoder, class Dtype, int kNTile>
 __global__ void
 __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTile))
@@ -251,124 +397,8 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
     // 8 (lane / 16) + 8 j: x_chunk(xs, row, chunk) = ((xs + x_lane) ^ (kc << 5)) + 1024 j (xs is 128-aligned).
     const uint32_t x_lane = ((lane & 7) + (kNTile == 8 ? 0 : (lane >> 4) << 3)) * kXRowBytes +
                             ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
-    // x fragments of chunk kc of the x tile at xs, multiplied into every accumulator with the W fragments a
-    // (one per group).
-    auto mma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
-        const uint32_t xk = (xs + x_lane) ^ (kc << 5);
-        if constexpr (kNTile == 8) {
-            ptx::FragB b;
-            ptx::ldmatrix_x2(b.x, xk);
-#pragma unroll
-            for (int g = 0; g < kGroups; ++g) Dtype::mma(acc[g][0], a[g], b);
-        } else {
-#pragma unroll
-            for (int j = 0; j < kNTile / 8; j += 2) {
-                uint32_t r[4];
-                ptx::ldmatrix_x4(r, xk + j * 8 * kXRowBytes);
-                const ptx::FragB b0{{r[0], r[1]}}, b1{{r[2], r[3]}};
-#pragma unroll
-                for (int g = 0; g < kGroups; ++g) {
-                    Dtype::mma(acc[g][j], a[g], b0);
-                    Dtype::mma(acc[g][j + 1], a[g], b1);
-                }
-            }
-        }
-    };
-    // The same on the warpgroup MMA (x read from shared memory by the Tensor Cores): issued, not waited for.
-    auto wgmma_chunk = [&](const ptx::FragA (&a)[kGroups], int kc, uint32_t xs) {
-        if constexpr (kWgmma) {
-            ptx::wgmma_fence();  // the A fragments (and the accumulators) were written by ordinary instructions
-#pragma unroll
-            for (int g = 0; g < kGroups; ++g) wgmma<Dtype>(acc[g], a[g], ptx::wgmma_desc_sw128(xs + kc * 32));
-            ptx::wgmma_commit();
-        }
-    };
-    // Direct decoder: each warp builds its A fragments of tile i straight from the compressed tile, through
-    // the tile's table (called for warps whose stripe lies within M, and for every warp on the warpgroup MMA,
-    // where a warp whose stripe lies past M decodes the all-zero table prepared for it).
-    auto multiply_direct = [&](int i, const uint32_t* table) {
-        if constexpr (Decoder::kDirect) {
-            const uint32_t xs = x_slot(i % kStages);
-            if constexpr (kWgmma) ptx::fence_proxy_async_shared();  // x came through the generic proxy
-            const typename Decoder::Lane ln = Decoder::lane_constants(lane);
-            auto decode = [&](ptx::FragA (&a)[kGroups], int kc) {
-#pragma unroll
-                for (int g = 0; g < kGroups; ++g) a[g] = Decoder::fragment(table, ln, wr + g, kc);
-            };
-            if constexpr (kWgmma) {
-                // Fragments of chunk kc + 1 are decoded while the MMA of chunk kc runs (two register sets).
-                ptx::FragA a[2][kGroups];
-                decode(a[0], 0);
-#pragma unroll
-                for (int kc = 0; kc < 4; ++kc) {
-                    wgmma_chunk(a[kc & 1], kc, xs);
-                    if (kc < 3) decode(a[(kc + 1) & 1], kc + 1);
-                    ptx::wgmma_wait<0>();  // chunk kc done: its registers and (after kc = 3) the stage are free
-                }
-            } else {
-#pragma unroll
-                for (int kc = 0; kc < 4; ++kc) {
-                    ptx::FragA a[kGroups];
-                    decode(a, kc);
-                    mma_chunk(a, kc, xs);  // one set of x fragments for all the warp's rows
-                }
-            }
-        }
-    };
-    // Shared-tile decoders, step 1 (consumer threads): scatter this stripe's tile i into its dense tile.
-    auto scatter_tile = [&](int i) {
-        if constexpr (!Decoder::kDirect) {
-            const int stage = i % kStages;
-            constexpr int kStripeThreads = 32 * kWarps / kStripes;
-            if constexpr (Decoder::kWarpLocal) {
-#pragma unroll
-                for (int g = 0; g < kGroups; ++g)  // a warp's 32 threads decode one 16-row group
-                    Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
-                                     (wr + g) * 32 + lane, 32);
-            } else {
-                Decoder::scatter(w_slot(stage, stripe), s_tile_bytes[stage][stripe], my_dense,
-                                 tid % kStripeThreads, kStripeThreads);
-            }
-        }
-    };
-    // Step 2 (consumer warps, once the dense tile is complete): multiply the warp's rows of it, then re-zero
-    // them for a later scatter into the same dense tile.
-    auto multiply_dense = [&](int i) {
-        const uint32_t xs = x_slot(i % kStages);
-        if constexpr (kWgmmaDense) {
-            // The warpgroup multiplies both 64-row dense tiles (the whole CTA), then each warp re-zeroes its
-            // 16 rows of each once the MMAs are complete.
-            ptx::wgmma_fence();
-#pragma unroll
-            for (int kc = 0; kc < 4; ++kc)
-#pragma unroll
-                for (int s = 0; s < kStripes; ++s)
-                    wgmma_ss<Dtype>(acc[s], ptx::wgmma_desc_sw128(dense0 + s * kDenseBytes + kc * 32),
-                                    ptx::wgmma_desc_sw128(xs + kc * 32));
-            ptx::wgmma_commit();
-            ptx::wgmma_wait<0>();
-#pragma unroll
-            for (int c = 0; c < 4 * kStripes; ++c)
-                ptx::st_shared_zero16(dense0 + (c / 4) * kDenseBytes + warp * kDenseGroupBytes + (lane + 32 * (c % 4)) * 16);
-        } else {
-#pragma unroll
-            for (int kc = 0; kc < 4; ++kc) {
-                ptx::FragA a[kGroups];
-#pragma unroll
-                for (int g = 0; g < kGroups; ++g) {
-                    const int row = (wr + g) * 16 + (lane & 15), chunk = 2 * kc + (lane >> 4);
-                    ptx::ldmatrix_x4(a[g].x, my_dense + (row * kTileK + ((chunk ^ (row & 7)) << 3)) * kElemBytes);
-                }
-                mma_chunk(a, kc, xs);
-            }
-            if constexpr (Decoder::kNeedsZero) {
-                __syncwarp();
-#pragma unroll
-                for (int c = 0; c < 4 * kGroups; ++c)
-                    ptx::st_shared_zero16(my_dense + wr * kDenseGroupBytes + (lane + 32 * c) * 16);
-            }
-        }
-    };
+    const ConsumerSteps<Decoder, Dtype, kNTile, kStages, kWgmma, kWgmmaDense> steps{
+        p, acc, s_tile_bytes, w0, x0, dense0, my_dense, x_lane, tid, lane, warp, stripe, wr};
 
 #if __CUDA_ARCH__ >= 900 && !defined(FSPMM_NO_BULK_PIPELINE)
     auto wait_full = [&](int i) { ptx::mbarrier_wait_parity(ptx::smem_addr(&s_full[i % kStages]), (i / kStages) & 1); };
@@ -422,11 +452,11 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
             if constexpr (Decoder::kDirect) {
                 const int b = i % kTableBuffers;  // tile i's table is written:
                 ptx::mbarrier_wait_parity(ptx::smem_addr(&s_ready[b]), (i / kTableBuffers) & 1);
-                if (my_stripe || kWgmma) multiply_direct(i, table_of(i, stripe));  // (wgmma: every warp)
+                if (my_stripe || kWgmma) steps.multiply_direct(i, table_of(i, stripe));  // (wgmma: every warp)
             } else {
-                if (my_stripe) scatter_tile(i);
+                if (my_stripe) steps.scatter_tile(i);
                 __syncwarp();       // each warp decoded exactly the rows it multiplies
-                multiply_dense(i);  // (a stripe past M multiplies its zero dense tile)
+                steps.multiply_dense(i);  // (a stripe past M multiplies its zero dense tile)
             }
             release(i);
         }
@@ -435,10 +465,10 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
         for (int i = 0; i < nk; ++i) {
             if (i > 0) ptx::consumer_sync<32 * kWarps>();  // every warp re-zeroed its rows of the dense tiles
             wait_full(i);
-            if (my_stripe) scatter_tile(i);
+            if (my_stripe) steps.scatter_tile(i);
             if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // scatter and zeroing -> Tensor Cores
             ptx::consumer_sync<32 * kWarps>();  // dense tiles complete
-            if (my_stripe || kWgmmaDense) multiply_dense(i);  // (the warpgroup MMA needs every warp)
+            if (my_stripe || kWgmmaDense) steps.multiply_dense(i);  // (the warpgroup MMA needs every warp)
             release(i);
         }
     }
@@ -461,16 +491,16 @@ __launch_bounds__(cta_threads(Decoder::kGroups), min_ctas(Decoder::kGroups, kNTi
                 uint32_t* const table = s_table + warp * Decoder::kTableWords;  // the warp's own
                 Decoder::prepare(w_slot(i % kStages, stripe), my_stripe, lane & 15, table, lane < 16);
                 __syncwarp();
-                multiply_direct(i, table);
+                steps.multiply_direct(i, table);
             }
         } else {
-            if (consumer && my_stripe) scatter_tile(i);
+            if (consumer && my_stripe) steps.scatter_tile(i);
             if constexpr (kWgmmaDense) ptx::fence_proxy_async_shared();  // scatter and zeroing -> Tensor Cores
             if constexpr (Decoder::kWarpLocal)
                 __syncwarp();  // each warp decoded exactly the rows it multiplies
             else
                 __syncthreads();  // dense tiles complete
-            if (consumer && (my_stripe || kWgmmaDense)) multiply_dense(i);
+            if (consumer && (my_stripe || kWgmmaDense)) steps.multiply_dense(i);
         }
     }
     ptx::cp_async_wait<0>();
