@@ -113,11 +113,11 @@ typedef struct {
 
 /* What a plan runs for one N (fspmm_plan_info). */
 typedef struct {
-    fspmm_kernel_t kernel;     /* TENSOR_CORE or CUDA_CORE                                                 */
+    fspmm_kernel_t kernel;     /* TENSOR_CORE, CUDA_CORE or STREAMING                                      */
     fspmm_decoder_t decoder;   /* bitmap + Tensor Core: DIRECT, SCATTER or ROWS; otherwise AUTO            */
-    int32_t n_tile;            /* tokens per CTA (CUDA-core kernel: 1, or 4 for 2-4 tokens)                */
+    int32_t n_tile;            /* tokens per CTA (CUDA-core kernel: 1, 2, or 4 for 3-16 tokens)            */
     int32_t split_k;           /* K slices                                                                 */
-    int64_t grid_x, grid_y, grid_z;
+    int64_t grid_x, grid_y, grid_z; /* row blocks, K slices, token blocks                                  */
     size_t shared_memory_bytes;/* dynamic shared memory per CTA                                            */
     size_t workspace_bytes;    /* workspace this N needs (<= fspmm_plan_workspace_size)                   */
 } fspmm_plan_info_t;
