@@ -502,6 +502,22 @@ def test_specials_in_bias_and_out(rng, framework, dtype, fmt, N):
         assert_close(host_bits(y), ref, dtype)  # NaN / Inf matched in kind, the rest element by element
 
 
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+def test_pipelined_splits_fill_at_most_four_ctas_per_sm(rng, sparsity):
+    """The automatic split count of the pipelined kernel (launch.cu, pipelined_splits) fills at most four CTAs per
+    SM in one wave (a fifth adds no throughput) and keeps the last CTA's reduction short: a 1024-row matrix at 32
+    tokens was cut into 64 one-tile slices before, 2.3x slower than into 8; the product stays right."""
+    torch = require("torch")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    W, _, _ = run_case(rng, "torch", 1024, 4096, 32, sparsity, "float16", "bitmap", bias=True)
+    info = W.plan_info(32)
+    assert info["kernel"] == "tensor_core" and info["split_k"] <= 16, info
+    for n, kernel in ((32, "auto"), (64, "auto"), (8, "tensor_core"), (1, "tensor_core")):
+        info = W.plan_info(n, kernel=kernel)
+        gx, gy, gz = info["grid"]
+        assert gx * gy * gz <= 4 * sms and gy > 1, info
+
+
 # ---- the warp-streaming kernel (stream.cu): bitmap, N <= 16 --------------------------------------------------
 
 

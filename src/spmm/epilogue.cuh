@@ -125,12 +125,10 @@ __device__ __forceinline__ void store_tile(const LinearParams& p, const float* c
     };
     // The last CTA sums the splits in order. A thread takes kChunk runs of kVec rows at a time and loads
     // them from kDepth splits at once: the reduction is a chain of L2 round trips on the kernel's critical
-    // path, one per kDepth splits and chunk. More runs at once for the wider N tiles of the 160-thread CTAs,
-    // whose register budget allows it (measured 1-3 % faster at N = 64; more: spills at N = 32, and in the
-    // 288-thread CTAs).
+    // path, one per kDepth splits and chunk (params.h, reduce_chunk; the split count's model counts them).
     auto reduce = [&](auto vec) {
-        constexpr int kVec = decltype(vec)::value, kDepth = 4;
-        constexpr int kChunk = kVec != 4 ? 2 : kGroups == 1 ? 1 : kNTile >= 64 ? 4 : kNTile >= 16 ? 2 : 1;
+        constexpr int kVec = decltype(vec)::value, kDepth = kReduceDepth;
+        constexpr int kChunk = kVec != 4 ? 2 : reduce_chunk(kGroups, kNTile);
         constexpr int kRuns = kNTile * kCtaRows / kVec;
         const float* tile = p.partial + n0 * p.M + m0;  // this output tile in split 0
         const int64_t split_stride = p.N * p.M;

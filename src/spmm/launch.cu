@@ -3,6 +3,7 @@
 
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -69,13 +70,14 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
 
 // Split-K that finishes soonest under a simple model: CTAs run in waves of `slots`; a wave costs the K tiles one
 // of a CTA's `workers` walks (its K slice shared by them) plus a fixed `overhead` in tiles, splitting at all
-// half a tile more, and each split `per_split` tiles (the last CTA's reduction reads every slice). The
-// pipelined kernel: one worker and about two tiles (prologue, epilogue, reduction), up to 64 splits; the
-// streaming kernel: its kStreamWarps warps, one tile (a warp's pipeline fill) and 0.08 tiles per split, up to
-// 256 (the split-count sweep on the H200, docs/EXPERIMENTS.md: 1024 x 8192 runs 1.12-1.26x faster with 16
-// slices than with the 32 chosen without that term; within 3 % of the best fixed count on 16 sweeps).
+// half a tile more, each split `per_split` tiles, and the last CTA's reduction `per_round_trip` tiles for each
+// four slices it reads at once (epilogue.cuh, reduce). The streaming kernel: its kStreamWarps warps, one tile
+// (a warp's pipeline fill) and 0.08 tiles per split, up to 256 (the split-count sweep on the H200,
+// docs/EXPERIMENTS.md: 1024 x 8192 runs 1.12-1.26x faster with 16 slices than with the 32 chosen without that
+// term; within 3 % of the best fixed count on 16 sweeps); the pipelined kernel: pipelined_splits; the CUDA-core
+// kernel: one worker and two tiles, up to 64.
 int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers, int64_t overhead, int64_t most,
-                   double per_split) {
+                   double per_split, double per_round_trip = 0.0) {
     int best = 1;
     double best_cost = 0;
     const int64_t max_splits = tiles_k < most ? tiles_k : most;
@@ -83,8 +85,8 @@ int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers
         const int64_t per = ceil_div(tiles_k, s);
         if (int64_t(ceil_div(tiles_k, per)) != s) continue;  // same slicing as a smaller split count
         const int64_t waves = ceil_div(ctas * s, slots);
-        const double cost =
-            double(waves) * double(ceil_div(per, workers) + overhead) + (s > 1 ? 0.5 : 0.0) + per_split * s;
+        const double cost = double(waves) * double(ceil_div(per, workers) + overhead) +
+                            (s > 1 ? 0.5 + per_round_trip * double(ceil_div(s, kReduceDepth)) : 0.0) + per_split * s;
         if (s == 1 || cost < best_cost) {
             best = s;
             best_cost = cost;
@@ -327,6 +329,25 @@ bool encode_x_map(CUtensorMap& map, const void* x, int64_t ldx, int64_t N, int64
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Split count of the pipelined kernel (fastest_splits), from a split-count sweep of the direct decoder on the
+// H200 (docs/PERFORMANCE.md, 2026-12-04, fourth run: 16 shapes, 50 / 70 %, N = 1-64, 1-64 slices; 1 % slower
+// than the fastest count on average, against 9.5 % for waves of every resident CTA and a fixed reduction cost;
+// Tiled-CSL at 80 / 90 %: 2 % against 12 %):
+//   * a wave holds at most four CTAs per SM: a fifth, where shared memory allows one (70 % sparsity up to 16
+//     tokens), adds no throughput, so filling it costs a wave's fill and reduction for nothing (8192 x 8192 at
+//     70 %: 8 slices 9-11 % faster than the 10 that fill five CTAs per SM);
+//   * the last CTA's reduction is a chain of L2 round trips, half a tile each: one per four slices for each pass
+//     of its threads over the output tile (1024 x 4096 at 32 tokens: 8 slices 2.3x faster than 64).
+int pipelined_splits(const LinearPlan& plan, const fspmm_header_t& h, int64_t N, int threads, int64_t slots,
+                     int64_t sms) {
+    constexpr int64_t kBusyCtasPerSm = 4;
+    const int64_t waves_of = std::min(slots, sms * kBusyCtasPerSm);
+    const int64_t runs = (N < plan.n_tile ? N : plan.n_tile) * kCtaRows / 4;  // float4 runs of an output tile
+    const int groups = threads == cta_threads(1) ? 1 : 2;  // 16-row groups per consumer warp (params.h)
+    const int64_t passes = ceil_div(runs, int64_t(threads) * reduce_chunk(groups, plan.n_tile));
+    return fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, waves_of, 1, 2, 64, 0.0, 0.5 * double(passes));
+}
+
 // Plan of the Tensor Core kernels.
 LinearPlan plan_tensor_core(const fspmm_header_t& h, int64_t N, const LinearOptions& options, int device) {
     const int split_k = options.split_k;
@@ -343,7 +364,10 @@ LinearPlan plan_tensor_core(const fspmm_header_t& h, int64_t N, const LinearOpti
     plan.sm90 = runs_sm90_pipeline(device, k.func);
     plan.smem = smem_bytes(plan.slot_bytes, plan.n_tile, dense, plan.sm90);
 
-    plan_splits(plan, h, N, split_k, resident_ctas(device, k.func, k.threads, plan.smem), kMaxKTilesPerSplit);
+    const int64_t slots = resident_ctas(device, k.func, k.threads, plan.smem);
+    const int splits =
+        split_k > 0 ? split_k : pipelined_splits(plan, h, N, k.threads, slots, kernel_info(device, k.func).sms);
+    plan_splits(plan, h, N, splits, slots, kMaxKTilesPerSplit);
     return plan;
 }
 

@@ -53,6 +53,12 @@ constexpr int cta_threads(int groups) { return 32 * consumer_warps(groups) + 32;
 constexpr int stages_for(int n_tile, bool dense, bool sm90) {
     return n_tile >= 64 || (sm90 && (dense || n_tile >= 32)) ? 3 : 4;
 }
+// The pipelined kernel's split-K reduction (epilogue.cuh, reduce): the last CTA's threads load runs of four
+// rows of the partial sums from kReduceDepth slices at once, reduce_chunk runs at a time: more for the wider N
+// tiles of the 160-thread CTAs, whose register budget allows it (measured 1-3 % faster at N = 64; more spills
+// at N = 32, and in the 288-thread CTAs of one group per warp).
+constexpr int kReduceDepth = 4;
+constexpr int reduce_chunk(int groups, int n_tile) { return groups == 1 ? 1 : n_tile >= 64 ? 4 : n_tile >= 16 ? 2 : 1; }
 constexpr int kMaxKTilesPerSplit = 128;     // a CTA's tile offsets are staged in shared memory
 constexpr int kDenseBytes = kTileElems * kElemBytes + 1024;  // a dense tile, then the slots Tiled-CSL padding entries
                                                              // write to; 1024-aligned tiles (wgmma_desc_sw128)
