@@ -120,6 +120,16 @@ def test_linear_bad_types(W):
         flashspmm.linear(np.zeros((2, 32), np.float16), W, alpha="2")
     with pytest.raises(ValueError, match="split_k"):
         flashspmm.linear(np.zeros((2, 32), np.float16), W, split_k=-1)
+    with pytest.raises(ValueError, match="split_k .*up to 65535, got 65536"):
+        flashspmm.linear(np.zeros((2, 32), np.float16), W, split_k=65536)
+    for bad in (True, 2.0, "2"):
+        with pytest.raises(TypeError, match="split_k must be an int"):
+            flashspmm.linear(np.zeros((2, 32), np.float16), W, split_k=bad)
+    with pytest.raises(ValueError, match="split_k"):
+        W.plan_info(1, split_k=10**12)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            W.plan_info(bad)
     with pytest.raises(ValueError, match="at least 1 dimension"):
         flashspmm.linear(np.zeros((), np.float16), W)
 

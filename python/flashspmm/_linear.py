@@ -14,7 +14,7 @@ import sys
 
 from . import _arrays, _native
 from ._arrays import ArrayInfo, ArrayLike, StreamLike
-from ._matrix import DECODERS, KERNELS, SparseMatrix, _choice
+from ._matrix import DECODERS, KERNELS, SparseMatrix, _choice, _split_count
 from ._native import check, lib
 
 __all__ = ["linear"]
@@ -195,11 +195,7 @@ def linear(
         )
     kernel_code = _choice(kernel, KERNELS, "kernel")
     decoder_code = _choice(decoder, DECODERS, "decoder")
-    if isinstance(split_k, bool) or not isinstance(split_k, numbers.Integral):
-        raise TypeError(f"split_k must be an int, got {type(split_k).__qualname__}")
-    if split_k < 0:
-        raise ValueError(f"split_k must be >= 0 (0 = automatic), got {split_k}")
-    split_k = int(split_k)
+    split_k = _split_count(split_k)
     alpha = _number(alpha, "alpha")
     beta = _number(beta, "beta")
     if _torch is None and "torch" in sys.modules:

@@ -4,6 +4,7 @@ load()."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import threading
 import weakref
@@ -381,11 +382,12 @@ class SparseMatrix:
     def plan_info(self, n: int = 1, *, split_k: int = 0, kernel: str = "auto", decoder: str = "auto") -> dict:
         """What :func:`flashspmm.linear` launches for ``n`` tokens with these options (device matrices only):
         ``{"kernel", "decoder", "n_tile", "split_k", "grid", "shared_memory_bytes", "workspace_bytes"}``."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive int (the number of tokens), got {n!r}")
+        split_k = _split_count(split_k)
         if self._ptr is None:
             raise ValueError("plans are made for device matrices: use W.to('cuda') first")
-        entry = self._entry(
-            int(n), int(split_k), _choice(kernel, KERNELS, "kernel"), _choice(decoder, DECODERS, "decoder")
-        )
+        entry = self._entry(int(n), split_k, _choice(kernel, KERNELS, "kernel"), _choice(decoder, DECODERS, "decoder"))
         i = entry.info
         return {
             "kernel": KERNEL_NAMES[int(i.kernel)],
@@ -527,6 +529,16 @@ def _choice(value, table, what):
                 f"{what} must be a string, one of {sorted(table)}; got {type(value).__qualname__}"
             ) from None
         raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(table)}") from None
+
+
+def _split_count(split_k):
+    """split_k= as an int: 0 (automatic) or a number of K slices; a launch has at most 65535 (the grid's y
+    dimension), and more slices than K tiles run as one per K tile."""
+    if isinstance(split_k, bool) or not isinstance(split_k, numbers.Integral):
+        raise TypeError(f"split_k must be an int, got {type(split_k).__qualname__}")
+    if not 0 <= split_k <= 65535:
+        raise ValueError(f"split_k must be 0 (automatic) or a number of K slices up to 65535, got {split_k}")
+    return int(split_k)
 
 
 def _rebuild(data, device):
