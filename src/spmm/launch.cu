@@ -75,7 +75,7 @@ KernelHandle select_kernel(int format, int dtype, int n_tile) {
 // (a warp's pipeline fill) and 0.08 tiles per split, up to 256 (the split-count sweep on the H200,
 // docs/EXPERIMENTS.md: 1024 x 8192 runs 1.12-1.26x faster with 16 slices than with the 32 chosen without that
 // term; within 3 % of the best fixed count on 16 sweeps); the pipelined kernel: pipelined_splits; the CUDA-core
-// kernel: one worker and two tiles, up to 64.
+// kernel: one worker and two tiles, up to 16 (plan_gemv).
 int fastest_splits(int64_t ctas, int64_t tiles_k, int64_t slots, int64_t workers, int64_t overhead, int64_t most,
                    double per_split, double per_round_trip = 0.0) {
     int best = 1;
@@ -186,10 +186,9 @@ uint32_t slot_bytes_of(const fspmm_header_t& h) {
     return uint32_t(round_up(h.max_tile_bytes > 16 ? h.max_tile_bytes : 16, 16));
 }
 
-// Split-K (given, or chosen for `slots` resident CTAs), K tiles per split and workspace of a plan whose
-// m_blocks and n_blocks are set; a CTA handles at most max_k_tiles K tiles.
-void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split_k, int64_t slots, int max_k_tiles) {
-    int splits = split_k > 0 ? split_k : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, 1, 2, 64, 0.0);
+// K tiles per split and workspace of a plan whose m_blocks and n_blocks are set, for `splits` K slices (given
+// or chosen by the kernel's model) within what a launch allows; a CTA handles at most max_k_tiles K tiles.
+void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int splits, int max_k_tiles) {
     const int64_t min_splits = ceil_div(h.tiles_k, max_k_tiles);
     if (splits < min_splits) splits = int(min_splits);
     if (splits > h.tiles_k) splits = int(h.tiles_k);
@@ -236,7 +235,15 @@ LinearPlan plan_gemv(const fspmm_header_t& h, int64_t N, int split_k, int device
     plan.slot_bytes = slot_bytes_of(h);
     plan.smem = gemv_smem_bytes(plan.slot_bytes, plan.n_tile);
     const void* func = gemv_kernel_func(h.format, h.dtype, plan.n_tile);
-    plan_splits(plan, h, N, split_k, resident_ctas(device, func, kGemvThreads, plan.smem), kGemvMaxKTiles);
+    // At most 16 slices: more measured slower everywhere (H200, 2026-12-04, a split sweep of 16 shapes at
+    // 80-95 %, 1-8 tokens: 1024 x 4096 at 90 %, one token, 64 slices 6.8 µs, 16 slices 5.4 µs; 1.00-1.45x on
+    // every matrix where the model chose more, 4.5 -> 2.4 % from the fastest count on average).
+    constexpr int kGemvMostSplits = 16;
+    const int64_t slots = resident_ctas(device, func, kGemvThreads, plan.smem);
+    const int splits =
+        split_k > 0 ? split_k
+                    : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, 1, 2, kGemvMostSplits, 0.0);
+    plan_splits(plan, h, N, splits, kGemvMaxKTiles);
     return plan;
 }
 
@@ -290,7 +297,7 @@ LinearPlan plan_stream(const fspmm_header_t& h, int64_t N, int split_k, int devi
     const int splits =
         split_k > 0 ? split_k
                     : fastest_splits(plan.m_blocks * plan.n_blocks, h.tiles_k, slots, kStreamWarps, 1, 256, 0.08);
-    plan_splits(plan, h, N, splits, slots, kStreamMaxKTilesPerSplit);
+    plan_splits(plan, h, N, splits, kStreamMaxKTilesPerSplit);
     return plan;
 }
 
@@ -367,7 +374,7 @@ LinearPlan plan_tensor_core(const fspmm_header_t& h, int64_t N, const LinearOpti
     const int64_t slots = resident_ctas(device, k.func, k.threads, plan.smem);
     const int splits =
         split_k > 0 ? split_k : pipelined_splits(plan, h, N, k.threads, slots, kernel_info(device, k.func).sms);
-    plan_splits(plan, h, N, splits, slots, kMaxKTilesPerSplit);
+    plan_splits(plan, h, N, splits, kMaxKTilesPerSplit);
     return plan;
 }
 
