@@ -159,6 +159,20 @@ def test_errors_leave_the_model_untouched():
         fst.sparsify(model, 0.5, include="nothing-matches", progress=False)
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    half = copy.deepcopy(model).half()
+    before = copy.deepcopy(half.state_dict())
+    consumed = []
+
+    def calibration():  # an unknown format fails before the calibration pass starts
+        consumed.append(1)
+        yield token_ids(half)
+
+    for bad, error in (("csr", ValueError), (3, TypeError)):
+        with pytest.raises(error, match="format"):
+            fst.sparsify(half, 0.5, method="wanda", calibration=calibration(), format=bad, progress=False)
+    assert not consumed
+    after = half.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_sparsity_zero_and_bfloat16():

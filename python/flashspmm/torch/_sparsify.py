@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import compress, prune
+from .._matrix import _format_code
 from . import _compat
 from ._modules import FusedSparseLinear, SparseLinear, SparseLinearSlice, blob_tensor
 
@@ -359,6 +360,7 @@ def sparsify(
     sparsity = _check_sparsity(sparsity)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    _format_code(format)  # an unknown format fails here, not after the calibration pass
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__qualname__}")
     if method == "wanda" and calibration is None:
