@@ -398,16 +398,23 @@ def test_few_tokens_on_cuda_cores(rng, framework, gemv, dtype, N, M, K, sparsity
 
 
 def test_auto_runs_few_tokens_on_cuda_cores_where_measured_faster(rng):
-    """The automatic rule for 5-16 tokens of a Tiled-CSL matrix (launch.cu, gemv_density_limit): the CUDA-core
-    kernel for matrices of up to 1024 rows at up to 20 % density, and up to 4096 x 4096 elements at up to 10 %
-    for up to 8 tokens; the Tensor Core kernel elsewhere."""
+    """The automatic rule for 2-16 tokens of a Tiled-CSL matrix (launch.cu, gemv_density_limit): the CUDA-core
+    kernel for matrices of up to 1024 rows at up to 22 % density for up to 8 tokens and 15 % for up to 16, for
+    larger ones at up to 27 % for two tokens, 15 % for three or four and, up to 4096 x 4096 elements, 7.5 % for
+    five to eight; the Tensor Core kernel elsewhere."""
     small, _, _ = device_weight(rng, "torch", 1024, 512, 0.9, "float16", "tiled_csl")
     assert [small.plan_info(n)["kernel"] for n in (5, 8, 16, 17)] == ["cuda_core"] * 3 + ["tensor_core"]
     assert small.plan_info(8)["grid"][2] == 2  # two blocks of four tokens
+    small80, _, _ = device_weight(rng, "torch", 1024, 512, 0.8, "float16", "tiled_csl")
+    assert [small80.plan_info(n)["kernel"] for n in (4, 8, 12)] == ["cuda_core", "cuda_core", "tensor_core"]
     mid, _, _ = device_weight(rng, "torch", 4096, 4096, 0.95, "float16", "tiled_csl")
     assert [mid.plan_info(n)["kernel"] for n in (8, 9)] == ["cuda_core", "tensor_core"]
+    mid90, _, _ = device_weight(rng, "torch", 4096, 4096, 0.9, "float16", "tiled_csl")
+    assert [mid90.plan_info(n)["kernel"] for n in (4, 5, 8)] == ["cuda_core", "tensor_core", "tensor_core"]
     tall, _, _ = device_weight(rng, "torch", 8192, 4096, 0.95, "float16", "tiled_csl")
     assert [tall.plan_info(n)["kernel"] for n in (4, 5, 8)] == ["cuda_core", "tensor_core", "tensor_core"]
+    tall75, _, _ = device_weight(rng, "torch", 8192, 4096, 0.75, "float16", "tiled_csl")
+    assert [tall75.plan_info(n)["kernel"] for n in (2, 3)] == ["cuda_core", "tensor_core"]
 
 
 # ---- NaN and Inf on the GPU (README "Numerics") -----------------------------------------------------------------

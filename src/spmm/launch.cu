@@ -200,17 +200,22 @@ void plan_splits(LinearPlan& plan, const fspmm_header_t& h, int64_t N, int split
 }
 
 // Tiled-CSL density at or below which N tokens run the CUDA-core kernel (gemv.cu): there the work per stored
-// value beats expanding tiles for the Tensor Cores (H200, 2026-12-02, docs/PERFORMANCE.md, eight shapes). One
-// token: 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %. Two
-// tokens (a tile of two): 1.06-1.19x at 20 %, 0.95-1.01x at 25 %. Three and four (a tile of four): 0.97-1.12x
-// at 10 % density, 1.08-1.38x at 5 %, 0.87-0.95x at 15 %. Five to 16 tokens (blocks of four, each reading the
-// whole matrix: 0.3-0.8x on the large shapes) only where the Tensor Core kernel is bound by latency (H200,
-// 2026-12-04): 1024-row matrices 1.1-2.6x at 5-20 % density, 4096x4096 1.03-1.22x at 5-10 % up to 8 tokens
-// (0.7-0.8x beyond).
+// value beats expanding tiles for the Tensor Cores. One token (H200, 2026-12-02, docs/PERFORMANCE.md, eight
+// shapes): 1.1-1.6x the Tensor Core kernel at 20-30 % density, but one 4 % slower at 30 %; 0.7-0.9x at 50 %.
+// Two to 16 tokens (H200, 2026-12-04, both kernels with their planned split counts, the 16 model projection
+// shapes at 5-30 % density; docs/PERFORMANCE.md): two tokens (a tile of two) 1.09-1.22x at 20 %, 1.03x on
+// average at 25 %, 1.00x at 30 %; three and four (a tile of four) 1.05-1.14x at 10 %, 0.87-0.99x at 20 %;
+// five to 16 (blocks of four, each reading the whole matrix) lose on large matrices (0.22-0.86x even at 5 %),
+// except on 4096 x 4096 up to 8 tokens at 5 % (1.04-1.07x; 0.90-0.96x at 10 %). Matrices of at most 1024 rows,
+// where the Tensor Core kernel is bound by latency: 1.07-1.33x at 30 % up to four tokens, 1.01-1.16x at 20 % up
+// to eight, 1.10-1.26x at 10 % for 12 tokens (0.78-0.90x at 20 %), 0.93-1.09x at 10 % for 16. The limits lie
+// between the measured densities, so rounding of a matrix's exact density does not decide the kernel.
 double gemv_density_limit(const fspmm_header_t& h, int64_t N) {
-    if (N <= kGemvMaxN) return N == 1 ? 0.30 : N == 2 ? 0.20 : 0.10;
-    if (h.M <= 1024) return 0.20;
-    return N <= 8 && h.M * h.K <= int64_t{4096} * 4096 ? 0.10 : 0.0;
+    if (N == 1) return 0.30;
+    if (h.M <= 1024) return N <= kGemvMaxN ? 0.32 : N <= 8 ? 0.22 : 0.15;
+    if (N == 2) return 0.27;
+    if (N <= kGemvMaxN) return 0.15;
+    return N <= 8 && h.M * h.K <= int64_t{4096} * 4096 ? 0.075 : 0.0;
 }
 
 // Whether this call runs the CUDA-core kernel: one token in either format, 2..kGemvMaxTokens for Tiled-CSL.
